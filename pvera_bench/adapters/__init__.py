@@ -1,0 +1,104 @@
+"""Adapters for frozen timm ViTs, one module each, registered by name.
+
+    from pvera_bench import adapters
+    adapters.available()                        # ['adaptformer', 'bottleneck', ...]
+    adapters.apply(vit, "lora", r=8, alpha=8)   # in place; returns vit
+
+Adding an adapter means adding one module here that decorates its ``apply`` function with
+``@register("name")`` (modules in this package are imported automatically) and one config
+file ``configs/adapter/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import torch
+from torch import nn
+
+from .base import AdapterLayer, UnknownAdapterError, adapter_layers, register
+from .base import get as _get
+from .base import names as _names
+
+for _m in pkgutil.iter_modules(__path__):
+    if _m.name not in ("base", "qkv"):
+        importlib.import_module(f"{__name__}.{_m.name}")
+
+__all__ = [
+    "AdapterLayer", "UnknownAdapterError", "register", "available", "apply", "merge", "unmerge",
+    "aux_losses", "eval_samples", "set_inference", "count_trainable", "count_frozen_buffers",
+]
+
+
+def available() -> list[str]:
+    return _names()
+
+
+def apply(model: nn.Module, name: str, **options) -> nn.Module:
+    """Freeze every weight of ``model`` and insert adapter ``name`` into every block, in place."""
+    fn = _get(name)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        fn(model, **options)
+    except TypeError as e:
+        if "unexpected keyword argument" in str(e):
+            raise TypeError(f"adapter {name!r}: {e}") from None
+        raise
+    return model
+
+
+def merge(model: nn.Module) -> int:
+    """Fold every mergeable adapter layer into the frozen weights; returns how many were merged."""
+    layers = [m for m in adapter_layers(model) if m.can_merge()]
+    for m in layers:
+        m.merge()
+    return len(layers)
+
+
+def unmerge(model: nn.Module) -> None:
+    for m in adapter_layers(model):
+        m.unmerge()
+
+
+def fully_mergeable(model: nn.Module) -> bool:
+    layers = list(adapter_layers(model))
+    return bool(layers) and all(m.can_merge() for m in layers)
+
+
+def aux_losses(model: nn.Module) -> list[AdapterLayer]:
+    """The layers that add a loss term in training (PVeRA's KL / beta): find them once, then
+    ``sum(t for m in layers if (t := m.aux_loss()) is not None)`` each step."""
+    return [m for m in adapter_layers(model) if type(m).aux_loss is not AdapterLayer.aux_loss]
+
+
+def eval_samples(model: nn.Module) -> int:
+    """How many stochastic forward passes an evaluation averages (1 for deterministic adapters)."""
+    return max([getattr(m, "eval_samples", 1) for m in adapter_layers(model)], default=1)
+
+
+def set_inference(model: nn.Module, mode: str, mc_samples: int = 1) -> None:
+    """Set the inference mode of stochastic adapters (PVeRA); an error if there are none."""
+    layers = [m for m in adapter_layers(model) if hasattr(m, "set_inference")]
+    if not layers:
+        raise ValueError("this adapter has no inference modes (only stochastic adapters such as pvera do)")
+    for m in layers:
+        m.set_inference(mode, mc_samples)
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_frozen_buffers(model: nn.Module) -> int:
+    """Elements of the buffers adapters added (VeRA/PVeRA's shared random projections), once each."""
+    seen: set[int] = set()
+    total = 0
+    for mod in model.modules():
+        if isinstance(mod, AdapterLayer) or type(mod).__module__.startswith(__name__):
+            for b in mod.buffers(recurse=False):
+                if id(b) not in seen:
+                    seen.add(id(b))
+                    total += b.numel()
+    return total

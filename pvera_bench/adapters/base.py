@@ -1,0 +1,118 @@
+"""The adapter registry and the pieces every adapter shares.
+
+An adapter is one module under ``pvera_bench/adapters/`` that calls :func:`register` on a
+function ``apply(model, **options)``. That function freezes nothing and returns nothing: it
+inserts :class:`AdapterLayer` modules into every block of a timm ``VisionTransformer`` in
+place. :func:`pvera_bench.adapters.apply` does the freezing around it, so after ``apply``
+exactly the adapter's own tensors require grad.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., None]] = {}
+
+
+class UnknownAdapterError(ValueError):
+    pass
+
+
+def register(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorator: ``@register("lora") def apply(model, r=8, alpha=16): ...``."""
+
+    def deco(fn: Callable[..., None]) -> Callable[..., None]:
+        if name in _REGISTRY:
+            raise ValueError(f"adapter {name!r} is registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def get(name: str) -> Callable[..., None]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownAdapterError(
+            f"unknown adapter {name!r}; valid names: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+class AdapterLayer(nn.Module):
+    """Base class of every module an adapter inserts.
+
+    ``merge``/``unmerge`` fold the adapter into the frozen weights and back. Merging keeps an
+    exact copy of the weights it changes, so ``unmerge`` restores them bit for bit.
+    """
+
+    mergeable: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.merged = False
+        self._backup: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # -- merging -------------------------------------------------------------------------
+    def can_merge(self) -> bool:
+        return self.mergeable
+
+    def merge(self) -> None:
+        if self.merged or not self.can_merge():
+            return
+        with torch.no_grad():
+            self._merge()
+        self.merged = True
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        with torch.no_grad():
+            for dst, saved in self._backup:
+                dst.copy_(saved)
+        self._backup = []
+        self.merged = False
+
+    def _save(self, t: torch.Tensor) -> torch.Tensor:
+        """Remember ``t``'s current value so that ``unmerge`` can restore it exactly."""
+        self._backup.append((t, t.detach().clone()))
+        return t
+
+    def _merge(self) -> None:  # pragma: no cover - overridden by mergeable layers
+        raise NotImplementedError
+
+    def _check_not_merged(self) -> None:
+        if self.merged and self.training:
+            raise RuntimeError("adapter is merged into the frozen weights; unmerge before training")
+
+    # -- extra loss terms (PVeRA's KL) -------------------------------------------------------
+    def aux_loss(self) -> torch.Tensor | None:
+        return None
+
+
+def adapter_layers(model: nn.Module) -> Iterator[AdapterLayer]:
+    for m in model.modules():
+        if isinstance(m, AdapterLayer):
+            yield m
+
+
+def kaiming_uniform_(t: torch.Tensor, fan_in: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """nn.init.kaiming_uniform_(a=sqrt(5)) on ``t`` with an explicit fan-in and generator."""
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        return t.uniform_(-bound, bound, generator=generator)
+
+
+def blocks(model: nn.Module) -> nn.ModuleList:
+    b = getattr(model, "blocks", None)
+    if b is None:
+        raise TypeError(f"expected a timm VisionTransformer with .blocks, got {type(model).__name__}")
+    return b

@@ -1,0 +1,53 @@
+"""VeRA on the q and v projections (Kopiczko et al. 2024).
+
+``delta_k = alpha * ((x A_k) * lambda_d_k) B_k * lambda_b_k`` for k in (q, v), with ``A_k``
+(d x r) and ``B_k`` (r x d) frozen random matrices shared by all blocks (buffers, from
+``projection_seed``); only ``lambda_d`` (r) and ``lambda_b`` (d) train, per projection.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import register
+from .qkv import QVAdapter, SharedProjections, replace_qkv, share
+
+
+class VeraQV(QVAdapter):
+    def __init__(self, base: nn.Linear, shared: SharedProjections, r: int, alpha: float,
+                 lambda_d_init: float, latent: int = 1) -> None:
+        super().__init__(base)
+        object.__setattr__(self, "shared", shared)  # a reference, not a submodule: held once by the model
+        self.r, self.alpha = int(r), float(alpha)
+        self.lambda_d = nn.Parameter(torch.full((2 * latent * self.r,), float(lambda_d_init)))
+        self.lambda_b = nn.Parameter(torch.zeros(2, self.dim))
+
+    def _codes(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x [A_q | A_v]) * lambda_d``, viewed as ``(..., 2, cols)``."""
+        return ((x @ self.shared.A) * self.lambda_d).unflatten(-1, (2, -1))
+
+    def _expand(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """``alpha * (z_k B_k) * lambda_b_k`` for the q and v codes ``z`` (..., 2, r)."""
+        B, lb = self.shared.B, self.lambda_b * self.alpha
+        return [(z[..., k, :] @ B[k]) * lb[k] for k in range(2)]
+
+    def updates(self, x: torch.Tensor, out: torch.Tensor | None = None) -> list[torch.Tensor]:
+        return self._expand(self._codes(x))
+
+    def _delta_from(self, a: torch.Tensor, ld: torch.Tensor) -> torch.Tensor:
+        """(2, d_out, d_in) from the q/v code matrices ``a`` (2, d, r) and scales ``ld`` (2, r)."""
+        b = self.shared.B * (self.lambda_b * self.alpha)[:, None, :]  # (2, r, d_out)
+        return ((a * ld[:, None, :]) @ b).transpose(1, 2)
+
+    def delta_weight(self) -> torch.Tensor:
+        a = self.shared.A.view(self.dim, 2, self.r).transpose(0, 1)
+        return self._delta_from(a, self.lambda_d.view(2, self.r))
+
+
+@register("vera")
+def apply(model: nn.Module, r: int = 256, alpha: float = 1.0, lambda_d_init: float = 0.1,
+          projection_seed: int = 0) -> None:
+    d = model.embed_dim
+    shared = share(model, "vera_shared", SharedProjections(d, r, r, projection_seed))
+    replace_qkv(model, lambda qkv: VeraQV(qkv, shared, r, alpha, lambda_d_init))
