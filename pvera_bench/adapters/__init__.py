@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .base import AdapterLayer, UnknownAdapterError, adapter_layers, register
-from .base import get as _get
+from .base import get
 from .base import names as _names
 
 for _m in pkgutil.iter_modules(__path__):
@@ -26,7 +26,7 @@ for _m in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = [
-    "AdapterLayer", "UnknownAdapterError", "register", "available", "apply", "merge", "unmerge",
+    "AdapterLayer", "UnknownAdapterError", "register", "get", "available", "apply", "merge", "unmerge",
     "aux_losses", "eval_samples", "set_inference", "count_trainable", "count_frozen_buffers",
 ]
 
@@ -37,7 +37,7 @@ def available() -> list[str]:
 
 def apply(model: nn.Module, name: str, **options) -> nn.Module:
     """Freeze every weight of ``model`` and insert adapter ``name`` into every block, in place."""
-    fn = _get(name)
+    fn = get(name)
     for p in model.parameters():
         p.requires_grad_(False)
     try:

@@ -30,15 +30,15 @@ class Bottleneck(nn.Module):
 
 
 class SerialAdapter(AdapterLayer):
-    """``y = module(x); y + bottleneck(y)``."""
+    """``y = module(x, ...); y + bottleneck(y)`` (extra arguments, e.g. attn_mask, pass through)."""
 
     def __init__(self, module: nn.Module, dim: int, width: int) -> None:
         super().__init__()
         self.module = module
         self.adapter = Bottleneck(dim, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.module(x)
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        y = self.module(x, *args, **kwargs)
         return y + self.adapter(y)
 
 

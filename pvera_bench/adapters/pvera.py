@@ -32,6 +32,8 @@ class PveraQV(VeraQV):
     def set_inference(self, mode: str, mc_samples: int = 1) -> None:
         if mode not in INFERENCE_MODES:
             raise ValueError(f"unknown PVeRA inference mode {mode!r}; valid: {', '.join(INFERENCE_MODES)}")
+        if self.merged and mode != "mean":
+            raise RuntimeError("a merged PVeRA layer can only run in mean mode; unmerge it first")
         if mode == "mc" and int(mc_samples) < 1:
             raise ValueError("PVeRA Monte-Carlo inference needs mc_samples >= 1")
         self.inference, self.mc_samples = mode, int(mc_samples)

@@ -1,15 +1,36 @@
-"""Sources register themselves; :func:`load_split` picks one, resizes, and returns uint8 arrays."""
+"""Sources register themselves; :func:`load_split` picks one, decodes (or memory-maps a cached copy),
+resizes, and returns uint8 arrays.
+
+A source is a function ``(task, split, data_dir) -> SplitReader``. Opening a reader is cheap (it
+parses a split file or reads TFDS metadata, never decodes an image); :meth:`SplitReader.read`
+decodes a range of examples. :func:`load_split` then either decodes everything in chunks
+(``cache_dir=None``) or goes through :mod:`.cache`, which decodes once and memory-maps afterwards.
+"""
 
 from __future__ import annotations
 
+import io
+import os
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
+
+SPLITS = ("train800", "val200", "train800val200", "test")
+CHUNK = 256          # examples decoded and resized at a time: memory stays bounded for any split size
 
 
 class DataError(RuntimeError):
     """A problem with the user's data (missing, corrupt, inconsistent): the message says what to do."""
+
+
+class DataMissing(DataError):
+    """The data is not there at all (not prepared, no such folder or split file)."""
+
+
+class DataWarning(UserWarning):
+    """Data that loads but does not match the task table (e.g. a split of unexpected size)."""
 
 
 @dataclass
@@ -21,8 +42,35 @@ class Split:
         return len(self.labels)
 
 
-# A source reads one split of one task: (task config, split name, data_dir, img_size) -> Split.
-Source = Callable[[Mapping, str, "str | None", int], Split]
+class SplitReader:
+    """One split of one task, opened but not decoded.
+
+    ``fingerprint`` identifies the underlying data (TFDS version + split string + label rule, or a
+    hash of the folder's split file): the cache key includes it, so changed data is re-decoded.
+    """
+
+    fingerprint: str = ""
+    cacheable: bool = True
+    description: str = ""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def read(self, start: int, stop: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """Decode examples ``start:stop``: a list of uint8 images (H, W[, C], any size) and int64 labels."""
+        raise NotImplementedError
+
+    def labels(self) -> np.ndarray:
+        """All labels; sources override this to avoid decoding images."""
+        return np.concatenate([self.read(a, min(a + CHUNK, len(self)))[1]
+                               for a in range(0, len(self), CHUNK)] or [np.zeros(0, np.int64)])
+
+    def validate(self) -> None:
+        """Cheap checks run before a full decode (e.g. every image file exists); raise DataError."""
+
+
+# A source opens one split of one task: (task config, split name, data_dir) -> SplitReader.
+Source = Callable[[Mapping, str, "str | None"], SplitReader]
 _SOURCES: dict[str, Source] = {}
 
 
@@ -38,31 +86,133 @@ def available_sources() -> list[str]:
     return sorted(_SOURCES)
 
 
-def load_split(task: Mapping, split: str, *, source: str, data_dir: str | None, img_size: int,
-               cache_dir: str | None = None) -> Split:
-    """Images of ``split`` (train800, val200, train800val200, test) of ``task``, resized to
-    ``img_size`` x ``img_size``, as uint8 RGB. A task that names its own ``source`` (the demo)
-    uses it whatever ``source`` says."""
+def task_name(task: Mapping) -> str:
+    return str(task.get("name") or "task")
+
+
+def open_split(task: Mapping, split: str, *, source: str, data_dir: str | None) -> SplitReader:
+    """The reader for ``split`` of ``task`` (no decoding). A task's own ``source`` key wins."""
     source = task.get("source") or source
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     try:
         fn = _SOURCES[source]
     except KeyError:
         raise DataError(f"unknown data source {source!r}; valid: {', '.join(available_sources())}") from None
-    return fn(task, split, data_dir, img_size)
+    return fn(task, split, data_dir)
+
+
+def expected_size(task: Mapping, split: str, source: str) -> int | None:
+    """The split size the task table promises for ``source`` (``<source>_sizes`` overrides ``sizes``)."""
+    override = task.get(f"{source}_sizes") or {}
+    if split in override:
+        return int(override[split])
+    sizes = task.get("sizes") or {}
+    return int(sizes[split]) if split in sizes else None
+
+
+def load_split(task: Mapping, split: str, *, source: str, data_dir: str | None, img_size: int,
+               cache_dir: str | None = None) -> Split:
+    """Images of ``split`` (train800, val200, train800val200, test) of ``task``, resized to
+    ``img_size`` x ``img_size``, as uint8 RGB. A task that names its own ``source`` (the demo)
+    uses it whatever ``source`` says. With ``cache_dir``, the first call decodes and stores the
+    split there and later calls memory-map it (no decoding)."""
+    source = task.get("source") or source
+    reader = open_split(task, split, source=source, data_dir=data_dir)
+    want = expected_size(task, split, source)
+    if want is not None and len(reader) != want:
+        warnings.warn(f"{task_name(task)} {split}: {len(reader)} examples from {reader.description or source}, "
+                      f"the task table says {want}", DataWarning, stacklevel=2)
+    if cache_dir and reader.cacheable:
+        from .cache import cached_split
+
+        return cached_split(reader, task=task_name(task), split=split, source=source, img_size=img_size,
+                            cache_dir=cache_dir)
+    reader.validate()
+    images = np.empty((len(reader), img_size, img_size, 3), np.uint8)
+    labels = materialize(reader, img_size, images)
+    return Split(images, labels)
+
+
+def materialize(reader: SplitReader, img_size: int, out: np.ndarray, progress: str | None = None) -> np.ndarray:
+    """Decode ``reader`` chunk by chunk into ``out`` (N, img_size, img_size, 3); return the labels."""
+    n = len(reader)
+    labels = np.empty(n, np.int64)
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, desc=progress, unit="img", disable=None, leave=False)
+        except ImportError:  # pragma: no cover
+            bar = None
+    for a in range(0, n, CHUNK):
+        b = min(a + CHUNK, n)
+        imgs, labs = reader.read(a, b)
+        if len(imgs) != b - a or len(labs) != b - a:
+            raise DataError(f"{reader.description}: asked for examples {a}:{b}, got {len(imgs)}")
+        out[a:b] = resize_many(imgs, img_size)
+        labels[a:b] = labs
+        if bar is not None:
+            bar.update(b - a)
+    if bar is not None:
+        bar.close()
+    return labels
+
+
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 2|3|4) uint8 -> (H, W, 3): grey is tiled, alpha dropped."""
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        raise DataError(f"expected uint8 images, got {img.dtype}")
+    if img.ndim == 2:
+        img = img[..., None]
+    c = img.shape[-1]
+    if c == 3:
+        return img
+    if c in (1, 2):
+        return np.repeat(img[..., :1], 3, axis=-1)
+    if c == 4:
+        return img[..., :3]
+    raise DataError(f"cannot make an RGB image from shape {img.shape}")
+
+
+def resize_many(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """Images of any (possibly different) sizes -> (N, size, size, 3) uint8; same shapes are batched."""
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    groups: dict[tuple, list[int]] = {}
+    rgb = [to_rgb(im) for im in images]
+    for i, im in enumerate(rgb):
+        groups.setdefault(im.shape, []).append(i)
+    for idx in groups.values():
+        out[idx] = resize_uint8(np.stack([rgb[i] for i in idx]), size)
+    return out
 
 
 def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
-    """Squash-resize a batch of uint8 images (N, H, W[, C]) to (N, size, size, 3), bilinear."""
+    """Squash-resize a batch of uint8 images (N, H, W[, C]) to (N, size, size, 3): bilinear with
+    antialiasing, computed on uint8 in channels-last layout (torch's fast path: about 0.5 ms for a
+    500 px image, 15x faster than going through float32; results within 1 of the float path)."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.shape[-1] == 1:
+        images = np.broadcast_to(images, (*images.shape[:-1], 3))
+    if tuple(images.shape[1:3]) == (size, size):  # nothing to interpolate: no torch needed
+        return np.ascontiguousarray(images)
+
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.shape[-1] == 1:
-        x = x.expand(*x.shape[:-1], 3)
-    if tuple(x.shape[1:3]) != (size, size):
-        x = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear",
-                          align_corners=False, antialias=True)
-        x = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-    return np.ascontiguousarray(x.numpy())
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).permute(0, 3, 1, 2)  # NCHW view, NHWC memory
+    y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return np.ascontiguousarray(y.permute(0, 2, 3, 1).numpy())
+
+
+def decode_image(src: "str | os.PathLike | bytes") -> np.ndarray:
+    """Decode one encoded image (a path or the file's bytes) with Pillow into uint8 RGB (H, W, 3)."""
+    from PIL import Image
+
+    fobj = io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src
+    with Image.open(fobj) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)

@@ -10,19 +10,37 @@ from typing import Mapping
 
 import numpy as np
 
-from .core import DataError, Split, register_source, resize_uint8
+from .core import DataError, SplitReader, register_source
 
 SPLITS = {"train800": slice(0, 800), "val200": slice(800, 1000), "train800val200": slice(0, 1000),
           "test": slice(1000, None)}
 
 
-@register_source("sklearn_digits")
-def read(task: Mapping, split: str, data_dir: str | None, img_size: int) -> Split:
-    from sklearn.datasets import load_digits
+class DigitsReader(SplitReader):
+    cacheable = False  # 1,797 tiny images in memory: nothing to gain from a disk cache
 
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r} for the demo task; valid: {', '.join(SPLITS)}")
-    d = load_digits()
-    sl = SPLITS[split]
-    images = (d.images[sl] * (255.0 / 16.0)).round().astype(np.uint8)  # 0..16 grey -> 0..255
-    return Split(resize_uint8(images, img_size), d.target[sl].astype(np.int64))
+    def __init__(self, split: str):
+        from sklearn.datasets import load_digits
+
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r} for the demo task; valid: {', '.join(SPLITS)}")
+        d = load_digits()
+        sl = SPLITS[split]
+        self._images = (d.images[sl] * (255.0 / 16.0)).round().astype(np.uint8)  # 0..16 grey -> 0..255
+        self._labels = d.target[sl].astype(np.int64)
+        self.description = f"scikit-learn digits {split}"
+        self.fingerprint = "sklearn_digits"
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def read(self, start: int, stop: int):
+        return list(self._images[start:stop]), self._labels[start:stop]
+
+    def labels(self) -> np.ndarray:
+        return self._labels.copy()
+
+
+@register_source("sklearn_digits")
+def open_digits(task: Mapping, split: str, data_dir: str | None) -> DigitsReader:
+    return DigitsReader(split)

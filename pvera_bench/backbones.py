@@ -1,0 +1,119 @@
+"""Frozen timm ViT backbones, weights from the Hugging Face Hub or from a local file, and the
+classifier that wraps one: uint8 images in, normalised on the device, pooled feature, a head."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+
+class BackboneError(RuntimeError):
+    """Weights that cannot be had (offline, missing or corrupt file): the message says what to do."""
+
+
+def _hub_weights_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    for fname in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        hit = try_to_load_from_cache(repo_id, fname)
+        if isinstance(hit, str) and os.path.isfile(hit):
+            return True
+    return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _check_hub_weights(model_name: str, backbone_name: str) -> None:
+    """Fail in seconds, not after a minute of retries, when hub weights cannot be had."""
+    from timm.models import get_pretrained_cfg
+
+    pcfg = get_pretrained_cfg(model_name)
+    repo = getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
+    if not repo or _hub_weights_cached(repo) or _hub_reachable():
+        return
+    raise BackboneError(
+        f"backbone {backbone_name!r} needs the pretrained weights of timm model {model_name!r} "
+        f"(Hugging Face Hub repo {repo!r}), which are not in the local Hugging Face cache, and the Hub "
+        f"cannot be reached. Download them on a machine with internet "
+        f"(python -c \"import timm; timm.create_model('{model_name}', pretrained=True)\") and copy the "
+        f"Hugging Face cache over, or pass a local file: backbone.checkpoint=/path/to/model.safetensors"
+    )
+
+
+def create_backbone(cfg: Mapping) -> nn.Module:
+    """A timm model without its classifier (``num_classes=0``), every weight frozen.
+
+    ``cfg`` holds ``name``, ``model`` (the timm name and tag), ``pretrained``, ``checkpoint``
+    (a local ``.safetensors``/``.pth`` file that replaces the hub download) and ``kwargs``.
+    """
+    import timm
+
+    kwargs = dict(cfg.get("kwargs") or {})
+    model_name, name = cfg["model"], cfg.get("name", cfg["model"])
+    pretrained = bool(cfg.get("pretrained", False))
+    checkpoint = cfg.get("checkpoint")
+    if checkpoint:
+        path = Path(os.path.expanduser(str(checkpoint)))
+        if not path.is_file():
+            raise BackboneError(f"backbone.checkpoint={checkpoint} does not exist; pass the path of a "
+                                f"weights file for timm model {model_name!r} (.safetensors or .pth)")
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+        pretrained = True
+    elif pretrained:
+        _check_hub_weights(model_name, name)
+    try:
+        model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
+    except BackboneError:
+        raise
+    except Exception as e:  # corrupt or mismatched checkpoint, or a hub failure
+        where = f"backbone.checkpoint={checkpoint}" if checkpoint else f"the hub weights of {model_name!r}"
+        raise BackboneError(
+            f"could not load {where}: {type(e).__name__}: {str(e).splitlines()[0][:300]}. "
+            f"Pass a valid weights file for timm model {model_name!r} with backbone.checkpoint=PATH"
+        ) from e
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class Classifier(nn.Module):
+    """uint8 NHWC images -> normalise (on the device) -> backbone feature -> linear head."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        pcfg = getattr(backbone, "pretrained_cfg", None) or {}
+        mean = torch.tensor(pcfg.get("mean", (0.5, 0.5, 0.5)), dtype=torch.float32) * 255.0
+        std = torch.tensor(pcfg.get("std", (0.5, 0.5, 0.5)), dtype=torch.float32) * 255.0
+        self.register_buffer("scale", (1.0 / std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", (-mean / std).view(1, 3, 1, 1), persistent=False)
+        self.head = nn.Linear(backbone.num_features, int(num_classes))
+
+    @property
+    def img_size(self) -> int:
+        size = self.backbone.patch_embed.img_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float()  # NHWC uint8 -> NCHW (channels-last memory)
+        return self.backbone(torch.addcmul(self.shift, x, self.scale))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))

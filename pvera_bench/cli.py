@@ -1,0 +1,82 @@
+"""``pvera-bench``: ``report`` and ``data`` are ordinary commands; anything else is a Hydra run.
+
+    pvera-bench adapter=pvera task=cifar100          one run
+    pvera-bench -m adapter=pvera,vera task=vtab      a sweep (task=vtab|natural|specialized|structured
+                                                     expands to the tasks of the benchmark or group)
+    pvera-bench experiment=demo                      the offline demo (eight adapters)
+    pvera-bench report [--results CSV] ...           tables from the CSV
+    pvera-bench data prepare|check task=...          VTAB-1k data
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .paths import config_dir
+
+# Config groups whose choice a user types on the command line, checked before Hydra starts.
+CHOICE_GROUPS = ("adapter", "backbone", "task", "protocol", "trainer", "experiment", "data", "runtime")
+
+
+def expand_task_words(args: list[str]) -> list[str]:
+    """``task=vtab`` (all 19) and ``task=natural|specialized|structured`` become comma lists."""
+    from . import tasks
+
+    words = {"vtab": tasks.vtab_tasks(), **{g: tasks.tasks_in_group(g) for g in tasks.GROUPS}}
+    out = []
+    for a in args:
+        key, sep, value = a.partition("=")
+        if sep and key.lstrip("+~") == "task" and "(" not in value:
+            names = []
+            for v in value.split(","):
+                names += words.get(v, [v])
+            a = f"{key}={','.join(names)}"
+        out.append(a)
+    return out
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def check_choices(args: list[str]) -> str | None:
+    """An error message for an unknown choice (``adapter=foo``), listing the valid names."""
+    for a in args:
+        key, sep, value = a.partition("=")
+        group = key.lstrip("+~").removeprefix("override ").strip("/")
+        if not sep or group not in CHOICE_GROUPS or "(" in value or value in ("", "null"):
+            continue
+        valid = group_options(group)
+        unknown = [v for v in value.split(",") if v not in valid]
+        if unknown:
+            return f"unknown {group} {', '.join(map(repr, unknown))}; valid {group} names: {', '.join(valid)}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "report":
+        from .report import main as report_main
+
+        return report_main(args[1:])
+    if args and args[0] == "data":
+        from .data.cli import main as data_main
+
+        return data_main(args[1:])
+    args = expand_task_words(args)
+    err = check_choices(args)
+    if err:
+        print(f"pvera-bench: error: {err}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    from .hydra_app import hydra_main
+
+    sys.argv = [sys.argv[0] if sys.argv else "pvera-bench"] + args
+    hydra_main()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""``pvera-bench data prepare|check``: get the VTAB-1k data in place and verify it.
+
+    pvera-bench data prepare task=cifar100 [data.dir=PATH] [data.manual_dir=PATH]
+    pvera-bench data check [task=vtab|natural|specialized|structured|a,b,c] [data.source=tfds|folder] [data.dir=PATH]
+
+Words are Hydra-style ``key=value`` so they read like the run command. ``main(argv)`` gets the
+words after ``data`` and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from .core import SPLITS, DataError, DataMissing, expected_size, open_split
+
+USAGE = """\
+usage: pvera-bench data prepare task=TASKS [data.dir=PATH] [data.manual_dir=PATH]
+       pvera-bench data check [task=TASKS] [data.source=tfds|folder] [data.dir=PATH]
+
+  prepare  download and build the TFDS datasets of TASKS as array_record under data.dir
+           (TFDS's default ~/tensorflow_datasets, or $TFDS_DATA_DIR, when not given). Needs
+           TensorFlow once: pip install -e ".[prepare]". resisc45 and diabetic_retinopathy need a
+           manual download first; prepare prints where from and where to put the files
+           (data.manual_dir, default <data.dir>/downloads/manual).
+  check    for each task and split: present? right size, class count and label range? Says what
+           is missing and how to get it; exit status 1 if anything is missing or wrong.
+
+  TASKS    a task name, a comma list, `vtab` (all 19), or a group: natural, specialized, structured.
+           check defaults to all 19.
+  data.source  tfds (default) or folder: the vtab-1k folder copy,
+               <data.dir>/<folder>/{train800,val200,train800val200,test}.txt
+"""
+
+KEYS = {"task", "data.dir", "data.source", "data.manual_dir"}
+GROUP_WORDS = ("natural", "specialized", "structured")
+
+
+def task_table() -> dict[str, dict]:
+    """All task configs by name (``configs/task/*.yaml``)."""
+    try:
+        from ..tasks import task_configs
+
+        return task_configs()
+    except FileNotFoundError:  # a checkout without configs/config.yaml: read the task folder directly
+        from omegaconf import OmegaConf
+
+        root = Path(__file__).resolve().parents[2] / "configs" / "task"
+        return {p.stem: OmegaConf.to_container(OmegaConf.load(p), resolve=False) for p in sorted(root.glob("*.yaml"))}
+
+
+def data_defaults() -> dict:
+    try:
+        from omegaconf import OmegaConf
+
+        from ..paths import config_dir
+
+        d = OmegaConf.to_container(OmegaConf.load(config_dir() / "data" / "default.yaml"), resolve=False)
+        return {"source": d.get("source") or "tfds", "dir": d.get("dir")}
+    except Exception:  # noqa: BLE001
+        return {"source": "tfds", "dir": None}
+
+
+def expand_tasks(word: str, table: Mapping[str, Mapping]) -> list[str]:
+    """``vtab``, a group name, a comma list or one name -> task names in benchmark order."""
+    vtab = sorted((n for n, t in table.items() if t.get("order") is not None), key=lambda n: table[n]["order"])
+    out: list[str] = []
+    for w in (x.strip() for x in word.split(",")):
+        if not w:
+            continue
+        if w == "vtab":
+            names = vtab
+        elif w in GROUP_WORDS:
+            names = [n for n in vtab if table[n].get("group") == w]
+        elif w in table:
+            names = [w]
+        else:
+            raise DataError(f"unknown task {w!r}; valid: vtab, {', '.join(GROUP_WORDS)}, {', '.join(vtab)}")
+        out += [n for n in names if n not in out]
+    return out
+
+
+def parse_words(words: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for w in words:
+        k, sep, v = w.partition("=")
+        k = k.lstrip("+")
+        if not sep or k not in KEYS:
+            raise DataError(f"unexpected argument {w!r}; expected key=value with key in {', '.join(sorted(KEYS))}")
+        out[k] = None if v in ("", "null", "None") else v
+    return out
+
+
+def main(argv: list[str]) -> int:
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    cmd, words = argv[0], argv[1:]
+    if any(w in ("-h", "--help") for w in words):
+        print(USAGE, end="")
+        return 0
+    if cmd not in ("prepare", "check"):
+        print(f"pvera-bench data: unknown command {cmd!r}\n\n{USAGE}", end="", file=sys.stderr)
+        return 2
+    try:
+        opts = parse_words(words)
+        table = task_table()
+        if cmd == "prepare" and not opts.get("task"):
+            raise DataError("prepare needs task=TASKS (a name, a comma list, vtab, or a group)")
+        names = expand_tasks(opts.get("task") or "vtab", table)
+    except DataError as e:
+        print(f"pvera-bench data {cmd}: {e}", file=sys.stderr)
+        return 2
+    defaults = data_defaults()
+    data_dir = opts.get("data.dir", defaults["dir"])
+    if cmd == "prepare":
+        return prepare(names, table, data_dir, opts.get("data.manual_dir"))
+    return check(names, table, opts.get("data.source") or defaults["source"], data_dir)
+
+
+def prepare(names: list[str], table: Mapping[str, Mapping], data_dir: str | None, manual_dir: str | None,
+            echo: Callable[[str], None] = print) -> int:
+    from . import tfds_source
+
+    if not tfds_source.tensorflow_available():
+        echo(f"pvera-bench data prepare builds the TFDS datasets and needs TensorFlow once: install "
+             f"{tfds_source.PREPARE_EXTRA}")
+        return 1
+    seen: dict[str, bool] = {}
+    failed = []
+    for n in names:
+        task = table[n]
+        spec = tfds_source.tfds_spec(task)
+        if spec not in seen:  # clevr_count and clevr_dist (and dsprites_*, smallnorb_*) share a dataset
+            seen[spec] = tfds_source.prepare(task, data_dir, manual_dir, echo=echo)
+        else:
+            echo(f"[{n}] shares {spec} with an earlier task")
+        if not seen[spec]:
+            failed.append(n)
+    d = tfds_source.resolve_data_dir(data_dir)
+    if failed:
+        echo(f"not ready: {', '.join(failed)} (see above); ready: {len(names) - len(failed)} of {len(names)}")
+        return 1
+    echo(f"all {len(names)} task(s) ready under {d}; verify with: pvera-bench data check task={','.join(names)} "
+         f"data.dir={d}")
+    return 0
+
+
+def check_task(task: Mapping, source: str, data_dir: str | None) -> tuple[list[str], list[str], bool]:
+    """(problems, facts, missing) for one task: problems make ``check`` fail, facts are printed when ok."""
+    problems: list[str] = []
+    facts: list[str] = []
+    missing = False
+    seen_labels: set[int] = set()
+    nc = int(task["num_classes"])
+
+    def problem(msg: str) -> None:
+        if msg not in problems:
+            problems.append(msg)
+
+    for split in SPLITS:
+        try:
+            reader = open_split(task, split, source=source, data_dir=data_dir)
+        except DataMissing as e:
+            missing = True
+            problem(str(e))
+            if source == "tfds":
+                break  # every split lives in the same (missing) dataset
+            continue
+        except DataError as e:
+            problem(str(e))
+            continue
+        n, want = len(reader), expected_size(task, split, source)
+        facts.append(f"{split} {n}")
+        if want is not None and n != want:
+            problem(f"{split}: {n} examples, the task table says {want} ({reader.description})")
+        try:
+            reader.validate()
+            labels = reader.labels()
+            if len(labels) and (labels.min() < 0 or labels.max() >= nc):
+                problem(f"{split}: labels {labels.min()}..{labels.max()} outside 0..{nc - 1}")
+            seen_labels.update(np.unique(labels).tolist())
+            if n:
+                reader.read(0, 1)  # the first image decodes
+        except DataError as e:
+            problem(f"{split}: {e}")
+        counter = getattr(reader, "class_count", None)
+        if counter is not None and counter() not in (None, nc):
+            problem(f"the data has {counter()} classes, the task table says {nc}")
+    if not problems:
+        facts.append(f"{nc} classes" + (f" ({len(seen_labels)} seen in the data)" if len(seen_labels) != nc else ""))
+    return problems, facts, missing
+
+
+def check(names: list[str], table: Mapping[str, Mapping], source: str, data_dir: str | None,
+          echo: Callable[[str], None] = print) -> int:
+    import warnings
+
+    where = data_dir or ("(TFDS default)" if source == "tfds" else "(data.dir not set)")
+    echo(f"data check: source={source} dir={where}, {len(names)} task(s)")
+    bad = []
+    width = max(len(n) for n in names)
+    for n in names:
+        task = table[n]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            problems, facts, missing = check_task(task, source, data_dir)
+        if not problems:
+            echo(f"  {n:<{width}}  ok       {', '.join(facts)}")
+            continue
+        bad.append(n)
+        echo(f"  {n:<{width}}  {'MISSING' if missing else 'WRONG':<7}  {problems[0]}")
+        for p in problems[1:]:
+            echo(f"  {'':<{width}}           {p}")
+    summary = f"{len(names) - len(bad)} of {len(names)} task(s) ready"
+    echo(summary + (f"; missing or wrong: {', '.join(bad)}" if bad else ""))
+    return 1 if bad else 0

@@ -1,0 +1,21 @@
+"""The Hydra application: config search path and the task function (kept out of cli.py so that
+``report`` and ``data`` start without importing torch or Hydra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from .paths import config_dir
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def hydra_main(cfg: DictConfig) -> dict:
+    from .run import run
+
+    hc = HydraConfig.get()
+    return run(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), hc.mode == RunMode.MULTIRUN)

@@ -1,0 +1,170 @@
+"""One run: compose seed, backbone, adapter, data, protocol and trainer; record one CSV row.
+
+This is the only module that knows Hydra's config and the CSV; everything below it gets plain
+values. ``run(cfg)`` is the Hydra task function's body.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import logging
+import platform
+import random
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import adapters, results
+from .adapters import UnknownAdapterError
+from .backbones import BackboneError, Classifier, create_backbone
+from .data import DataError, load_split
+from .protocols import run_protocol
+from .train import DivergedError, Trainer, resolve_device
+
+log = logging.getLogger("pvera_bench")
+
+# Errors a user can cause: one clear message, no traceback.
+USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError)
+
+# Settings that change a run's numbers: the resume key. (runtime.*, data.dir, data.cache_dir,
+# results_csv and force do not.)
+RESULT_KEYS = ("task", "adapter", "backbone", "trainer", "protocol", "seed")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    c = OmegaConf.to_container(cfg, resolve=True)
+    key = {k: c[k] for k in RESULT_KEYS}
+    key["data_source"] = data_source(cfg)
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_source(cfg: DictConfig) -> str:
+    return cfg.task.get("source") or cfg.data.source
+
+
+def versions() -> str:
+    out = {"python": platform.python_version()}
+    for pkg in ("pvera-bench", "torch", "timm", "tensorflow-datasets"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+    return json.dumps(out, sort_keys=True)
+
+
+def adapter_options(adapter_cfg: DictConfig) -> dict[str, Any]:
+    opts = OmegaConf.to_container(adapter_cfg, resolve=True)
+    opts.pop("name", None)
+    return opts
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {text}"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train and test one configuration; returns the result columns of its row."""
+    rt = cfg.runtime
+    if rt.get("threads"):
+        torch.set_num_threads(int(rt.threads))
+    device = resolve_device(rt.get("device"))
+    if cfg.backbone.get("random_weights"):
+        log.warning("backbone %s has RANDOM weights: its numbers only show that the tool works", cfg.backbone.name)
+    adapters.get(cfg.adapter.name)  # fail on an unknown adapter before loading anything
+    seed_everything(int(cfg.backbone.get("init_seed", cfg.seed)))
+    backbone = create_backbone(OmegaConf.to_container(cfg.backbone, resolve=True))
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    probe = Classifier(backbone, task["num_classes"])
+    data_kw = dict(source=data_source(cfg), data_dir=cfg.data.get("dir"), img_size=probe.img_size,
+                   cache_dir=cfg.data.get("cache_dir"))
+    loaded: dict[str, Any] = {}
+
+    def load(split: str):
+        if split not in loaded:
+            loaded[split] = load_split(task, split, **data_kw)
+            log.info("%s/%s: %d images", task["name"], split, len(loaded[split]))
+        return loaded[split]
+
+    def build(point: dict[str, Any]) -> Trainer:
+        c = copy.deepcopy(cfg)
+        for key, value in point.items():
+            OmegaConf.update(c, key, value, force_add=False)
+        seed_everything(int(cfg.seed))
+        bb = copy.deepcopy(backbone)
+        adapters.apply(bb, c.adapter.name, **adapter_options(c.adapter))
+        model = Classifier(bb, task["num_classes"])
+        settings = dict(OmegaConf.to_container(c.trainer, resolve=True),
+                        eval_batch_size=rt.eval_batch_size, progress=rt.progress)
+        return Trainer(model, settings, device, seed=int(cfg.seed))
+
+    outcome = run_protocol(OmegaConf.to_container(cfg.protocol, resolve=True), build, load)
+    model = outcome.trainer.model
+    preds = outcome.test
+    np.savez_compressed(run_dir / "predictions.npz", probs=preds.probs.numpy().astype(np.float32),
+                        labels=preds.labels.numpy())
+    head = sum(p.numel() for p in model.head.parameters())
+    row = dict(
+        test_acc=preds.acc,
+        params_adapter=adapters.count_trainable(model.backbone),
+        params_head=head,
+        params_trainable=adapters.count_trainable(model),
+        frozen_buffers=adapters.count_frozen_buffers(model),
+        **outcome.record(),
+    )
+    return row
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) -> dict[str, Any]:
+    """Run ``cfg`` unless an ``ok`` row with the same settings exists; append its row."""
+    csv_path = Path(cfg.results_csv)
+    key = config_hash(cfg)
+    if not cfg.get("force", False):
+        prev = results.find_ok(csv_path, key)
+        if prev is not None:
+            log.info("skipped: %s already has an ok row for these settings (%s, test_acc %s); force=true reruns it",
+                     csv_path, prev.get("timestamp"), prev.get("test_acc"))
+            results.write_json(run_dir / "record.json", dict(prev, skipped=True))
+            return dict(prev)
+    record: dict[str, Any] = dict(
+        timestamp=_dt.datetime.now().isoformat(timespec="seconds"),
+        task=cfg.task.name, adapter=cfg.adapter.name, backbone=cfg.backbone.name, protocol=cfg.protocol.name,
+        seed=int(cfg.seed), adapter_options=json.dumps(adapter_options(cfg.adapter), sort_keys=True),
+        data_source=data_source(cfg), config_hash=key, overrides=" ".join(overrides),
+        run_dir=str(run_dir), versions=versions(),
+    )
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    try:
+        record.update(execute(cfg, run_dir), status="ok")
+    except Exception as e:  # record every failure, then decide how loudly to end
+        record.update(status="failed", error=one_line(e))
+        results.append(csv_path, record)
+        results.write_json(run_dir / "record.json", record)
+        if multirun:  # the sweep goes on
+            log.error("run failed (recorded in %s): %s", csv_path, record["error"])
+            return record
+        if isinstance(e, USER_ERRORS):
+            print(f"pvera-bench: error: {record['error']}", file=sys.stderr)
+            sys.exit(2)
+        raise
+    results.append(csv_path, record)
+    results.write_json(run_dir / "record.json", record)
+    log.info("%s %s %s seed %s: test_acc %.2f, %s adapter params -> %s", record["task"], record["adapter"],
+             record["backbone"], record["seed"], record["test_acc"], record["params_adapter"], csv_path)
+    return record
