@@ -151,29 +151,38 @@ def auroc(scores_in, scores_out) -> float:
     return float(roc_auc_score(y_true, np.concatenate([s_in, s_out])))
 
 
-def mc_sample_accuracies(sample_probs, labels) -> torch.Tensor:
-    """Accuracy (percent) of each of the ``k`` Monte-Carlo samples: a float64 tensor ``(k,)``."""
-    sp = _probs(sample_probs, ndim=3, name="sample_probs")
-    if sp.shape[0] == 0:
-        raise ValueError("sample_probs holds no samples")
-    y = _labels(labels, sp.shape[1])
-    return (sp.argmax(dim=2) == y[None, :]).to(torch.float64).mean(dim=1) * 100.0
+def mc_sample_accuracies(samples, labels) -> torch.Tensor:
+    """Accuracy (percent) of each of the ``k`` Monte-Carlo samples: a float64 tensor ``(k,)``.
+
+    ``samples`` is either the samples' probabilities ``(k, N, C)`` or their top-1 predictions
+    ``(k, N)`` (what the evaluator keeps, to spare memory on large test splits).
+    """
+    s = torch.as_tensor(samples).detach().cpu()
+    if s.ndim == 3:
+        s = _probs(s, ndim=3, name="sample_probs").argmax(dim=2)
+    elif s.ndim != 2:
+        raise ValueError(f"samples must be (k, N, C) probabilities or (k, N) predictions, got shape {tuple(s.shape)}")
+    if s.shape[0] == 0:
+        raise ValueError("samples holds no Monte-Carlo sample")
+    y = _labels(labels, s.shape[1])
+    return (s == y[None, :]).to(torch.float64).mean(dim=1) * 100.0
 
 
-def mc_accuracy_interval(sample_probs, labels) -> tuple[float, float]:
+def mc_accuracy_interval(samples, labels) -> tuple[float, float]:
     """The 2.5th and 97.5th percentiles (linear interpolation, as ``numpy.percentile``) of the
     per-sample accuracies, in percent."""
-    accs = mc_sample_accuracies(sample_probs, labels)
+    accs = mc_sample_accuracies(samples, labels)
     q = torch.quantile(accs, torch.tensor([0.025, 0.975], dtype=torch.float64))
     return float(q[0]), float(q[1])
 
 
-def summarize(probs, labels, sample_probs=None) -> dict[str, float]:
+def summarize(probs, labels, samples=None) -> dict[str, float]:
     """The per-run metrics, as written to the results CSV.
 
-    Keys: ``test_acc`` (percent), ``test_nll``, ``test_ece`` (fraction), ``test_brier``; with
-    ``sample_probs`` also ``mc_entropy`` (mean predictive entropy of the sample-averaged
-    distribution), ``mc_acc_low`` and ``mc_acc_high`` (see :func:`mc_accuracy_interval`).
+    Keys: ``test_acc`` (percent), ``test_nll``, ``test_ece`` (fraction), ``test_brier``. With
+    Monte-Carlo ``samples`` (see :func:`mc_sample_accuracies`; ``probs`` is then their average)
+    also ``mc_entropy`` (mean predictive entropy of ``probs``), ``mc_acc_low`` and ``mc_acc_high``
+    (see :func:`mc_accuracy_interval`).
     """
     out = {
         "test_acc": accuracy(probs, labels),
@@ -181,10 +190,10 @@ def summarize(probs, labels, sample_probs=None) -> dict[str, float]:
         "test_ece": ece(probs, labels),
         "test_brier": brier(probs, labels),
     }
-    if sample_probs is not None:
-        sp = _probs(sample_probs, ndim=3, name="sample_probs")
-        out["mc_entropy"] = mean_predictive_entropy(sp.mean(dim=0))
-        out["mc_acc_low"], out["mc_acc_high"] = mc_accuracy_interval(sp, labels)
+    if samples is not None:
+        out["mc_samples"] = int(torch.as_tensor(samples).shape[0])
+        out["mc_entropy"] = mean_predictive_entropy(probs)
+        out["mc_acc_low"], out["mc_acc_high"] = mc_accuracy_interval(samples, labels)
     return out
 
 

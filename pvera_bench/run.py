@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import adapters, results
+from . import adapters, metrics, results, tasks
 from .adapters import UnknownAdapterError
 from .backbones import BackboneError, Classifier, create_backbone
 from .data import DataError, load_split
@@ -36,18 +36,19 @@ USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError)
 
 # Settings that change a run's numbers: the resume key. (runtime.*, data.dir, data.cache_dir,
 # results_csv and force do not.)
-RESULT_KEYS = ("task", "adapter", "backbone", "trainer", "protocol", "seed")
+RESULT_KEYS = ("task", "adapter", "backbone", "trainer", "protocol", "seed", "ood_task")
 
 
 def config_hash(cfg: DictConfig) -> str:
     c = OmegaConf.to_container(cfg, resolve=True)
-    key = {k: c[k] for k in RESULT_KEYS}
-    key["data_source"] = data_source(cfg)
+    key = {k: c.get(k) for k in RESULT_KEYS}
+    key["data_source"] = data_source(cfg.task, cfg)
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def data_source(cfg: DictConfig) -> str:
-    return cfg.task.get("source") or cfg.data.source
+def data_source(task, cfg: DictConfig) -> str:
+    """A task with a fixed source (the demo's bundled digits) ignores ``data.source``."""
+    return task.get("source") or cfg.data.source
 
 
 def versions() -> str:
@@ -92,13 +93,12 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     backbone = create_backbone(OmegaConf.to_container(cfg.backbone, resolve=True))
     task = OmegaConf.to_container(cfg.task, resolve=True)
     probe = Classifier(backbone, task["num_classes"])
-    data_kw = dict(source=data_source(cfg), data_dir=cfg.data.get("dir"), img_size=probe.img_size,
-                   cache_dir=cfg.data.get("cache_dir"))
+    data_kw = dict(data_dir=cfg.data.get("dir"), img_size=probe.img_size, cache_dir=cfg.data.get("cache_dir"))
     loaded: dict[str, Any] = {}
 
     def load(split: str):
         if split not in loaded:
-            loaded[split] = load_split(task, split, **data_kw)
+            loaded[split] = load_split(task, split, source=data_source(task, cfg), **data_kw)
             log.info("%s/%s: %d images", task["name"], split, len(loaded[split]))
         return loaded[split]
 
@@ -121,13 +121,32 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                         labels=preds.labels.numpy())
     head = sum(p.numel() for p in model.head.parameters())
     row = dict(
-        test_acc=preds.acc,
+        **metrics.summarize(preds.probs, preds.labels, preds.sample_preds),
+        **ood_scores(cfg, outcome.trainer, preds, data_kw),
         params_adapter=adapters.count_trainable(model.backbone),
         params_head=head,
         params_trainable=adapters.count_trainable(model),
         frozen_buffers=adapters.count_frozen_buffers(model),
         **outcome.record(),
     )
+    return row
+
+
+def ood_scores(cfg: DictConfig, trainer: Trainer, preds, data_kw: dict) -> dict[str, Any]:
+    """With ``ood_task=<task>``: AUROC of telling this run's test images from that task's test
+    images by maximum softmax probability (and by predictive entropy when sampling)."""
+    name = cfg.get("ood_task")
+    if not name:
+        return {}
+    table = tasks.task_configs()
+    if name not in table:
+        raise DataError(f"unknown ood_task {name!r}; valid task names: {', '.join(sorted(table))}")
+    other = table[name]
+    ood = trainer.predict(load_split(other, "test", source=data_source(other, cfg), **data_kw))
+    s_in, s_out = metrics.ood_scores(preds.probs), metrics.ood_scores(ood.probs)
+    row = dict(ood_task=name, ood_auroc=metrics.auroc(s_in["msp"], s_out["msp"]))
+    if preds.sample_preds is not None:
+        row["ood_auroc_entropy"] = metrics.auroc(s_in["entropy"], s_out["entropy"])
     return row
 
 
@@ -146,7 +165,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
         timestamp=_dt.datetime.now().isoformat(timespec="seconds"),
         task=cfg.task.name, adapter=cfg.adapter.name, backbone=cfg.backbone.name, protocol=cfg.protocol.name,
         seed=int(cfg.seed), adapter_options=json.dumps(adapter_options(cfg.adapter), sort_keys=True),
-        data_source=data_source(cfg), config_hash=key, overrides=" ".join(overrides),
+        data_source=data_source(cfg.task, cfg), config_hash=key, overrides=" ".join(overrides),
         run_dir=str(run_dir), versions=versions(),
     )
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -165,6 +184,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
         raise
     results.append(csv_path, record)
     results.write_json(run_dir / "record.json", record)
-    log.info("%s %s %s seed %s: test_acc %.2f, %s adapter params -> %s", record["task"], record["adapter"],
-             record["backbone"], record["seed"], record["test_acc"], record["params_adapter"], csv_path)
+    log.info("%s %s %s seed %s: test_acc %.2f, nll %.4f, ece %.4f, %s adapter params -> %s", record["task"],
+             record["adapter"], record["backbone"], record["seed"], record["test_acc"], record["test_nll"],
+             record["test_ece"], record["params_adapter"], csv_path)
     return record

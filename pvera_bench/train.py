@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import adapters
+from . import adapters, metrics
 from .backbones import Classifier
 from .data import Split
 
@@ -51,12 +51,11 @@ class Predictions:
 
     @property
     def acc(self) -> float:
-        return float((self.probs.argmax(-1) == self.labels).double().mean() * 100)
+        return metrics.accuracy(self.probs, self.labels)
 
     @property
     def loss(self) -> float:
-        p = self.probs.gather(1, self.labels[:, None]).clamp_min(1e-12)
-        return float(-p.log().double().mean())
+        return metrics.nll(self.probs, self.labels)
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -104,6 +104,7 @@ def test_mc_accuracy_interval():
         [[right if i < n_right else wrong for i in range(4)] for n_right in range(5)], dtype=torch.float64
     )
     assert metrics.mc_sample_accuracies(sample_probs, labels).tolist() == [0.0, 25.0, 50.0, 75.0, 100.0]
+    assert metrics.mc_sample_accuracies(sample_probs.argmax(-1), labels).tolist() == [0.0, 25.0, 50.0, 75.0, 100.0]
     low, high = metrics.mc_accuracy_interval(sample_probs, labels)
     # linear interpolation: positions 0.1 and 3.9 of 4 -> 2.5 and 97.5
     assert (low, high) == pytest.approx((2.5, 97.5))
@@ -122,9 +123,14 @@ def test_summarize_keys_and_values():
     assert out["test_brier"] == pytest.approx((0.02 + 1.28) / 2, abs=1e-6)
 
     sample_probs = torch.stack([torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]])])
-    out = metrics.summarize(probs, labels, sample_probs=sample_probs)
-    assert set(out) == {"test_acc", "test_nll", "test_ece", "test_brier", "mc_entropy", "mc_acc_low", "mc_acc_high"}
+    out = metrics.summarize(sample_probs.mean(0), labels, samples=sample_probs)
+    assert set(out) == {"test_acc", "test_nll", "test_ece", "test_brier", "mc_samples", "mc_entropy", "mc_acc_low",
+                        "mc_acc_high"}
+    assert out["mc_samples"] == 2
     assert out["mc_entropy"] == pytest.approx(math.log(2))  # the average is uniform
     assert out["mc_acc_low"] == pytest.approx(2.5)  # percentiles of [0, 100]
     assert out["mc_acc_high"] == pytest.approx(97.5)
-    assert all(isinstance(v, float) for v in out.values())
+    assert all(isinstance(v, float) for k, v in out.items() if k != "mc_samples")
+    # the evaluator keeps only each sample's top-1 predictions: same interval
+    preds = sample_probs.argmax(-1)
+    assert metrics.summarize(sample_probs.mean(0), labels, samples=preds) == out

@@ -1,0 +1,41 @@
+"""Shared test setup: offline, a private data cache, small CPU thread counts, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("pvera-cache")
+
+
+@pytest.fixture
+def cli(tmp_path, cache_dir):
+    """Run ``pvera-bench ARGS`` in a subprocess (cwd: a fresh directory); returns CompletedProcess."""
+
+    def run(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
+        e = dict(os.environ, HF_HUB_OFFLINE="1", PVERA_BENCH_CACHE=str(cache_dir), OMP_NUM_THREADS="1",
+                 HF_HOME=str(tmp_path / "hf-home"), PYTHONUNBUFFERED="1", **(env or {}))
+        return subprocess.run([sys.executable, "-m", "pvera_bench.cli", *args], cwd=cwd or tmp_path, env=e,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+def tiny_vit(**kw):
+    import timm
+
+    opts = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    opts.update(kw)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **opts)
