@@ -84,9 +84,9 @@ def run_protocol(p: Mapping[str, Any], build: Callable[[dict[str, Any]], Trainer
 
     if len(points) > 1 or not final_on:
         train, val = load(p["select_on"]), load(p["val_split"])
-        for point in points:
+        for i, point in enumerate(points):
             trainer = build(point)
-            fit = trainer.fit(train, val, desc=f"select {point}" if point else "train", **fit_kw)
+            fit = trainer.fit(train, val, desc=f"select {point}" if point else "train", tag=f"select-{i}", **fit_kw)
             seconds += fit.seconds
             score = fit.val_acc if metric == "acc" else -fit.val_loss
             scores.append(dict(point=point, val_acc=fit.val_acc, val_loss=fit.val_loss, best_epoch=fit.best_epoch))
@@ -100,7 +100,7 @@ def run_protocol(p: Mapping[str, Any], build: Callable[[dict[str, Any]], Trainer
     if final_on:
         best = None  # free the candidates before the final model is built
         trainer = build(chosen)
-        fit = trainer.fit(load(final_on), desc="final", select=None)
+        fit = trainer.fit(load(final_on), desc="final", select=None, tag="final")
         seconds += fit.seconds
     else:
         _, trainer, fit = best

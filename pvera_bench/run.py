@@ -112,7 +112,9 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         model = Classifier(bb, task["num_classes"])
         settings = dict(OmegaConf.to_container(c.trainer, resolve=True),
                         eval_batch_size=rt.eval_batch_size, progress=rt.progress)
-        return Trainer(model, settings, device, seed=int(cfg.seed))
+        return Trainer(model, settings, device, seed=int(cfg.seed), compile=bool(rt.get("compile")),
+                       checkpoint_dir=Path(rt.checkpoint_dir) / config_hash(cfg) if rt.get("checkpoint_dir") else None,
+                       checkpoint_every=int(rt.get("checkpoint_every") or 0))
 
     outcome = run_protocol(OmegaConf.to_container(cfg.protocol, resolve=True), build, load)
     model = outcome.trainer.model

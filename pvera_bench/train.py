@@ -13,15 +13,17 @@ import contextlib
 import logging
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
-from . import adapters, metrics
+from . import adapters, checkpoint, metrics
 from .backbones import Classifier
 from .data import Split
 
@@ -78,17 +80,43 @@ def lr_lambda(schedule: str, total: int, warmup: int, min_ratio: float):
     return f
 
 
+class CompiledOrEager:
+    """``torch.compile(model)``, replaced for good by the eager model the first time it fails."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.compiled = model, None
+        try:
+            self.compiled = torch.compile(model)
+        except Exception as e:  # pragma: no cover - depends on the platform
+            log.warning("torch.compile unavailable (%s); running eagerly", e)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(x)
+            except Exception as e:
+                log.warning("torch.compile failed (%s: %s); running eagerly", type(e).__name__, str(e)[:200])
+                self.compiled = None
+        return self.model(x)
+
+
 class Trainer:
     """``fit`` trains the trainable tensors of ``model`` (adapter and head); ``predict`` evaluates.
 
     ``cfg`` keys: epochs, batch_size, lr_head, lr_adapter, wd_head, wd_adapter, warmup_epochs,
     schedule (cosine | constant), min_lr_ratio, shuffle, precision (auto | bf16 | fp32),
-    eval_batch_size, progress.
+    eval_batch_size, progress. With ``checkpoint_dir`` and ``checkpoint_every`` (epochs), ``fit``
+    saves its state every that many epochs and a new trainer with the same settings resumes from
+    it (a preempted job); ``compile`` wraps the model in ``torch.compile``, with eager fallback.
     """
 
-    def __init__(self, model: Classifier, cfg: Mapping, device: torch.device, seed: int = 0) -> None:
+    def __init__(self, model: Classifier, cfg: Mapping, device: torch.device, seed: int = 0,
+                 checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, compile: bool = False) -> None:
         self.model = model.to(device)
+        self.forward = CompiledOrEager(model) if compile else model
         self.cfg = cfg
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.checkpoint_every = int(checkpoint_every or 0)
         self.device = device
         self.seed = int(seed)
         precision = cfg.get("precision", "auto")
@@ -149,10 +177,12 @@ class Trainer:
 
     # -- training -------------------------------------------------------------------------------
     def fit(self, train: Split, val: Split | None = None, *, select: str | None = None,
-            patience: int | None = None, min_rel_delta: float = 0.0, desc: str = "train") -> FitResult:
+            patience: int | None = None, min_rel_delta: float = 0.0, desc: str = "train",
+            tag: str = "fit") -> FitResult:
         """Train for ``cfg.epochs`` epochs. With ``val`` and ``select`` (``acc`` or ``loss``), the
         epoch with the best validation score is kept, and with ``patience`` training stops after
-        that many evaluations without a relative improvement of ``min_rel_delta``."""
+        that many evaluations without a relative improvement of ``min_rel_delta``. ``tag`` names
+        this fit's checkpoint file."""
         c = self.cfg
         torch.manual_seed(self.seed)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
@@ -169,16 +199,34 @@ class Trainer:
             forward = self.model.head
         else:
             inputs = self._to_device(train.images)
-            forward = self.model
+            forward = self.forward
         labels = torch.from_numpy(np.asarray(train.labels)).to(self.device)
         shuffle = bool(c.get("shuffle", True))
         eval_every = max(1, int(c.get("eval_every", 1)))
 
         best_score, best_state, best_epoch, since_best = None, None, epochs, 0
         result = FitResult(epochs=0, best_epoch=epochs)
+        ckpt_path = self.checkpoint_dir / f"{tag}.safetensors" if self.checkpoint_dir and self.checkpoint_every else None
+        start = 1
+        saved = checkpoint.load(ckpt_path) if ckpt_path else None
+        if saved is not None:
+            self.load_trainable_state(saved["trainable"])
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            gen.set_state(saved["generator"])
+            torch.set_rng_state(saved["torch_rng"])
+            if saved["cuda_rng"] is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(saved["cuda_rng"])
+            best_score, best_state = saved["best_score"], saved["best"]
+            best_epoch, since_best = saved["best_epoch"], saved["since_best"]
+            result.val_acc, result.val_loss = saved["val_acc"], saved["val_loss"]
+            result.history, result.epochs = saved["history"], saved["epoch"]
+            start = saved["epoch"] + 1
+            log.info("resuming %s from its checkpoint after epoch %d (%s)", tag, saved["epoch"], ckpt_path)
         t0 = time.perf_counter()
         bar = self._progress(total, desc)
-        for epoch in range(1, epochs + 1):
+        bar.update((start - 1) * steps_per_epoch)
+        for epoch in range(start, epochs + 1):
             self.model.train()
             order = torch.randperm(n, generator=gen).to(self.device) if shuffle else torch.arange(n, device=self.device)
             loss_sum = torch.zeros((), device=self.device)
@@ -223,10 +271,17 @@ class Trainer:
                     result.val_acc, result.val_loss = pred.acc, pred.loss
             result.history.append(entry)
             bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k != "epoch"}, refresh=False)
-            if patience is not None and since_best >= int(patience):
+            stop = patience is not None and since_best >= int(patience)
+            if ckpt_path and epoch % self.checkpoint_every == 0 and epoch < epochs and not stop:
+                self._save_checkpoint(ckpt_path, opt, sched, gen, best_state, dict(
+                    epoch=epoch, best_score=best_score, best_epoch=best_epoch, since_best=since_best,
+                    val_acc=result.val_acc, val_loss=result.val_loss, history=result.history))
+            if stop:
                 log.info("early stopping after epoch %d (best epoch %d)", epoch, best_epoch)
                 break
         bar.close()
+        if ckpt_path:
+            ckpt_path.unlink(missing_ok=True)
         if best_state is not None:
             self.load_trainable_state(best_state)
             result.best_epoch = best_epoch
@@ -234,6 +289,10 @@ class Trainer:
             result.best_epoch = result.epochs
         result.seconds = time.perf_counter() - t0
         return result
+
+    def _save_checkpoint(self, path: Path, opt, sched, gen, best_state, info: dict) -> None:
+        checkpoint.save(path, trainable=self.trainable_state(), best=best_state, optimizer=opt.state_dict(),
+                        scheduler=sched.state_dict(), generator=gen.get_state(), info=info)
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -258,11 +317,11 @@ class Trainer:
                 for i in range(0, len(split), bs):
                     x = self._to_device(split.images[i : i + bs])
                     if k > 1:
-                        p = self.model(x.repeat(k, 1, 1, 1)).float().softmax(-1).unflatten(0, (k, len(x)))
+                        p = self.forward(x.repeat(k, 1, 1, 1)).float().softmax(-1).unflatten(0, (k, len(x)))
                         samples.append(p.argmax(-1).cpu())
                         p = p.mean(0)
                     else:
-                        p = self.model(x).float().softmax(-1)
+                        p = self.forward(x).float().softmax(-1)
                     probs.append(p.cpu())
                     if bar is not None:
                         bar.update(1)
