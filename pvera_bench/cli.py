@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from .paths import config_dir
 
@@ -24,15 +23,11 @@ def expand_task_words(args: list[str]) -> list[str]:
     """``task=vtab`` (all 19) and ``task=natural|specialized|structured`` become comma lists."""
     from . import tasks
 
-    words = {"vtab": tasks.vtab_tasks(), **{g: tasks.tasks_in_group(g) for g in tasks.GROUPS}}
     out = []
     for a in args:
         key, sep, value = a.partition("=")
         if sep and key.lstrip("+~") == "task" and "(" not in value:
-            names = []
-            for v in value.split(","):
-                names += words.get(v, [v])
-            a = f"{key}={','.join(names)}"
+            a = f"{key}={','.join(tasks.expand(value))}"
         out.append(a)
     return out
 

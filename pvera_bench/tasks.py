@@ -7,6 +7,7 @@ the benchmark's customary column order); other tasks (``demo``) have no ``order`
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Mapping
 
 from omegaconf import OmegaConf
 
@@ -27,9 +28,9 @@ def available() -> list[str]:
     return sorted(task_configs())
 
 
-def vtab_tasks() -> list[str]:
+def vtab_tasks(table: Mapping[str, Mapping] | None = None) -> list[str]:
     """The VTAB-1k tasks in benchmark order."""
-    table = task_configs()
+    table = task_configs() if table is None else table
     return sorted((n for n, t in table.items() if t.get("order") is not None), key=lambda n: table[n]["order"])
 
 
@@ -37,5 +38,21 @@ def group_of(task: str) -> str | None:
     return task_configs().get(task, {}).get("group")
 
 
-def tasks_in_group(group: str) -> list[str]:
-    return [t for t in vtab_tasks() if group_of(t) == group]
+def tasks_in_group(group: str, table: Mapping[str, Mapping] | None = None) -> list[str]:
+    table = task_configs() if table is None else table
+    return [t for t in vtab_tasks(table) if table[t].get("group") == group]
+
+
+def expand(words: str, table: Mapping[str, Mapping] | None = None) -> list[str]:
+    """``vtab`` (all 19), a group name, or a comma list of those and task names -> task names,
+    in benchmark order within each word, each once. Unknown names are passed through."""
+    out: list[str] = []
+    for w in (x.strip() for x in words.split(",")):
+        if w == "vtab":
+            names = vtab_tasks(table)
+        elif w in GROUPS:
+            names = tasks_in_group(w, table)
+        else:
+            names = [w] if w else []
+        out += [n for n in names if n not in out]
+    return out

@@ -93,7 +93,6 @@ def test_run_writes_a_row_and_its_record(cli, tmp_path):
 def test_resume_skips_recorded_runs_and_force_reruns(cli, tmp_path):
     csv = tmp_path / "results" / "results.csv"
     assert cli("adapter=ia3", *FAST).returncode == 0
-    t = time.perf_counter()
     p = cli("adapter=ia3", *FAST, "runtime.device=cpu")  # runtime settings do not change the key
     assert p.returncode == 0 and "skipped" in p.stderr + p.stdout
     assert len(rows(csv)) == 1

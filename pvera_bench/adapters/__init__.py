@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-import torch
 from torch import nn
 
 from .base import AdapterLayer, UnknownAdapterError, adapter_layers, register

@@ -10,11 +10,14 @@ words after ``data`` and returns the exit code.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
+from omegaconf import OmegaConf
+
+from .. import tasks
+from ..paths import config_dir
 from .core import SPLITS, DataError, DataMissing, expected_size, open_split
 
 USAGE = """\
@@ -36,51 +39,26 @@ usage: pvera-bench data prepare task=TASKS [data.dir=PATH] [data.manual_dir=PATH
 """
 
 KEYS = {"task", "data.dir", "data.source", "data.manual_dir"}
-GROUP_WORDS = ("natural", "specialized", "structured")
 
 
 def task_table() -> dict[str, dict]:
     """All task configs by name (``configs/task/*.yaml``)."""
-    try:
-        from ..tasks import task_configs
-
-        return task_configs()
-    except FileNotFoundError:  # a checkout without configs/config.yaml: read the task folder directly
-        from omegaconf import OmegaConf
-
-        root = Path(__file__).resolve().parents[2] / "configs" / "task"
-        return {p.stem: OmegaConf.to_container(OmegaConf.load(p), resolve=False) for p in sorted(root.glob("*.yaml"))}
+    return tasks.task_configs()
 
 
 def data_defaults() -> dict:
-    try:
-        from omegaconf import OmegaConf
-
-        from ..paths import config_dir
-
-        d = OmegaConf.to_container(OmegaConf.load(config_dir() / "data" / "default.yaml"), resolve=False)
-        return {"source": d.get("source") or "tfds", "dir": d.get("dir")}
-    except Exception:  # noqa: BLE001
-        return {"source": "tfds", "dir": None}
+    d = OmegaConf.load(config_dir() / "data" / "default.yaml")
+    return {"source": d.get("source") or "tfds", "dir": d.get("dir")}
 
 
 def expand_tasks(word: str, table: Mapping[str, Mapping]) -> list[str]:
     """``vtab``, a group name, a comma list or one name -> task names in benchmark order."""
-    vtab = sorted((n for n, t in table.items() if t.get("order") is not None), key=lambda n: table[n]["order"])
-    out: list[str] = []
-    for w in (x.strip() for x in word.split(",")):
-        if not w:
-            continue
-        if w == "vtab":
-            names = vtab
-        elif w in GROUP_WORDS:
-            names = [n for n in vtab if table[n].get("group") == w]
-        elif w in table:
-            names = [w]
-        else:
-            raise DataError(f"unknown task {w!r}; valid: vtab, {', '.join(GROUP_WORDS)}, {', '.join(vtab)}")
-        out += [n for n in names if n not in out]
-    return out
+    names = tasks.expand(word, table)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise DataError(f"unknown task {unknown[0]!r}; valid: vtab, {', '.join(tasks.GROUPS)}, "
+                        f"{', '.join(tasks.vtab_tasks(table))}")
+    return names
 
 
 def parse_words(words: list[str]) -> dict[str, str | None]:

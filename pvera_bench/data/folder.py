@@ -37,7 +37,7 @@ class FolderReader(SplitReader):
         if not folder:
             raise DataError(f"task {name} has no `folder` key: it cannot be read with data.source=folder")
         if data_dir is None or str(data_dir) == "":
-            raise DataMissing(f"data.source=folder needs data.dir=PATH (the directory holding the task folders); "
+            raise DataMissing("data.source=folder needs data.dir=PATH (the directory holding the task folders); "
                             + layout_help("<data.dir>", folder))
         root = Path(data_dir).expanduser()
         tdir = root / folder
