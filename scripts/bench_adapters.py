@@ -315,6 +315,7 @@ def rss_in_subprocess(key: str, args) -> float:
         print(f"  memory worker for {key} failed: {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return float("nan")
     res = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"  memory worker {key}: {res}", file=sys.stderr)
     if not res["new_max"]:
         print(f"  note: {key}: the steps did not raise peak RSS above the build's; growth is a lower bound",
               file=sys.stderr)

@@ -180,3 +180,15 @@ def test_demo_end_to_end_then_resumed(cli, tmp_path):
     assert p.returncode == 0 and time.perf_counter() - t < 60
     assert len(rows(tmp_path / "results" / "results.csv")) == 8
     assert p.stdout.count("(recorded earlier)") == 8
+
+
+def test_pvera_monte_carlo_metrics_are_recorded(cli, tmp_path):
+    p = cli("adapter=pvera", "task=demo", "backbone=vit_tiny_random", "adapter.inference=mc", "adapter.mc_samples=8",
+            "trainer.epochs=1", "runtime.progress=false")
+    assert p.returncode == 0, p.stderr
+    (row,) = rows(tmp_path / "results" / "results.csv")
+    assert row["status"] == "ok" and row["mc_samples"] == "8"
+    low, high = float(row["mc_acc_low"]), float(row["mc_acc_high"])
+    assert 0 <= low <= high <= 100 and float(row["mc_entropy"]) > 0
+    assert all(row[k] != "" for k in ("test_nll", "test_ece", "test_brier"))
+    assert '"inference": "mc"' in row["adapter_options"]
