@@ -27,9 +27,10 @@ are shared by every variant, so building 14 variants costs the memory of one bac
   allocated before it, plus the variant's own resident tensors (adapter parameters and buffers,
   head, AdamW state): the memory a step needs beyond the shared frozen weights and the batch.
   CPU (``--mem rss``, the default there): torch has no CPU allocator statistics, so each variant
-  runs in a fresh subprocess that builds the model, then takes 2 steps; reported is the growth
-  of peak RSS (``ru_maxrss``) over the RSS just before the first step (glibc returns large
-  blocks to the OS, so this tracks live memory; a few MB of allocator slack remain).
+  runs in a fresh subprocess that builds the model (after one throwaway step on a tiny model that
+  loads what a first step loads lazily), resets the peak RSS (``/proc/self/clear_refs``), then
+  takes 2 steps; reported is peak RSS (``VmHWM``) minus the RSS just before the first step (glibc
+  returns large blocks to the OS, so this tracks live memory; a few MB of allocator slack remain).
   ``--mem none`` skips it. Always reported: "saved MB", the bytes autograd saves for backward in
   one forward (deduplicated by storage, frozen weights excluded): deterministic, and the main
   term of the difference between variants.
@@ -298,12 +299,31 @@ def mem_worker(args) -> None:
     v = build(args._mem_worker, base, args.classes, device)
     x, y = batch(args, base, device, args.batch)
     autocast = autocast_factory(args, device)
-    before, max_before = rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = rss_bytes()
+    reset = reset_peak_rss()
     for _ in range(2):
         train_step(v, x, y, autocast)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps(dict(key=v.key, growth=peak - before, before=before, max_before=max_before,
-                          new_max=peak > max_before)))
+    print(json.dumps(dict(key=v.key, growth=peak_rss_bytes() - before, before=before, reset=reset)))
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM: the peak RSS of this process image (since exec or the last reset); not ru_maxrss,
+    which Linux carries over from the parent across fork + exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def rss_in_subprocess(key: str, args) -> float:
@@ -315,9 +335,8 @@ def rss_in_subprocess(key: str, args) -> float:
         print(f"  memory worker for {key} failed: {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return float("nan")
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    print(f"  memory worker {key}: {res}", file=sys.stderr)
-    if not res["new_max"]:
-        print(f"  note: {key}: the steps did not raise peak RSS above the build's; growth is a lower bound",
+    if not res["reset"]:
+        print(f"  note: {key}: could not reset VmHWM; growth is measured from the process's own peak",
               file=sys.stderr)
     return float(res["growth"])
 
@@ -468,7 +487,14 @@ def main(argv=None) -> None:
     x, y = batch(args, base, device, args.batch)
     xe, _ = batch(args, base, device, args.eval_batch or args.batch)
     t0 = time.perf_counter()
-    variants = {k: build(k, base, args.classes, device) for k in keys}
+    variants = {}
+    for k in keys:
+        try:
+            variants[k] = build(k, base, args.classes, device)
+        except Exception as e:  # an old PEFT without this method (PVeRA needs PEFT >= 0.19), or no PEFT
+            if not k.startswith("peft:"):
+                raise
+            print(f"  skipping {k}: {type(e).__name__}: {e}", file=sys.stderr)
     print(f"built {len(variants)} variants in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
     # warmup (also decides --inner) and the deterministic saved-for-backward bytes
@@ -520,7 +546,7 @@ def main(argv=None) -> None:
         "['qkv', 'fc2'], feedforward ['fc2']; same r; PEFT's PVeRA has no KL term. "
         + {"cuda": "Memory: peak torch.cuda.max_memory_allocated during a step above what was allocated before "
                    "it, plus the variant's own parameters, buffers and AdamW state (shared frozen weights excluded).",
-           "rss": "Memory: growth of peak RSS (ru_maxrss) over 2 training steps, one fresh subprocess per variant, "
+           "rss": "Memory: growth of peak RSS (VmHWM, reset before the steps) over 2 training steps, one fresh subprocess per variant, "
                   "model already built (frozen weights excluded; includes a few MB of allocator slack).",
            "none": "Memory: not measured."}[mem]
         + " saved MB: bytes autograd saves for backward in one forward (unique storages, frozen weights excluded). "

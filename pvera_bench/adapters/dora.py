@@ -12,7 +12,7 @@ from torch import nn
 
 from .base import register
 from .lora import LoraQV
-from .qkv import QV, replace_qkv
+from .qkv import QV, QVAdapter, replace_qkv
 
 
 class DoraQV(LoraQV):
@@ -38,6 +38,9 @@ class DoraQV(LoraQV):
             frozen = out[..., k, :] if bias is None else out[..., k, :] - bias.view(3, -1)[k]
             result.append((scale[i] - 1) * frozen + scale[i] * lora[i])
         return result
+
+    # DoRA's update depends on the frozen output: the generic path (``updates``), not LoRA's.
+    add_updates = QVAdapter.add_updates
 
     def delta_weight(self) -> torch.Tensor:
         w = self._weights()

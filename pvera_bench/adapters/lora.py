@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .base import register
-from .qkv import QVAdapter, replace_qkv
+from .qkv import QVAdapter, add_qv, replace_qkv
 
 
 class LoraQV(QVAdapter):
@@ -22,6 +22,10 @@ class LoraQV(QVAdapter):
     def updates(self, x: torch.Tensor, out: torch.Tensor | None = None) -> list[torch.Tensor]:
         h = (x @ self.lora_A).split(self.r, dim=-1)
         return [(h[k] @ self.lora_B[k]) * self.scale for k in range(2)]
+
+    def add_updates(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        h = (x @ self.lora_A) * self.scale  # (..., 2r): scaling the r-wide codes, not the d-wide update
+        return add_qv(out, h.unflatten(-1, (2, self.r)).to(out.dtype), self.lora_B.to(out.dtype))
 
     def delta_weight(self) -> torch.Tensor:
         a = self.lora_A.view(self.dim, 2, self.r).transpose(0, 1)  # (2, d_in, r)

@@ -21,6 +21,53 @@ from .vera import VeraQV
 INFERENCE_MODES = ("mean", "fixed", "mc")
 
 
+class _SampleKL(torch.autograd.Function):
+    """Training's latent and KL term in one node, from ``xa = x [A_q | A_v]`` (..., 2, 2r) and
+    ``lambda_d``: ``h = xa * lambda_d = [mu | logvar]`` per projection,
+    ``z = mu + eps * exp(logvar / 2)`` (eps ~ N(0, I), drawn as ``randn_like``) and
+    ``KL = mean(-0.5 * (1 + logvar - mu^2 - exp(logvar)))``, computed as the equal
+    ``0.5 * mean(mu^2 + expm1(logvar) - logvar)`` (no cancellation near logvar = 0).
+
+    Backward is the analytic gradient, with ``n`` the number of latent entries:
+    ``dmu = dz + dKL * mu / n``, ``dlogvar = 0.5 * (dz * eps * std + dKL * expm1(logvar) / n)``,
+    ``dxa = dh * lambda_d``, ``dlambda_d = sum(dh * xa)``. It keeps ``xa`` and ``eps * std`` for
+    backward (``h`` is recomputed), where the chain of autograd ops it replaces kept several more
+    tensors of this size and made a pass over memory for each op.
+    """
+
+    @staticmethod
+    def forward(ctx, xa, ld, r):
+        h = xa * ld
+        mu, logvar = h[..., :r], h[..., r:]
+        std = torch.exp(0.5 * logvar)
+        noise = torch.randn_like(std).mul_(std)
+        z = mu + noise
+        t = torch.expm1(logvar).sub_(logvar).addcmul_(mu, mu)
+        kl = t.mean() * 0.5
+        ctx.r = r
+        ctx.save_for_backward(xa, ld, noise)
+        return z, kl
+
+    @staticmethod
+    def backward(ctx, gz, gkl):
+        xa, ld, noise = ctx.saved_tensors
+        r = ctx.r
+        h = xa * ld
+        mu, logvar = h[..., :r], h[..., r:]
+        c = gkl / mu.numel()
+        gh = torch.empty_like(h)
+        torch.addcmul(gz, mu, c, out=gh[..., :r])
+        glv = gh[..., r:]
+        torch.expm1(logvar, out=glv)
+        glv.mul_(0.5 * c).addcmul_(gz, noise, value=0.5)
+        gxa = gh * ld if ctx.needs_input_grad[0] else None
+        gld = None
+        if ctx.needs_input_grad[1]:
+            n = ld.numel()
+            gld = torch.linalg.vecdot(gh.reshape(-1, n), xa.reshape(-1, n), dim=0).view(ld.shape)
+        return gxa, gld, None
+
+
 class PveraQV(VeraQV):
     def __init__(self, base: nn.Linear, shared: SharedProjections, r: int, alpha: float,
                  lambda_d_init: float, beta: float, inference: str, mc_samples: int) -> None:
@@ -46,19 +93,22 @@ class PveraQV(VeraQV):
         return self.inference == "mean"
 
     def updates(self, x: torch.Tensor, out: torch.Tensor | None = None) -> list[torch.Tensor]:
+        return self._expand(self._latent(x))
+
+    def _latent(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            xa = (x @ self.shared.A).unflatten(-1, (2, -1))  # (..., 2, 2r)
+            z, self.kl = _SampleKL.apply(xa, self.lambda_d.view(2, -1).to(xa.dtype), self.r)
+            return z
         h = self._codes(x)  # (..., 2, 2r)
         mu, logvar = h[..., : self.r], h[..., self.r :]
-        if self.training:
-            std = torch.exp(0.5 * logvar)
-            z = torch.addcmul(mu, torch.randn_like(std), std)
-            self.kl = (-0.5 * (1 + logvar - mu.square() - std.square())).mean()
-        elif self.inference == "mean":
+        if self.inference == "mean":
             z = mu
         elif self.inference == "fixed":
             z = mu + torch.exp(0.5 * logvar)
         else:  # mc
             z = torch.addcmul(mu, torch.randn_like(mu), torch.exp(0.5 * logvar))
-        return self._expand(z)
+        return z
 
     def aux_loss(self) -> torch.Tensor | None:
         if not self.training or self.kl is None:

@@ -46,6 +46,14 @@ class QVAdapter(AdapterLayer):
         if self.merged:
             self._check_not_merged()
             return out
+        return self.add_updates(x, out)
+
+    def add_updates(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out`` (the frozen layer's output) with the q and v updates added in place.
+
+        This generic version adds the tensors ``updates`` returns; lora / vera / pvera override
+        it with :func:`add_qv`, which accumulates the last matrix product straight into ``out``.
+        """
         parts = out.unflatten(-1, (3, self.dim))
         for k, u in zip(QV, self.updates(x, parts)):
             parts[..., k, :] += u
@@ -56,6 +64,62 @@ class QVAdapter(AdapterLayer):
         dw = self.delta_weight().to(w.dtype)
         for i, k in enumerate(QV):
             w[k] += dw[i]
+
+
+class _AddQV(torch.autograd.Function):
+    """``out[..., k-third] += (z_k @ B_k) [* s_k]`` for (k, z_k, B_k, s_k) = (q, z[..., 0, :], B[0], s[0])
+    and (v, z[..., 1, :], B[1], s[1]), in place; see :func:`add_qv`."""
+
+    @staticmethod
+    def forward(ctx, out, z, B, s):
+        d = B.shape[-1]
+        o = out.view(-1, 3 * d)
+        z2 = z.reshape(-1, 2, z.shape[-1])
+        us = []
+        for i, k in enumerate(QV):
+            dst = o[:, k * d:(k + 1) * d]
+            if s is None:
+                dst.addmm_(z2[:, i], B[i])  # one GEMM that accumulates into the strided third
+            else:
+                u = torch.mm(z2[:, i], B[i])
+                dst.addcmul_(u, s[i])
+                us.append(u)
+        ctx.z_shape, ctx.z2_shape = z.shape, z2.shape
+        # z is needed only for B's gradient (LoRA); VeRA's frozen B needs the products u instead
+        ctx.save_for_backward(z2 if ctx.needs_input_grad[2] else None, B, s, *us)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        z2, B, s, *us = ctx.saved_tensors
+        d = B.shape[-1]
+        g2 = g.reshape(-1, 3 * d)
+        gk = [g2[:, k * d:(k + 1) * d] for k in QV]
+        gz = gB = gs = None
+        if ctx.needs_input_grad[1]:
+            gz = g.new_empty(ctx.z2_shape)
+            for i in range(2):
+                b = B[i] if s is None else B[i] * s[i]
+                torch.mm(gk[i], b.t(), out=gz[:, i])
+            gz = gz.view(ctx.z_shape)
+        if ctx.needs_input_grad[2]:
+            gB = torch.stack([z2[:, i].t() @ (gk[i] if s is None else gk[i] * s[i]) for i in range(2)])
+        if s is not None and ctx.needs_input_grad[3]:
+            gs = torch.stack([torch.linalg.vecdot(gk[i], us[i], dim=0) for i in range(2)])
+        return g, gz, gB, gs
+
+
+def add_qv(out: torch.Tensor, z: torch.Tensor, B: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+    """Add ``z_k @ B_k`` (times ``s_k`` per output column, if given) to the q and v thirds of the
+    fused qkv output ``out``, in place, and return ``out`` (autograd-aware).
+
+    ``z``: ``(..., 2, r)``, the q and v codes; ``B``: ``(2, r, d)``; ``s``: ``(2, d)`` or None; all of
+    ``out``'s dtype. ``out`` must be freshly computed by the frozen layer (nothing else may hold it
+    for backward: its version counter is bumped, so autograd would notice). The gradient of ``out``
+    passes through untouched: unlike ``parts[..., k, :] += u`` there is no update tensor to add,
+    and no copy of the whole output's gradient (autograd's CopySlices) in backward.
+    """
+    return _AddQV.apply(out, z, B, s)
 
 
 def replace_qkv(model: nn.Module, make) -> None:

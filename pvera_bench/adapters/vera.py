@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .base import register
-from .qkv import QVAdapter, SharedProjections, replace_qkv, share
+from .qkv import QVAdapter, SharedProjections, add_qv, replace_qkv, share
 
 
 class VeraQV(QVAdapter):
@@ -34,6 +34,14 @@ class VeraQV(QVAdapter):
 
     def updates(self, x: torch.Tensor, out: torch.Tensor | None = None) -> list[torch.Tensor]:
         return self._expand(self._codes(x))
+
+    def _latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The codes ``z`` (..., 2, r) that ``B`` expands: VeRA's are ``(x A) * lambda_d``."""
+        return self._codes(x)
+
+    def add_updates(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        t = out.dtype
+        return add_qv(out, self._latent(x).to(t), self.shared.B.to(t), (self.lambda_b * self.alpha).to(t))
 
     def _delta_from(self, a: torch.Tensor, ld: torch.Tensor) -> torch.Tensor:
         """(2, d_out, d_in) from the q/v code matrices ``a`` (2, d, r) and scales ``ld`` (2, r)."""
