@@ -131,6 +131,16 @@ def test_folder_data_end_to_end(cli, tmp_path):
 
 
 # ---------------------------------------------------------------- sweeps
+def test_an_interrupted_sweep_runs_only_what_is_missing(cli, tmp_path):
+    csv = tmp_path / "results" / "results.csv"
+    assert cli("-m", "adapter=lora", *FAST).returncode == 0  # the part of the sweep that finished
+    p = cli("-m", "adapter=lora,ia3", *FAST)  # the whole sweep, started again
+    assert p.returncode == 0, p.stderr
+    got = rows(csv)
+    assert sorted(r["adapter"] for r in got) == ["ia3", "lora"]  # each exactly once
+    assert p.stdout.count("(recorded earlier)") == 1
+
+
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(cli, tmp_path):
     p = cli("-m", "adapter=lora,ia3", *FAST, "ood_task=nonexistent_task,demo")
     assert p.returncode == 0, p.stderr
