@@ -11,6 +11,8 @@ are shared by every variant, so building 14 variants costs the memory of one bac
 * step: one training step as ``pvera_bench.train.Trainer`` runs it (forward through our
   ``Classifier`` from a uint8 NHWC batch already on the device, cross-entropy (+ PVeRA's KL/beta),
   ``zero_grad(set_to_none=True)``, backward, AdamW step on the trainable tensors: adapter + head).
+  linear_probe's step runs the frozen backbone without autograd each time; the trainer itself
+  computes those features once per split and trains the head on them (tests/test_speed_paths.py).
 * floor: the same frozen backbone and head with no adapter, but a single trainable scalar that
   multiplies the normalised input image, so that autograd goes back through every block.
 * PEFT: PEFT's implementation of the same method (lora, dora, vera, pvera, ia3), applied as its
@@ -443,6 +445,8 @@ def parse(argv=None):
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     ap.add_argument("--inner", type=int, default=0, help="steps per timing (0: enough for ~--min-time s)")
     ap.add_argument("--min-time", type=float, default=0.2, help="seconds per timing when --inner 0")
+    ap.add_argument("--max-seconds", type=float, default=0.0,
+                    help="stop timing after the round that would overrun this many seconds since the start (0: no limit)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--amp", default="none", choices=["none", "bf16"], help="autocast dtype")
     ap.add_argument("--classes", type=int, default=100)
@@ -458,6 +462,7 @@ def parse(argv=None):
 
 
 def main(argv=None) -> None:
+    start = time.perf_counter()
     args = parse(argv)
     if args._mem_worker:
         return mem_worker(args)
@@ -497,19 +502,19 @@ def main(argv=None) -> None:
             print(f"  skipping {k}: {type(e).__name__}: {e}", file=sys.stderr)
     print(f"built {len(variants)} variants in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
-    # warmup (also decides --inner) and the deterministic saved-for-backward bytes
+    # untimed warmup rounds (first calls are slow: lazy init, autotuning)
     inner = max(1, args.inner)
-    for w in range(max(1, args.warmup)):
+    warmup = max(1, args.warmup)
+    for w in range(warmup):
+        last = []
         for v in variants.values():
-            dt = time_steps(v, x, y, autocast, 1, device)
-            if w == 0 and args.inner == 0:
-                inner = max(inner, math.ceil(args.min_time / max(dt, 1e-6)))
+            last.append(time_steps(v, x, y, autocast, 1, device))
             if not args.no_eval and not v.key.startswith("peft:") and v.key != "floor":
                 time_eval(v, xe, autocast, 1, device, merged=False)
                 if v.mergeable:
                     time_eval(v, xe, autocast, 1, device, merged=True)
-    if args.inner == 0:
-        inner = min(inner, 50)
+    if args.inner == 0:  # about --min-time seconds for the median variant, from the last warmup round
+        inner = min(50, max(1, math.ceil(args.min_time / max(statistics.median(last), 1e-6))))
     for v in variants.values():
         v.saved_bytes = saved_bytes(v, x, autocast)
         if mem == "cuda":
@@ -517,7 +522,11 @@ def main(argv=None) -> None:
     print(f"timing {args.rounds} rounds x {len(variants)} variants, {inner} step(s) per timing", file=sys.stderr)
 
     order = list(variants.values())
+    rounds, last_round = 0, 0.0
     for r in range(args.rounds):
+        if args.max_seconds and time.perf_counter() - start + 1.2 * last_round > args.max_seconds and rounds >= 3:
+            print(f"  stopping after {rounds} rounds: --max-seconds {args.max_seconds:g}", file=sys.stderr)
+            break
         t = time.perf_counter()
         rot = order[r % len(order):] + order[: r % len(order)]
         for v in rot:
@@ -526,20 +535,22 @@ def main(argv=None) -> None:
                 v.eval_unmerged.append(time_eval(v, xe, autocast, inner, device, merged=False))
                 if v.mergeable:
                     v.eval_merged.append(time_eval(v, xe, autocast, inner, device, merged=True))
-        print(f"  round {r + 1}/{args.rounds}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        rounds, last_round = r + 1, time.perf_counter() - t
+        print(f"  round {r + 1}/{args.rounds}: {last_round:.1f} s", file=sys.stderr)
 
     if mem == "rss":
         print("peak RSS: one subprocess per variant", file=sys.stderr)
         for v in variants.values():
             v.mem_bytes = rss_in_subprocess(v.key, args)
 
-    rows = summarise(variants, names, args.rounds)
+    rows = summarise(variants, names, rounds)
     mem_label = {"cuda": "peak CUDA", "rss": "peak RSS", "none": "peak"}[mem]
     header = (
         f"## Adapter training-step benchmark: {model_name}, random weights, {device.type}"
         f"{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}, batch {args.batch}, "
-        f"{args.threads} threads, amp {args.amp}, {args.rounds} interleaved rounds x {inner} step(s); "
+        f"{args.threads} threads, amp {args.amp}, {rounds} interleaved rounds x {inner} step(s); "
         f"torch {torch.__version__}\n\n"
+        f"Command: `{' '.join(['python', 'scripts/bench_adapters.py'] + (sys.argv[1:] if argv is None else list(argv)))}`\n\n"
         "Ratios are medians over rounds of per-round ratios. floor = frozen backbone + head with one trainable "
         "scalar on the input image (backward through every block). PEFT = PEFT's own implementation applied to "
         "the fused `qkv` (target_modules=['qkv'], so it adapts q, k and v; ours q and v only); ia3: "
@@ -552,7 +563,8 @@ def main(argv=None) -> None:
         + " saved MB: bytes autograd saves for backward in one forward (unique storages, frozen weights excluded). "
         f"Eval: images/s at batch {args.eval_batch or args.batch} under inference_mode, unmerged and with "
         "adapters.merge (merge time excluded). Targets (CPU, ViT-B/16, batch 4-8, 2 threads): ×floor as shown; "
-        "×PEFT ≤ 1.00 for lora and vera, ≤ 1.05 for pvera; memory ≤ PEFT's. ✓/✗ mark a target met or missed."
+        "×PEFT ≤ 1.00 for lora and vera, ≤ 1.05 for pvera; memory ≤ PEFT's. ✓/✗ mark a target met or missed. "
+        "linear_probe's step runs the frozen backbone every step (the trainer caches its features instead)."
     )
     md = markdown(rows, header, mem_label)
     print(md)

@@ -119,6 +119,8 @@ def add_qv(out: torch.Tensor, z: torch.Tensor, B: torch.Tensor, s: torch.Tensor 
     passes through untouched: unlike ``parts[..., k, :] += u`` there is no update tensor to add,
     and no copy of the whole output's gradient (autograd's CopySlices) in backward.
     """
+    if not out.is_contiguous():  # nn.Linear's output always is; a forward hook's might not be
+        out = out.contiguous()
     return _AddQV.apply(out, z, B, s)
 
 
