@@ -40,14 +40,6 @@ MERGEABLE = ("lora", "dora", "vera", "pvera", "ia3")
 NAMES = adapters.available()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add overhead (100x on a busy 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # --------------------------------------------------------------------------------------------
 # helpers

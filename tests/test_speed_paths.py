@@ -29,13 +29,6 @@ CFG = dict(epochs=3, batch_size=8, lr_head=1e-2, lr_adapter=1e-3, wd_head=0.0, w
            precision="fp32", eval_batch_size=256, progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny_classifier(name: str, seed: int = 0) -> Classifier:
     torch.manual_seed(seed)
