@@ -92,9 +92,6 @@ class PveraQV(VeraQV):
     def can_merge(self) -> bool:
         return self.inference == "mean"
 
-    def updates(self, x: torch.Tensor, out: torch.Tensor | None = None) -> list[torch.Tensor]:
-        return self._expand(self._latent(x))
-
     def _latent(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             xa = (x @ self.shared.A).unflatten(-1, (2, -1))  # (..., 2, 2r)

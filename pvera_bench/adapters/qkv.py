@@ -18,7 +18,9 @@ QV = (0, 2)
 
 
 class QVAdapter(AdapterLayer):
-    """Base for lora / vera / pvera: subclasses implement ``update(x, k)`` and ``delta_weight()``."""
+    """Base for lora / dora / vera / pvera: subclasses implement ``delta_weight()`` and either
+    ``updates`` (the generic path, which adds the returned tensors) or ``add_updates`` (a fused
+    path that accumulates into the frozen output directly)."""
 
     mergeable = True
 

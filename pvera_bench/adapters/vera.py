@@ -27,19 +27,12 @@ class VeraQV(QVAdapter):
         """``(x [A_q | A_v]) * lambda_d``, viewed as ``(..., 2, cols)``."""
         return ((x @ self.shared.A) * self.lambda_d).unflatten(-1, (2, -1))
 
-    def _expand(self, z: torch.Tensor) -> list[torch.Tensor]:
-        """``alpha * (z_k B_k) * lambda_b_k`` for the q and v codes ``z`` (..., 2, r)."""
-        B, lb = self.shared.B, self.lambda_b * self.alpha
-        return [(z[..., k, :] @ B[k]) * lb[k] for k in range(2)]
-
-    def updates(self, x: torch.Tensor, out: torch.Tensor | None = None) -> list[torch.Tensor]:
-        return self._expand(self._codes(x))
-
     def _latent(self, x: torch.Tensor) -> torch.Tensor:
         """The codes ``z`` (..., 2, r) that ``B`` expands: VeRA's are ``(x A) * lambda_d``."""
         return self._codes(x)
 
     def add_updates(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out_k += alpha * (z_k B_k) * lambda_b_k`` for the q and v codes ``z``."""
         t = out.dtype
         return add_qv(out, self._latent(x).to(t), self.shared.B.to(t), (self.lambda_b * self.alpha).to(t))
 
