@@ -50,6 +50,15 @@ def check_choices(args: list[str]) -> str | None:
     return None
 
 
+def usage() -> str:
+    """The module docstring plus every config group's choices (Hydra's own help needs a task)."""
+    lines = [__doc__.strip(), "", "Config groups (group=choice; any key: group.key=value):"]
+    for group in CHOICE_GROUPS:
+        lines.append(f"  {group:<11} {', '.join(group_options(group))}")
+    lines += ["", "Print a resolved config: pvera-bench task=demo --cfg job.  Hydra's help: --hydra-help."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "report":
@@ -60,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         from .data.cli import main as data_main
 
         return data_main(args[1:])
+    if "-h" in args or "--help" in args:
+        print(usage())
+        return 0
     args = expand_task_words(args)
     err = check_choices(args)
     if err:

@@ -68,6 +68,12 @@ def test_unknown_names_exit_nonzero_listing_valid_names(arg, group, capsys):
     assert check_choices(["adapter=lora", "task=demo"]) is None
 
 
+def test_help_lists_every_group_and_choice(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in adapters.available() + tasks.vtab_tasks() + ["vit_b16", "pvera_paper"])
+
+
 def test_unknown_adapter_in_a_subprocess(cli, tmp_path):
     p = cli("adapter=nope", "task=demo")
     assert p.returncode == 2 and "valid adapter names: adaptformer, bottleneck, dora, ia3" in p.stderr
