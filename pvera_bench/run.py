@@ -69,6 +69,14 @@ def adapter_options(adapter_cfg: DictConfig) -> dict[str, Any]:
     return opts
 
 
+def with_point(cfg: DictConfig, point: dict[str, Any]) -> DictConfig:
+    """A copy of ``cfg`` with a grid point's values (dotted keys) applied."""
+    c = copy.deepcopy(cfg)
+    for key, value in point.items():
+        OmegaConf.update(c, key, value, force_add=False)
+    return c
+
+
 def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {text}"
@@ -103,9 +111,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return loaded[split]
 
     def build(point: dict[str, Any]) -> Trainer:
-        c = copy.deepcopy(cfg)
-        for key, value in point.items():
-            OmegaConf.update(c, key, value, force_add=False)
+        c = with_point(cfg, point)
         seed_everything(int(cfg.seed))
         bb = copy.deepcopy(backbone)
         adapters.apply(bb, c.adapter.name, **adapter_options(c.adapter))
@@ -129,6 +135,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         params_head=head,
         params_trainable=adapters.count_trainable(model),
         frozen_buffers=adapters.count_frozen_buffers(model),
+        adapter_options=json.dumps(adapter_options(with_point(cfg, outcome.chosen).adapter), sort_keys=True),
         **outcome.record(),
     )
     return row

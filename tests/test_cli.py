@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -208,3 +209,15 @@ def test_pvera_monte_carlo_metrics_are_recorded(cli, tmp_path):
     assert 0 <= low <= high <= 100 and float(row["mc_entropy"]) > 0
     assert all(row[k] != "" for k in ("test_nll", "test_ece", "test_brier"))
     assert '"inference": "mc"' in row["adapter_options"]
+
+
+def test_grid_choice_from_the_command_line_is_recorded(cli, tmp_path):
+    p = cli("adapter=lora", "task=demo", "backbone=vit_tiny_random", "trainer.epochs=1", "runtime.progress=false",
+            "++protocol.grid={trainer.lr_adapter:[1e-3,1e-2],adapter.r:[4]}")
+    assert p.returncode == 0, p.stderr
+    (row,) = rows(tmp_path / "results" / "results.csv")
+    chosen = json.loads(row["chosen"])
+    assert chosen["adapter.r"] == 4 and chosen["trainer.lr_adapter"] in (1e-3, 1e-2)
+    assert json.loads(row["adapter_options"])["r"] == 4 and int(row["params_adapter"]) == 4 * 2 * 2 * 64 * 4
+    scores = json.loads(row["grid_scores"])
+    assert len(scores) == 2 and float(row["val_acc"]) == max(s["val_acc"] for s in scores)
