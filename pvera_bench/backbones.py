@@ -93,6 +93,12 @@ def create_backbone(cfg: Mapping) -> nn.Module:
     return model
 
 
+def input_size(backbone: nn.Module) -> int:
+    """The square image size the backbone takes (what the data layer resizes to)."""
+    size = backbone.patch_embed.img_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
 class Classifier(nn.Module):
     """uint8 NHWC images -> normalise (on the device) -> backbone feature -> linear head."""
 
@@ -108,8 +114,7 @@ class Classifier(nn.Module):
 
     @property
     def img_size(self) -> int:
-        size = self.backbone.patch_embed.img_size
-        return int(size[0] if isinstance(size, (tuple, list)) else size)
+        return input_size(self.backbone)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float()  # NHWC uint8 -> NCHW (channels-last memory)

@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from filelock import FileLock
 
@@ -99,6 +99,3 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str), encoding="utf-8")
     os.replace(tmp, path)
 
-
-def select(rows: Iterable[Mapping[str, str]], **match: str) -> list[Mapping[str, str]]:
-    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]

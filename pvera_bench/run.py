@@ -24,8 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import adapters, metrics, results, tasks
 from .adapters import UnknownAdapterError
-from .backbones import BackboneError, Classifier, create_backbone
+from .backbones import BackboneError, Classifier, create_backbone, input_size
 from .data import DataError, load_split
+from .data.core import resolve_source
 from .protocols import run_protocol
 from .train import DivergedError, Trainer, resolve_device
 
@@ -47,8 +48,7 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def data_source(task, cfg: DictConfig) -> str:
-    """A task with a fixed source (the demo's bundled digits) ignores ``data.source``."""
-    return task.get("source") or cfg.data.source
+    return resolve_source(task, cfg.data.source)
 
 
 def versions() -> str:
@@ -100,8 +100,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     seed_everything(int(cfg.backbone.get("init_seed", cfg.seed)))
     backbone = create_backbone(OmegaConf.to_container(cfg.backbone, resolve=True))
     task = OmegaConf.to_container(cfg.task, resolve=True)
-    probe = Classifier(backbone, task["num_classes"])
-    data_kw = dict(data_dir=cfg.data.get("dir"), img_size=probe.img_size, cache_dir=cfg.data.get("cache_dir"))
+    data_kw = dict(data_dir=cfg.data.get("dir"), img_size=input_size(backbone), cache_dir=cfg.data.get("cache_dir"))
     loaded: dict[str, Any] = {}
 
     def load(split: str):

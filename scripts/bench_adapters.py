@@ -505,7 +505,7 @@ def main(argv=None) -> None:
     # untimed warmup rounds (first calls are slow: lazy init, autotuning)
     inner = max(1, args.inner)
     warmup = max(1, args.warmup)
-    for w in range(warmup):
+    for _ in range(warmup):
         last = []
         for v in variants.values():
             last.append(time_steps(v, x, y, autocast, 1, device))

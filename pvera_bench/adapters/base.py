@@ -9,7 +9,6 @@ exactly the adapter's own tensors require grad.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterator
 
 import torch
@@ -102,13 +101,6 @@ def adapter_layers(model: nn.Module) -> Iterator[AdapterLayer]:
     for m in model.modules():
         if isinstance(m, AdapterLayer):
             yield m
-
-
-def kaiming_uniform_(t: torch.Tensor, fan_in: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """nn.init.kaiming_uniform_(a=sqrt(5)) on ``t`` with an explicit fan-in and generator."""
-    bound = 1.0 / math.sqrt(fan_in)
-    with torch.no_grad():
-        return t.uniform_(-bound, bound, generator=generator)
 
 
 def blocks(model: nn.Module) -> nn.ModuleList:

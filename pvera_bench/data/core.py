@@ -90,9 +90,14 @@ def task_name(task: Mapping) -> str:
     return str(task.get("name") or "task")
 
 
+def resolve_source(task: Mapping, source: str) -> str:
+    """The source a task is read from: its own ``source`` key (the demo's digits) wins."""
+    return task.get("source") or source
+
+
 def open_split(task: Mapping, split: str, *, source: str, data_dir: str | None) -> SplitReader:
     """The reader for ``split`` of ``task`` (no decoding). A task's own ``source`` key wins."""
-    source = task.get("source") or source
+    source = resolve_source(task, source)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     try:
@@ -117,7 +122,7 @@ def load_split(task: Mapping, split: str, *, source: str, data_dir: str | None, 
     ``img_size`` x ``img_size``, as uint8 RGB. A task that names its own ``source`` (the demo)
     uses it whatever ``source`` says. With ``cache_dir``, the first call decodes and stores the
     split there and later calls memory-map it (no decoding)."""
-    source = task.get("source") or source
+    source = resolve_source(task, source)
     reader = open_split(task, split, source=source, data_dir=data_dir)
     want = expected_size(task, split, source)
     if want is not None and len(reader) != want:
