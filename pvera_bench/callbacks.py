@@ -11,14 +11,13 @@ from omegaconf import DictConfig
 
 
 def summary_table(records: list[dict[str, Any]]) -> str:
-    cols = ("adapter", "task", "backbone", "seed", "status", "test_acc", "params_adapter", "params_trainable")
+    cols = ("adapter", "task", "backbone", "seed", "status", "test_acc", "params_adapter", "params_trainable", "run")
     rows = []
     for r in records:
         acc = r.get("test_acc")
         acc = f"{float(acc):.2f}" if acc not in (None, "") else "-"
-        note = " (recorded earlier)" if r.get("skipped") else ""
-        rows.append([str(r.get(c, "")) if c != "test_acc" else acc for c in cols[:-1]]
-                    + [f"{r.get('params_trainable', '')}{note}"])
+        run = "recorded earlier" if r.get("skipped") else "new"
+        rows.append([str(r.get(c, "")) if c != "test_acc" else acc for c in cols[:-1]] + [run])
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
