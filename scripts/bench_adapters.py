@@ -28,7 +28,10 @@ are shared by every variant, so building 14 variants costs the memory of one bac
 * memory, CUDA: the peak of ``torch.cuda.max_memory_allocated`` during a step, above what was
   allocated before it, plus the variant's own resident tensors (adapter parameters and buffers,
   head, AdamW state): the memory a step needs beyond the shared frozen weights and the batch.
-  CPU (``--mem rss``, the default there): torch has no CPU allocator statistics, so each variant
+  CPU (``--mem alloc``, the default there): the peak of the bytes held by live tensors during one
+  training step, from ``torch.profiler``'s memory timeline (``profile_memory``), minus the shared
+  frozen weights: what the step itself needs, deterministic, and free of allocator slack.
+  CPU (``--mem rss``): the process-level number; each variant
   runs in a fresh subprocess that builds the model (after one throwaway step on a tiny model that
   loads what a first step loads lazily), resets the peak RSS (``/proc/self/clear_refs``), then
   takes 2 steps; reported is peak RSS (``VmHWM``) minus the RSS just before the first step (glibc
@@ -276,6 +279,26 @@ def cuda_step_peak(v: Variant, base, x, y, autocast, device) -> int:
     return torch.cuda.max_memory_allocated(device) - before + own_resident_bytes(v, base)
 
 
+def alloc_step_peak(v: Variant, base: nn.Module, x, y, autocast) -> int:
+    """CPU: the peak bytes of live tensors during one training step (torch.profiler's memory
+    timeline), minus the frozen weights every variant shares."""
+    import tempfile
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    train_step(v, x, y, autocast)  # AdamW state exists before the measured step, as in training
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        train_step(v, x, y, autocast)
+    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # export_memory_timeline: deprecated, still the CPU tool
+        path = Path(d) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    frozen = sum(t.numel() * t.element_size() for t in list(base.parameters()) + list(base.buffers()))
+    return max(sum(s) for s in sizes) - frozen
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -452,8 +475,9 @@ def parse(argv=None):
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--no-peft", action="store_true", help="skip the PEFT references")
     ap.add_argument("--no-eval", action="store_true", help="skip evaluation throughput")
-    ap.add_argument("--mem", default="auto", choices=["auto", "rss", "cuda", "none"],
-                    help="peak memory: cuda allocator (CUDA), subprocess peak RSS (CPU), or none")
+    ap.add_argument("--mem", default="auto", choices=["auto", "alloc", "rss", "cuda", "none"],
+                    help="peak memory: cuda allocator (CUDA), live tensors via torch.profiler (CPU, the default "
+                         "there), subprocess peak RSS (CPU), or none")
     ap.add_argument("--out-md", type=Path)
     ap.add_argument("--out-csv", type=Path)
     ap.add_argument("--dry-run", action="store_true", help="parse, resolve and print the plan, then exit")
@@ -471,9 +495,11 @@ def main(argv=None) -> None:
     if bad:
         raise SystemExit(f"unknown adapters {bad}; valid: {', '.join(adapters.available())}")
     device = torch.device(args.device)
-    mem = args.mem if args.mem != "auto" else ("cuda" if device.type == "cuda" else "rss")
+    mem = args.mem if args.mem != "auto" else ("cuda" if device.type == "cuda" else "alloc")
     if mem == "cuda" and device.type != "cuda":
         raise SystemExit("--mem cuda needs --device cuda")
+    if mem in ("alloc", "rss") and device.type != "cpu":
+        raise SystemExit(f"--mem {mem} measures CPU memory; use --mem cuda on a GPU")
     keys = ["floor"] + names
     if not args.no_peft:
         keys += [f"peft:{m}" for m in PEFT_METHODS if m in names]
@@ -519,6 +545,8 @@ def main(argv=None) -> None:
         v.saved_bytes = saved_bytes(v, x, autocast)
         if mem == "cuda":
             v.mem_bytes = cuda_step_peak(v, base, x, y, autocast, device)
+        elif mem == "alloc":
+            v.mem_bytes = alloc_step_peak(v, base, x, y, autocast)
     print(f"timing {args.rounds} rounds x {len(variants)} variants, {inner} step(s) per timing", file=sys.stderr)
 
     order = list(variants.values())
@@ -544,7 +572,7 @@ def main(argv=None) -> None:
             v.mem_bytes = rss_in_subprocess(v.key, args)
 
     rows = summarise(variants, names, rounds)
-    mem_label = {"cuda": "peak CUDA", "rss": "peak RSS", "none": "peak"}[mem]
+    mem_label = {"cuda": "peak CUDA", "alloc": "peak tensors", "rss": "peak RSS", "none": "peak"}[mem]
     header = (
         f"## Adapter training-step benchmark: {model_name}, random weights, {device.type}"
         f"{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}, batch {args.batch}, "
@@ -557,6 +585,8 @@ def main(argv=None) -> None:
         "['qkv', 'fc2'], feedforward ['fc2']; same r; PEFT's PVeRA has no KL term. "
         + {"cuda": "Memory: peak torch.cuda.max_memory_allocated during a step above what was allocated before "
                    "it, plus the variant's own parameters, buffers and AdamW state (shared frozen weights excluded).",
+           "alloc": "Memory: peak bytes of live tensors during one training step (torch.profiler memory "
+                     "timeline, after a first step has created the AdamW state), shared frozen weights excluded.",
            "rss": "Memory: growth of peak RSS (VmHWM, reset before the steps) over 2 training steps, one fresh subprocess per variant, "
                   "model already built (frozen weights excluded; includes a few MB of allocator slack).",
            "none": "Memory: not measured."}[mem]
