@@ -96,7 +96,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     device = resolve_device(rt.get("device"))
     if cfg.backbone.get("random_weights"):
         log.warning("backbone %s has RANDOM weights: its numbers only show that the tool works", cfg.backbone.name)
-    adapters.get(cfg.adapter.name)  # fail on an unknown adapter before loading anything
+    adapters.get(cfg.adapter.name)  # fail on an unknown adapter or ood_task before loading anything
+    ood_task = ood_task_config(cfg)
     seed_everything(int(cfg.backbone.get("init_seed", cfg.seed)))
     backbone = create_backbone(OmegaConf.to_container(cfg.backbone, resolve=True))
     task = OmegaConf.to_container(cfg.task, resolve=True)
@@ -129,7 +130,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     head = sum(p.numel() for p in model.head.parameters())
     row = dict(
         **metrics.summarize(preds.probs, preds.labels, preds.sample_preds),
-        **ood_scores(cfg, outcome.trainer, preds, data_kw),
+        **(ood_scores(ood_task, cfg, outcome.trainer, preds, data_kw) if ood_task else {}),
         params_adapter=adapters.count_trainable(model.backbone),
         params_head=head,
         params_trainable=adapters.count_trainable(model),
@@ -140,16 +141,21 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return row
 
 
-def ood_scores(cfg: DictConfig, trainer: Trainer, preds, data_kw: dict) -> dict[str, Any]:
-    """With ``ood_task=<task>``: AUROC of telling this run's test images from that task's test
-    images by maximum softmax probability (and by predictive entropy when sampling)."""
+def ood_task_config(cfg: DictConfig) -> dict | None:
+    """The task config named by ``ood_task`` (None when unset); an unknown name is a DataError."""
     name = cfg.get("ood_task")
     if not name:
-        return {}
+        return None
     table = tasks.task_configs()
     if name not in table:
         raise DataError(f"unknown ood_task {name!r}; valid task names: {', '.join(sorted(table))}")
-    other = table[name]
+    return table[name]
+
+
+def ood_scores(other: dict, cfg: DictConfig, trainer: Trainer, preds, data_kw: dict) -> dict[str, Any]:
+    """AUROC of telling this run's test images from task ``other``'s test images by maximum
+    softmax probability (and by predictive entropy when sampling)."""
+    name = other["name"]
     ood = trainer.predict(load_split(other, "test", source=data_source(other, cfg), **data_kw))
     s_in, s_out = metrics.ood_scores(preds.probs), metrics.ood_scores(ood.probs)
     row = dict(ood_task=name, ood_auroc=metrics.auroc(s_in["msp"], s_out["msp"]))
