@@ -30,6 +30,9 @@ COLUMNS = [
 ]
 
 
+EXTRA = "_extra_cells"  # where a hand-edited row's cells beyond the header are kept
+
+
 def _lock(path: Path) -> FileLock:
     return FileLock(str(path) + ".lock", timeout=600)
 
@@ -38,7 +41,7 @@ def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     if not path.exists() or path.stat().st_size == 0:
         return [], []
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, restkey=EXTRA)  # a row with too many cells is kept, not fatal
         return list(reader.fieldnames or []), list(reader)
 
 
@@ -62,21 +65,39 @@ def append(path: str | os.PathLike, row: Mapping[str, Any]) -> None:
         fields += [c for c in COLUMNS if c not in fields]
         fields += [c for c in row if c not in fields]
         rows.append({k: _cell(v) for k, v in row.items()})
+        if any(EXTRA in r for r in rows) and EXTRA not in fields:
+            fields.append(EXTRA)
+        for r in rows:
+            if isinstance(r.get(EXTRA), list):
+                r[EXTRA] = _cell(r[EXTRA])
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=fields, restval="", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                f.write(buf.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        _atomic_write(path, buf.getvalue())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync it and rename it over ``path``,
+    keeping ``path``'s permissions (a new file gets the umask's, as ``open`` would give it)."""
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def read(path: str | os.PathLike) -> list[dict[str, str]]:
@@ -94,8 +115,5 @@ def find_ok(path: str | os.PathLike, config_hash: str) -> dict[str, str] | None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    _atomic_write(Path(path), json.dumps(obj, indent=2, sort_keys=True, default=str))
 

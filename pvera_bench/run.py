@@ -187,8 +187,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
         record.update(execute(cfg, run_dir), status="ok")
     except Exception as e:  # record every failure, then decide how loudly to end
         record.update(status="failed", error=one_line(e))
+        results.write_json(run_dir / "record.json", record)  # first: kept even if the CSV cannot be written
         results.append(csv_path, record)
-        results.write_json(run_dir / "record.json", record)
         if multirun:  # the sweep goes on
             log.error("run failed (recorded in %s): %s", csv_path, record["error"])
             return record
@@ -196,8 +196,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
             print(f"pvera-bench: error: {record['error']}", file=sys.stderr)
             sys.exit(2)
         raise
-    results.append(csv_path, record)
     results.write_json(run_dir / "record.json", record)
+    results.append(csv_path, record)
     log.info("%s %s %s seed %s: test_acc %.2f, nll %.4f, ece %.4f, %s adapter params -> %s", record["task"],
              record["adapter"], record["backbone"], record["seed"], record["test_acc"], record["test_nll"],
              record["test_ece"], record["params_adapter"], csv_path)

@@ -167,3 +167,9 @@ def test_prepare_failure_is_reported(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
     rc, out = run(capsys, "prepare", "task=dtd", f"data.dir={tmp_path}")
     assert rc == 1 and "preparing dtd:3.*.* failed: ConnectionError: no network" in out and "not ready: dtd" in out
+
+
+def test_prepare_a_task_without_a_tfds_builder_is_a_message(capsys, fake_prepare, tmp_path):
+    rc, out = run(capsys, "prepare", "task=demo,clevr_count", f"data.dir={tmp_path}")
+    assert rc == 1 and [n for n, *_ in fake_prepare] == ["clevr"]
+    assert "[demo]" in out and "nothing to prepare" in out and "not ready: demo" in out

@@ -131,3 +131,23 @@ def test_demo_task_ignores_source_and_dir():
     s = load_split({"name": "demo", "source": "sklearn_digits"}, "val200", source="folder", data_dir=None,
                    img_size=8)
     assert s.images.shape == (200, 8, 8, 3) and s.labels.shape == (200,)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_an_empty_split_fails_the_same_with_or_without_the_cache(tmp_path, monkeypatch, cache):
+    from pvera_bench.data import core
+
+    class Empty(core.SplitReader):
+        description, fingerprint = "empty source", "empty"
+
+        def __len__(self):
+            return 0
+
+        def read(self, start, stop):
+            return [], np.empty(0, np.int64)
+
+    monkeypatch.setitem(core._SOURCES, "empty", lambda task, split, data_dir: Empty())
+    task = folder_task()
+    with pytest.raises(DataError, match="the split test is empty"):
+        load_split(task, "test", source="empty", data_dir=None, img_size=8,
+                   cache_dir=str(tmp_path / "cache") if cache else None)

@@ -1,6 +1,8 @@
 """The results CSV: atomic appends, concurrent writers, header upgrades."""
 
 import csv
+import json
+import os
 import multiprocessing as mp
 
 from pvera_bench import results
@@ -48,3 +50,19 @@ def test_old_file_is_upgraded_to_new_columns(tmp_path):
     assert [r["task"] for r in rows] == ["cifar100", "dtd"]
     assert results.find_ok(path, "abc")["task"] == "dtd"
     assert results.find_ok(path, "zzz") is None
+
+
+def test_append_keeps_permissions_and_survives_a_row_with_extra_cells(tmp_path):
+    path = tmp_path / "r.csv"
+    results.append(path, dict(task="a", status="ok"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would create it, not mkstemp's 0600
+    os.chmod(path, 0o664)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + [lines[1] + ",x,y"]) + "\n")  # a hand-edited row, two cells too many
+    results.append(path, dict(task="b", status="ok"))
+    rows = results.read(path)
+    assert [r["task"] for r in rows] == ["a", "a", "b"]
+    assert json.loads(rows[1][results.EXTRA]) == ["x", "y"] and rows[2][results.EXTRA] == ""
+    assert path.stat().st_mode & 0o777 == 0o664

@@ -112,7 +112,12 @@ def prepare(names: list[str], table: Mapping[str, Mapping], data_dir: str | None
     failed = []
     for n in names:
         task = table[n]
-        spec = tfds_source.tfds_spec(task)
+        try:
+            spec = tfds_source.tfds_spec(task)
+        except DataError as e:  # a task without a TFDS builder (the demo)
+            echo(f"[{n}] {e}; nothing to prepare")
+            failed.append(n)
+            continue
         if spec not in seen:  # clevr_count and clevr_dist (and dsprites_*, smallnorb_*) share a dataset
             seen[spec] = tfds_source.prepare(task, data_dir, manual_dir, echo=echo)
         else:

@@ -124,6 +124,8 @@ def load_split(task: Mapping, split: str, *, source: str, data_dir: str | None, 
     split there and later calls memory-map it (no decoding)."""
     source = resolve_source(task, source)
     reader = open_split(task, split, source=source, data_dir=data_dir)
+    if len(reader) == 0:
+        raise DataError(f"{reader.description or task_name(task)}: the split {split} is empty")
     want = expected_size(task, split, source)
     if want is not None and len(reader) != want:
         warnings.warn(f"{task_name(task)} {split}: {len(reader)} examples from {reader.description or source}, "
