@@ -64,7 +64,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import metrics as _metrics
 from . import tasks as _tasks
 
 METRIC_COLUMNS = {
@@ -147,7 +146,8 @@ def load_runs(
             f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
             f"(the report needs {', '.join(dict.fromkeys(required))})"
         )
-    df = df[list(dict.fromkeys(required))].copy()
+    has_hash = "config_hash" in df.columns
+    df = df[list(dict.fromkeys(required + (["config_hash"] if has_hash else [])))].copy()
     df["line"] = df.index + 2  # line 1 is the header; blank lines are kept as empty rows
     df = df.dropna(how="all", subset=list(dict.fromkeys(required)))
     for col in ("task", "adapter", "backbone", "protocol", "seed", "status"):
@@ -172,7 +172,12 @@ def load_runs(
 
     for col, allowed in (filters or {}).items():
         if allowed:
-            df = df[df[col].isin(allowed)]
+            keep = df[col].isin(allowed)
+            if not keep.any():
+                have = sorted(set(df[col]) - {""})
+                raise ReportError(f"--{col} {','.join(sorted(allowed))} matches no run in {path}; "
+                                  f"it has {col} {', '.join(have) if have else '(none)'}")
+            df = df[keep]
 
     ok = df["status"].str.lower() == "ok"
     n_failed = int((~ok).sum())
@@ -191,6 +196,12 @@ def load_runs(
     if dups.any():
         n = int(dups.sum())
         _warn(f"{n} run{'s' if n != 1 else ''} repeated (same {'/'.join(key)}): kept the last line of each")
+        if has_hash:
+            mixed = int((df.groupby(key)["config_hash"].nunique() > 1).sum())
+            if mixed:
+                _warn(f"{mixed} of those cells hold runs of different settings (config_hash differs: adapter "
+                      f"options or trainer overrides); only the last counts. Select one setting by filtering "
+                      f"the CSV first")
         df = df[~dups]
 
     cols = key + ["value", "params", "line"] + (["run_dir"] if need_run_dir else [])
@@ -445,8 +456,11 @@ def _resolve_run_dir(run_dir: str, csv_path: Path) -> Path | None:
 
 
 def plot_reliability(runs: pd.DataFrame, csv_path: Path, path: str | Path,
-                     n_bins: int = _metrics.N_BINS, max_panels: int = MAX_PANELS) -> None:
+                     n_bins: int | None = None, max_panels: int = MAX_PANELS) -> None:
     """Reliability diagrams of the selected runs, one panel each (at most ``max_panels``)."""
+    from . import metrics as _metrics  # torch: imported only when a reliability plot is asked for
+
+    n_bins = _metrics.N_BINS if n_bins is None else n_bins
     from matplotlib.figure import Figure
 
     sel = runs.sort_values(["adapter", "backbone", "protocol", "task", "seed"]).reset_index(drop=True)
@@ -522,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reliability diagrams of the selected runs, from <run_dir>/predictions.npz")
     p.add_argument("--max-panels", type=int, default=MAX_PANELS,
                    help="at most this many reliability panels (default: %(default)s)")
-    p.add_argument("--bins", type=int, default=_metrics.N_BINS, help="reliability bins (default: %(default)s)")
+    p.add_argument("--bins", type=int, help="reliability bins (default: 15, as the recorded ECE)")
     sel = p.add_argument_group("run filters (table and plots; repeatable or comma-separated)")
     for name in ("task", "adapter", "backbone", "protocol", "seed"):
         sel.add_argument(f"--{name}", action="append", metavar=name.upper())
@@ -543,8 +557,12 @@ def _run(args: argparse.Namespace) -> int:
     filters = {k: _parse_filters(getattr(args, k)) for k in ("task", "adapter", "backbone", "protocol", "seed")}
     if filters["seed"]:
         filters["seed"] = {_norm_seed(s) for s in filters["seed"]}
-    if args.max_panels < 1 or args.bins < 1:
+    if filters["task"]:  # the task words of the run command: vtab, natural, specialized, structured
+        filters["task"] = set(_tasks.expand(",".join(sorted(filters["task"]))))
+    if args.max_panels < 1 or (args.bins is not None and args.bins < 1):
         raise ReportError("--max-panels and --bins must be at least 1")
+    if args.decimals is not None and args.decimals < 0:
+        raise ReportError("--decimals must be at least 0")
     csv_path = Path(args.results)
     runs = load_runs(csv_path, metric_col, filters, need_run_dir=bool(args.plot_reliability))
     if runs.empty:

@@ -253,3 +253,26 @@ def test_plot_reliability(capsys, tmp_path, monkeypatch):
     # nothing readable among the selected runs: one error
     rc, _, err = main_out(capsys, ["--results", str(path), "--plot-reliability", str(png), "--adapter", "lora"])
     assert rc == 2 and "predictions.npz" in err
+
+
+def test_task_words_filters_that_match_nothing_and_mixed_settings(capsys, tmp_path):
+    rows = PVERA_RUNS + [run("lora", "dtd", 0, 66.0, config_hash="a"), run("lora", "dtd", 0, 70.0, config_hash="b")]
+    path = write_csv(tmp_path / "r.csv", rows)
+    df, _, err = csv_table(capsys, ["--results", str(path), "--task", "natural"])
+    assert "patch_camelyon" in df.columns and df["patch_camelyon"].isna().all()  # kept as a column, no value
+    assert df.set_index("adapter").loc["pvera", "caltech101"] == 71.0 and df["cifar100"].notna().any()
+    assert df.set_index("adapter").loc["lora", "dtd"] == 70.0  # the last of the two dtd runs
+    assert "1 of those cells hold runs of different settings" in err
+    rc, _, err = main_out(capsys, ["--results", str(path), "--adapter", "lroa"])
+    assert rc == 2 and "--adapter lroa matches no run" in err and "lora, pvera" in err
+    rc, _, err = main_out(capsys, ["--results", str(path), "--decimals", "-1"])
+    assert rc == 2 and "--decimals" in err
+
+
+def test_report_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, pvera_bench.report as r; r.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
