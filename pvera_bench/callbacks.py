@@ -44,5 +44,16 @@ class SweepSummary(Callback):
             return
         print(f"\nSweep summary: {len(records)} runs, recorded in {config.results_csv}")
         print(summary_table(records))
-        if any("random" in str(r.get("backbone", "")) for r in records):
-            print("(backbone vit_tiny_random has RANDOM weights: these numbers only show that the tool works)")
+        for name in sorted({str(r.get("backbone", "")) for r in records}):
+            if random_weights(name):
+                print(f"(backbone {name} has RANDOM weights: these numbers only show that the tool works)")
+
+
+def random_weights(backbone: str) -> bool:
+    """Whether the backbone config ``backbone`` says its weights are random."""
+    from omegaconf import OmegaConf
+
+    from .paths import config_dir
+
+    path = config_dir() / "backbone" / f"{backbone}.yaml"
+    return path.is_file() and bool(OmegaConf.load(path).get("random_weights", False))

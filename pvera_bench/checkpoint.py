@@ -8,12 +8,15 @@ to a temporary name and renamed, so a job killed while saving leaves the previou
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -65,12 +68,14 @@ def load(path: Path) -> dict[str, Any] | None:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["pvera_bench"])
         tensors = load_file(str(path))
-    except Exception:  # a corrupt checkpoint is no checkpoint: train from the start
+    except Exception as e:  # a corrupt checkpoint is no checkpoint: train from the start
+        log.warning("ignoring unreadable checkpoint %s (%s: %s); training from the start", path, type(e).__name__, e)
         return None
+    optimizer = _unflatten_optimizer(tensors, meta.pop("optimizer"))
     return dict(
         meta,
         trainable={k[6:]: v for k, v in tensors.items() if k.startswith("param.")},
         best={k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None,
-        optimizer=_unflatten_optimizer(tensors, meta.pop("optimizer")),
+        optimizer=optimizer,
         generator=tensors["rng.generator"], torch_rng=tensors["rng.torch"], cuda_rng=tensors.get("rng.cuda"),
     )

@@ -28,6 +28,10 @@ from .train import FitResult, Predictions, Trainer
 log = logging.getLogger(__name__)
 
 
+class ProtocolError(ValueError):
+    """A protocol config that cannot be run (a user error: one message, no traceback)."""
+
+
 def _flatten(grid: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in grid.items():
@@ -73,8 +77,11 @@ def run_protocol(p: Mapping[str, Any], build: Callable[[dict[str, Any]], Trainer
     """Run protocol ``p``: ``build(point)`` makes a fresh trainer with the grid values ``point``
     applied; ``load(split)`` opens a split. Returns the test predictions of the final model."""
     points = grid_points(p.get("grid"))
-    metric = p.get("metric", "acc")
-    keep_best = p.get("checkpoint", "last") == "best"
+    metric, ckpt = p.get("metric", "acc"), p.get("checkpoint", "last")
+    if metric not in ("acc", "loss") or ckpt not in ("best", "last"):
+        raise ProtocolError(f"protocol {p.get('name')!r}: metric must be acc or loss (got {metric!r}) and checkpoint "
+                            f"best or last (got {ckpt!r})")
+    keep_best = ckpt == "best"
     fit_kw = dict(select=metric if keep_best else None, patience=p.get("patience"),
                   min_rel_delta=float(p.get("min_rel_delta") or 0.0))
     final_on = p.get("final_on")
@@ -93,12 +100,11 @@ def run_protocol(p: Mapping[str, Any], build: Callable[[dict[str, Any]], Trainer
             log.info("candidate %s: val_acc %.2f val_loss %.4f", point, fit.val_acc, fit.val_loss)
             if best is None or score > best[0]:
                 best, chosen, val_acc, val_loss = (score, trainer, fit), point, fit.val_acc, fit.val_loss
-            else:
-                del trainer
+            del trainer  # only ``best`` holds a candidate from here on
         log.info("chosen on %s: %s", p["val_split"], chosen)
 
     if final_on:
-        best = None  # free the candidates before the final model is built
+        best = None  # free the chosen candidate before the final model is built
         trainer = build(chosen)
         fit = trainer.fit(load(final_on), desc="final", select=None, tag="final")
         seconds += fit.seconds

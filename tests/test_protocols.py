@@ -7,7 +7,7 @@ import torch
 from pvera_bench import adapters
 from pvera_bench.backbones import Classifier
 from pvera_bench.data import Split
-from pvera_bench.protocols import grid_points, run_protocol
+from pvera_bench.protocols import ProtocolError, grid_points, run_protocol
 from pvera_bench.train import Trainer
 
 from conftest import tiny_vit
@@ -87,3 +87,14 @@ def test_single_point_vtab_trains_final_model_directly():
     out = run_protocol(p, spy.build, spy.load)
     assert [e for e in spy.events if e[0] == "load"] == [("load", "train800val200"), ("load", "test")]
     assert np.isnan(out.val_acc)
+
+
+@pytest.mark.parametrize("bad", [dict(metric="accuracy"), dict(checkpoint="bets")])
+def test_a_misspelt_selection_rule_is_an_error_before_any_training(bad):
+    def never(*args):
+        raise AssertionError("nothing may be built or loaded")
+
+    p = {**dict(name="x", select_on="train800", val_split="val200", final_on=None, test_split="test",
+                metric="acc", checkpoint="best"), **bad}
+    with pytest.raises(ProtocolError, match="metric must be acc or loss"):
+        run_protocol(p, never, never)
