@@ -80,8 +80,6 @@ def create_backbone(cfg: Mapping) -> nn.Module:
         _check_hub_weights(model_name, name)
     try:
         model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
-    except BackboneError:
-        raise
     except Exception as e:  # corrupt or mismatched checkpoint, or a hub failure
         where = f"backbone.checkpoint={checkpoint}" if checkpoint else f"the hub weights of {model_name!r}"
         raise BackboneError(

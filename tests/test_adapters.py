@@ -743,3 +743,19 @@ def test_ia3_feedforward_matches_peft(peft):
         merged = pm.merge_and_unload()
         torch.testing.assert_close(merged.lin.weight, rows, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(merged.lin.bias, bias, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["lora", "dora", "vera", "pvera", "ia3"])
+def test_qkv_without_bias_trains(name):
+    """A backbone whose qkv has no bias: the in-place q/v update must not corrupt what backward needs."""
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8,
+                            embed_dim=D, depth=DEPTH, num_heads=2, qkv_bias=False).requires_grad_(False)
+    model = adapters.apply(vit, name)
+    x = torch.randn(2, 3, 32, 32)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data.add_(0.01)  # away from the identity init, so every gradient path is live
+    model(x).square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)

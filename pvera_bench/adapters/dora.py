@@ -35,7 +35,9 @@ class DoraQV(LoraQV):
         bias = self.base.bias
         result = []
         for i, k in enumerate(QV):
-            frozen = out[..., k, :] if bias is None else out[..., k, :] - bias.view(3, -1)[k]
+            # a new tensor either way: ``out`` is updated in place afterwards, and a view of it
+            # kept for the magnitude's gradient would be stale
+            frozen = out[..., k, :].clone() if bias is None else out[..., k, :] - bias.view(3, -1)[k]
             result.append((scale[i] - 1) * frozen + scale[i] * lora[i])
         return result
 

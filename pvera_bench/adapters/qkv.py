@@ -86,6 +86,7 @@ class _AddQV(torch.autograd.Function):
                 u = torch.mm(z2[:, i], B[i])
                 dst.addcmul_(u, s[i])
                 us.append(u)
+        ctx.mark_dirty(out)
         ctx.z_shape, ctx.z2_shape = z.shape, z2.shape
         # z is needed only for B's gradient (LoRA); VeRA's frozen B needs the products u instead
         ctx.save_for_backward(z2 if ctx.needs_input_grad[2] else None, B, s, *us)

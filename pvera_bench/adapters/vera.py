@@ -25,7 +25,8 @@ class VeraQV(QVAdapter):
 
     def _codes(self, x: torch.Tensor) -> torch.Tensor:
         """``(x [A_q | A_v]) * lambda_d``, viewed as ``(..., 2, cols)``."""
-        return ((x @ self.shared.A) * self.lambda_d).unflatten(-1, (2, -1))
+        xa = x @ self.shared.A
+        return (xa * self.lambda_d.to(xa.dtype)).unflatten(-1, (2, -1))  # stays in autocast's dtype
 
     def _latent(self, x: torch.Tensor) -> torch.Tensor:
         """The codes ``z`` (..., 2, r) that ``B`` expands: VeRA's are ``(x A) * lambda_d``."""
@@ -47,7 +48,7 @@ class VeraQV(QVAdapter):
 
 
 @register("vera")
-def apply(model: nn.Module, r: int = 256, alpha: float = 1.0, lambda_d_init: float = 0.1,
+def apply(model: nn.Module, r: int = 256, alpha: float = 16.0, lambda_d_init: float = 0.1,
           projection_seed: int = 0) -> None:
     d = model.embed_dim
     shared = share(model, "vera_shared", SharedProjections(d, r, r, projection_seed))
