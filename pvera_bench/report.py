@@ -24,7 +24,8 @@ averages. Aggregates are means of the per-task means (no std):
 * ``natural``, ``specialized``, ``structured``: mean over the group's tasks that have results;
 * ``mean``: mean over the VTAB tasks with results ("mean over 19 tasks": SSF, V-PETL-Bench, PVeRA);
 * ``mean_of_groups``: mean of the available group means ("mean of 3 group means": NOAH, FacT);
-* ``params_adapter``: the median over the row's runs of the adapter's trainable parameters.
+* ``params_adapter``: the median over the row's runs of the adapter's trainable parameters
+  (md / latex cells show the range ``min–max`` when the runs differ).
 
 ``--format md`` (default) and ``--format latex``: cells ``72.3 ± 0.4`` (several seeds) or ``72.3``
 (one seed), 1 decimal for accuracy and 3 for the other metrics (``--decimals``); an incomplete
@@ -239,7 +240,7 @@ def csv_columns(vtab: list[str], extra: list[str]) -> list[str]:
 def build_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The numeric table (the ``--format csv`` frame): one row per (adapter, backbone, protocol)."""
     vtab, extra = task_columns(runs)
-    group_tasks = {g: [t for t in vtab if _tasks.group_of(t) == g] for g in _tasks.GROUPS}
+    group_tasks = {g: _tasks.tasks_in_group(g) for g in _tasks.GROUPS}
     rows = []
     for key, sub in runs.groupby(list(KEYS), sort=True):
         row: dict[str, object] = dict(zip(KEYS, key))
@@ -295,7 +296,7 @@ def format_cells(table: pd.DataFrame, runs: pd.DataFrame, decimals: int, pm: str
     """Header and string cells for the md / latex table."""
     vtab, extra = task_columns(runs)
     n_vtab = len(vtab)
-    group_total = {g: sum(1 for t in vtab if _tasks.group_of(t) == g) for g in _tasks.GROUPS}
+    group_total = {g: len(_tasks.tasks_in_group(g)) for g in _tasks.GROUPS}
     labels = ["adapter"] + [k for k in KEYS[1:] if runs[k].nunique() > 1]
     header = labels + vtab + extra + list(_tasks.GROUPS) + ["mean", "mean_of_groups", "params_adapter"]
     body = []
@@ -337,7 +338,7 @@ def legend(metric: str, runs: pd.DataFrame) -> list[str]:
     ]
     if extra:
         lines.append(f"Not VTAB-1k, excluded from the averages: {', '.join(extra)}.")
-    lines.append("params_adapter: trainable adapter parameters (median over the row's runs).")
+    lines.append("params_adapter: trainable adapter parameters (median over the row's runs; min–max when they differ).")
     return lines
 
 

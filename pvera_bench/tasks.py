@@ -34,10 +34,6 @@ def vtab_tasks(table: Mapping[str, Mapping] | None = None) -> list[str]:
     return sorted((n for n, t in table.items() if t.get("order") is not None), key=lambda n: table[n]["order"])
 
 
-def group_of(task: str) -> str | None:
-    return task_configs().get(task, {}).get("group")
-
-
 def tasks_in_group(group: str, table: Mapping[str, Mapping] | None = None) -> list[str]:
     table = task_configs() if table is None else table
     return [t for t in vtab_tasks(table) if table[t].get("group") == group]

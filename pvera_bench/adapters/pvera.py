@@ -113,11 +113,6 @@ class PveraQV(VeraQV):
         kl, self.kl = self.kl, None
         return kl / self.beta
 
-    def delta_weight(self) -> torch.Tensor:
-        # mean mode: z = mu uses the first r columns of each projection's A and lambda_d
-        a = self.shared.A.view(self.dim, 2, 2 * self.r)[..., : self.r].transpose(0, 1)
-        return self._delta_from(a, self.lambda_d.view(2, 2 * self.r)[:, : self.r])
-
 
 @register("pvera")
 def apply(model: nn.Module, r: int = 256, alpha: float = 16.0, lambda_d_init: float = 0.1,

@@ -37,14 +37,13 @@ class VeraQV(QVAdapter):
         t = out.dtype
         return add_qv(out, self._latent(x).to(t), self.shared.B.to(t), (self.lambda_b * self.alpha).to(t))
 
-    def _delta_from(self, a: torch.Tensor, ld: torch.Tensor) -> torch.Tensor:
-        """(2, d_out, d_in) from the q/v code matrices ``a`` (2, d, r) and scales ``ld`` (2, r)."""
+    def delta_weight(self) -> torch.Tensor:
+        """(2, d_out, d_in). The codes are the first r of each projection: all of VeRA's, and
+        PVeRA's mu (its mean mode, the only one that merges)."""
+        a = self.shared.A.view(self.dim, 2, -1)[..., : self.r].transpose(0, 1)  # (2, d, r)
+        ld = self.lambda_d.view(2, -1)[:, : self.r]  # (2, r)
         b = self.shared.B * (self.lambda_b * self.alpha)[:, None, :]  # (2, r, d_out)
         return ((a * ld[:, None, :]) @ b).transpose(1, 2)
-
-    def delta_weight(self) -> torch.Tensor:
-        a = self.shared.A.view(self.dim, 2, self.r).transpose(0, 1)
-        return self._delta_from(a, self.lambda_d.view(2, self.r))
 
 
 @register("vera")
