@@ -157,7 +157,8 @@ def materialize(reader: SplitReader, img_size: int, out: np.ndarray, progress: s
         b = min(a + CHUNK, n)
         imgs, labs = reader.read(a, b)
         if len(imgs) != b - a or len(labs) != b - a:
-            raise DataError(f"{reader.description}: asked for examples {a}:{b}, got {len(imgs)}")
+            raise DataError(f"{reader.description}: asked for examples {a}:{b}, got {len(imgs)} images and "
+                            f"{len(labs)} labels")
         out[a:b] = resize_many(imgs, img_size)
         labels[a:b] = labs
         if bar is not None:
