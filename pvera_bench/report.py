@@ -447,12 +447,18 @@ def plot_params(table: pd.DataFrame, runs: pd.DataFrame, metric: str, path: str 
 
 
 def _resolve_run_dir(run_dir: str, csv_path: Path) -> Path | None:
+    """The run's directory as recorded, or, for results copied elsewhere (from a cluster, say),
+    the longest tail of it (``multirun/<date>/<time>/<job>``, ...) found under the current
+    directory, the CSV's directory or its parent."""
     p = Path(run_dir)
-    if p.is_absolute():
-        return p if (p / "predictions.npz").is_file() else None
-    for base in (Path.cwd(), csv_path.parent, csv_path.parent.parent):
-        if (base / p / "predictions.npz").is_file():
-            return base / p
+    if (p / "predictions.npz").is_file():
+        return p
+    parts = p.parts[1:] if p.is_absolute() else p.parts
+    for i in range(len(parts)):
+        for base in (Path.cwd(), csv_path.parent, csv_path.parent.parent):
+            cand = base.joinpath(*parts[i:])
+            if (cand / "predictions.npz").is_file():
+                return cand
     return None
 
 

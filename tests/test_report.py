@@ -276,3 +276,14 @@ def test_report_does_not_import_torch():
     code = "import sys, pvera_bench.report as r; r.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_run_dirs_of_results_copied_from_another_machine_are_found(tmp_path, monkeypatch):
+    job = tmp_path / "copy" / "multirun" / "2026-01-01" / "10-00-00" / "0_demo_pvera_s0"
+    job.mkdir(parents=True)
+    np.savez(job / "predictions.npz", probs=np.eye(2, dtype=np.float32), labels=np.arange(2))
+    csv_path = tmp_path / "copy" / "results.csv"
+    monkeypatch.chdir(tmp_path)
+    recorded = "/cluster/home/someone/pvera/multirun/2026-01-01/10-00-00/0_demo_pvera_s0"  # as written there
+    assert report._resolve_run_dir(recorded, csv_path) == job
+    assert report._resolve_run_dir("/cluster/home/someone/elsewhere/1_x", csv_path) is None
