@@ -109,28 +109,32 @@ def test_check_reads_labels_without_decoding_images(tiny, monkeypatch):
 
 
 def test_prepare_without_tensorflow_names_the_extra(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: False)
+    monkeypatch.setattr(tfds_source, "missing_prepare_modules", lambda: ["tensorflow-cpu", "importlib_resources"])
     rc, out = run(capsys, "prepare", "task=cifar100", f"data.dir={tmp_path}")
     assert rc == 1 and 'pip install -e ".[prepare]"' in out and "TensorFlow" in out
+    assert "missing: tensorflow-cpu, importlib_resources" in out
     assert out.count("\n") == 1  # one message
 
 
 @pytest.fixture
 def fake_prepare(monkeypatch):
-    """TensorFlow 'available' and DatasetBuilder.download_and_prepare recorded instead of run."""
+    """The prepare extra 'installed', every download host 'reachable' and DatasetBuilder.download_and_prepare
+    recorded instead of run: the CLI's own logic only (tests/test_data_tfds_prepare.py runs the real builders)."""
     calls = []
 
     def fake(self, **kw):
         calls.append((self.name, str(self.version), kw))
 
-    monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: True)
+    monkeypatch.setattr(tfds_source, "missing_prepare_modules", lambda: [])
+    monkeypatch.setattr(tfds_source, "unreachable_hosts", lambda urls, timeout=5.0: {})
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fake)
     return calls
 
 
 def test_prepare_manual_download_prints_instructions_and_dir(capsys, fake_prepare, tmp_path):
     rc, out = run(capsys, "prepare", "task=resisc45,diabetic_retinopathy", f"data.dir={tmp_path}")
-    assert rc == 1 and fake_prepare == []
+    assert rc == 2 and fake_prepare == []
+    assert "nothing built; resisc45, diabetic_retinopathy cannot start" in out
     assert "needs a manual download" in out and "1drv.ms" in out  # resisc45's TFDS instructions
     assert f"Put the files in: {tmp_path}/downloads/manual" in out
     assert "diabetic_retinopathy" in out and "kaggle" in out.lower()
@@ -163,7 +167,8 @@ def test_prepare_failure_is_reported(capsys, monkeypatch, tmp_path):
     def fail(self, **kw):
         raise ConnectionError("no network")
 
-    monkeypatch.setattr(tfds_source, "tensorflow_available", lambda: True)
+    monkeypatch.setattr(tfds_source, "missing_prepare_modules", lambda: [])
+    monkeypatch.setattr(tfds_source, "unreachable_hosts", lambda urls, timeout=5.0: {})
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
     rc, out = run(capsys, "prepare", "task=dtd", f"data.dir={tmp_path}")
     assert rc == 1 and "preparing dtd:3.*.* failed: ConnectionError: no network" in out and "not ready: dtd" in out
@@ -173,3 +178,22 @@ def test_prepare_a_task_without_a_tfds_builder_is_a_message(capsys, fake_prepare
     rc, out = run(capsys, "prepare", "task=demo,clevr_count", f"data.dir={tmp_path}")
     assert rc == 1 and [n for n, *_ in fake_prepare] == ["clevr"]
     assert "[demo]" in out and "nothing to prepare" in out and "not ready: demo" in out
+
+
+def test_prepare_with_unreachable_hosts_says_what_to_fetch_and_builds_nothing(capsys, fake_prepare, monkeypatch,
+                                                                              tmp_path):
+    import urllib.parse
+
+    monkeypatch.setattr(tfds_source, "unreachable_hosts", lambda urls, timeout=5.0: {
+        urllib.parse.urlsplit(u).netloc: "ConnectionError: no route" for u in urls})
+    rc, out = run(capsys, "prepare", "task=cifar100,dtd", f"data.dir={tmp_path}")
+    assert rc == 2 and fake_prepare == []
+    assert "[cifar100] cannot reach www.cs.toronto.edu (ConnectionError: no route)" in out
+    assert "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz" in out
+    assert f"-> {tmp_path}/downloads/manual/cifar-100-binary.tar.gz" in out and "dtd-r1.0.1.tar.gz" in out
+    assert f"run again: pvera-bench data prepare task=cifar100,dtd data.dir={tmp_path}" in out
+    # a file already in manual_dir is not asked for, and its host is not needed
+    (tmp_path / "downloads" / "manual").mkdir(parents=True)
+    (tmp_path / "downloads" / "manual" / "cifar-100-binary.tar.gz").write_bytes(b"x")
+    rc, out = run(capsys, "prepare", "task=cifar100", f"data.dir={tmp_path}")
+    assert rc == 0 and [n for n, *_ in fake_prepare] == ["cifar100"]

@@ -102,31 +102,54 @@ def main(argv: list[str]) -> int:
 
 def prepare(names: list[str], table: Mapping[str, Mapping], data_dir: str | None, manual_dir: str | None,
             echo: Callable[[str], None] = print) -> int:
+    """Plan every task first (builder, manual downloads, reachable download hosts: seconds), then build.
+    Exit 2 without building anything when a task cannot start (a manual download or a file to fetch by
+    hand); 1 when a build fails; 0 when all are ready."""
     from . import tfds_source
 
-    if not tfds_source.tensorflow_available():
-        echo(f"pvera-bench data prepare builds the TFDS datasets and needs TensorFlow once: install "
-             f"{tfds_source.PREPARE_EXTRA}")
+    missing = tfds_source.missing_prepare_modules()
+    if missing:
+        echo(f"pvera-bench data prepare builds the TFDS datasets and needs TensorFlow once (missing: "
+             f"{', '.join(missing)}): install {tfds_source.PREPARE_EXTRA}")
         return 1
-    seen: dict[str, bool] = {}
-    failed = []
+    d = tfds_source.resolve_data_dir(data_dir)
+    plans: dict[str, object] = {}  # spec -> Plan; clevr_count and clevr_dist (dsprites_*, smallnorb_*) share one
+    owner: dict[str, str] = {}
+    blocked, no_builder, failed_specs = [], [], set()
     for n in names:
         task = table[n]
         try:
             spec = tfds_source.tfds_spec(task)
         except DataError as e:  # a task without a TFDS builder (the demo)
             echo(f"[{n}] {e}; nothing to prepare")
-            failed.append(n)
+            no_builder.append(n)
             continue
-        if spec not in seen:  # clevr_count and clevr_dist (and dsprites_*, smallnorb_*) share a dataset
-            seen[spec] = tfds_source.prepare(task, data_dir, manual_dir, echo=echo)
-        else:
-            echo(f"[{n}] shares {spec} with an earlier task")
-        if not seen[spec]:
-            failed.append(n)
-    d = tfds_source.resolve_data_dir(data_dir)
-    if failed:
-        echo(f"not ready: {', '.join(failed)} (see above); ready: {len(names) - len(failed)} of {len(names)}")
+        if spec in plans:
+            echo(f"[{n}] shares {spec} with {owner[spec]}")
+            continue
+        note = (task.get("tfds") or {}).get("note")
+        if note:
+            echo(f"[{n}] note: {' '.join(str(note).split())}")
+        p = plans[spec] = tfds_source.plan(task, data_dir, manual_dir)
+        owner[spec] = n
+        if p.ready:
+            echo(f"[{n}] {spec} already prepared at {p.builder.data_path}")
+        elif p.problem or p.unreachable:
+            blocked.append(p)
+    if blocked:
+        for p in blocked:
+            echo(p.problem or tfds_source.unreachable_message(p))
+        todo = [p.task for p in blocked]
+        echo(f"pvera-bench data prepare: nothing built; {', '.join(todo)} cannot start (see above). Put the files "
+             f"in place (or pass data.manual_dir=PATH) and run again: pvera-bench data prepare "
+             f"task={','.join(names)} data.dir={d}")
+        return 2
+    for spec, p in plans.items():
+        if not p.ready and not tfds_source.build(p, echo=echo):
+            failed_specs.add(spec)
+    bad = [n for n in names if n in no_builder or tfds_source.tfds_spec(table[n]) in failed_specs]
+    if bad:
+        echo(f"not ready: {', '.join(bad)} (see above); ready: {len(names) - len(bad)} of {len(names)}")
         return 1
     echo(f"all {len(names)} task(s) ready under {d}; verify with: pvera-bench data check task={','.join(names)} "
          f"data.dir={d}")
@@ -175,7 +198,7 @@ def check_task(task: Mapping, source: str, data_dir: str | None) -> tuple[list[s
         counter = getattr(reader, "class_count", None)
         if counter is not None and counter() not in (None, nc):
             problem(f"the data has {counter()} classes, the task table says {nc}")
-    if not problems:
+    if not missing:
         facts.append(f"{nc} classes" + (f" ({len(seen_labels)} seen in the data)" if len(seen_labels) != nc else ""))
     return problems, facts, missing
 
@@ -200,6 +223,8 @@ def check(names: list[str], table: Mapping[str, Mapping], source: str, data_dir:
         echo(f"  {n:<{width}}  {'MISSING' if missing else 'WRONG':<7}  {problems[0]}")
         for p in problems[1:]:
             echo(f"  {'':<{width}}           {p}")
+        if not missing and facts:
+            echo(f"  {'':<{width}}           found: {', '.join(facts)}")
     summary = f"{len(names) - len(bad)} of {len(names)} task(s) ready"
     echo(summary + (f"; missing or wrong: {', '.join(bad)}" if bad else ""))
     return 1 if bad else 0

@@ -12,6 +12,11 @@ import contextlib
 import importlib.util
 import logging
 import os
+import shutil
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import numpy as np
@@ -41,6 +46,16 @@ def quiet_absl():
         yield
     finally:
         logger.setLevel(old)
+
+
+# What the TFDS builders import while preparing (the `prepare` extra in pyproject.toml): module -> package.
+PREPARE_MODULES = {"tensorflow": "tensorflow-cpu", "importlib_resources": "importlib_resources",
+                   "cv2": "opencv-python-headless", "h5py": "h5py", "scipy": "scipy"}
+
+
+def missing_prepare_modules() -> list[str]:
+    """The packages of the `prepare` extra that are not installed (empty when preparing can work)."""
+    return [pkg for mod, pkg in PREPARE_MODULES.items() if importlib.util.find_spec(mod) is None]
 
 
 def tensorflow_available() -> bool:
@@ -197,49 +212,264 @@ def manual_dir_for(builder, manual_dir: "str | None") -> str:
                                                                                 "downloads", "manual")
 
 
-def prepare(task: Mapping, data_dir: "str | None", manual_dir: "str | None" = None,
-            echo: Callable[[str], None] = print) -> bool:
-    """Download and prepare ``task``'s TFDS builder as array_record under ``data_dir``; True when ready.
+# ---------------------------------------------------------------------------- preparing
+class _QuietFilter(logging.Filter):
+    """Drops TFDS's chatter that is neither progress nor a problem."""
+    NOISE = ("has no dataset_info.json", "Load dataset info from", "Reusing dataset", "Load pre-computed")
 
-    Needs TensorFlow (the ``prepare`` extra); the caller checks :func:`tensorflow_available` first.
-    """
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(n in msg for n in self.NOISE)
+
+
+@contextlib.contextmanager
+def quiet_prepare():
+    """absl (TFDS's logger) at WARNING minus known noise; TensorFlow's C++ INFO/WARNING lines off.
+    TFDS's progress bars (tqdm) stay."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logger = logging.getLogger("absl")
+    old, filt = logger.level, _QuietFilter()
+    logger.setLevel(logging.WARNING)
+    logger.addFilter(filt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(filt)
+        logger.setLevel(old)
+
+
+@dataclass
+class Download:
+    """One file a builder downloads: where from, and the name TFDS looks for in ``manual_dir``."""
+    url: str
+    filename: str
+    size: "int | None" = None
+
+    @property
+    def host(self) -> str:
+        return urllib.parse.urlsplit(self.url).netloc
+
+
+@dataclass
+class Plan:
+    """What preparing one builder needs before it can start."""
+    task: str
+    spec: str
+    builder: object = None
+    manual_dir: str = ""
+    ready: bool = False                       # already prepared as array_record
+    problem: str = ""                         # a blocker, said to the user (the builder cannot be built)
+    downloads: list = field(default_factory=list)   # files still to download
+    unreachable: dict = field(default_factory=dict)  # host -> why
+
+
+class _Recorded(Exception):
+    pass
+
+
+class _UrlRecorder:
+    """Stands in for TFDS's DownloadManager while a builder's ``_split_generators`` runs: records the
+    URLs of its first download call, then stops the builder (nothing is downloaded or written)."""
+
+    def __init__(self, manual_dir: str, download_dir: str):
+        from etils import epath
+
+        self.manual_dir = epath.Path(manual_dir)
+        self.download_dir = epath.Path(download_dir)
+        self.urls: list[str] = []
+
+    def _flatten(self, x) -> None:
+        if isinstance(x, Mapping):
+            for v in x.values():
+                self._flatten(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                self._flatten(v)
+        elif x is not None:
+            self.urls.append(str(getattr(x, "url", x)))
+
+    def download(self, url_or_urls, *a, **k):
+        self._flatten(url_or_urls)
+        raise _Recorded
+
+    download_and_extract = download
+
+    def __getattr__(self, name):  # extract, iter_archive, download_kaggle_data, ...: stop here
+        raise _Recorded
+
+
+def builder_downloads(builder, manual_dir: str) -> list[Download]:
+    """The files ``builder`` downloads for its config: the URLs its ``_split_generators`` asks for first
+    (all of its registered URLs when that cannot be told), with TFDS's registered file names."""
+    import inspect
+
+    try:
+        infos = dict(builder.url_infos or {})
+    except Exception:  # noqa: BLE001
+        infos = {}
+    rec = _UrlRecorder(manual_dir, os.path.join(str(builder.data_dir_root), "downloads"))
+    try:
+        gen = builder._split_generators  # noqa: SLF001 - the builder's own list of what it downloads
+        extra = [None] * (len(inspect.signature(gen).parameters) - 1)  # beam builders take a pipeline
+        gen(rec, *extra)
+    except Exception:  # noqa: BLE001 - _Recorded, or the builder stopped on the recorder's answers
+        pass
+    urls = list(dict.fromkeys(rec.urls)) or list(infos)
+    out = []
+    for u in urls:
+        info = infos.get(u)
+        name = (info.filename if info is not None and info.filename else
+                os.path.basename(urllib.parse.urlsplit(u).path) or u)
+        out.append(Download(u, name, int(info.size) if info is not None and info.size is not None else None))
+    return out
+
+
+def _cached(builder, d: Download, manual_dir: str) -> bool:
+    """Already here: in ``manual_dir`` under TFDS's file name, or in TFDS's download cache."""
+    if os.path.exists(os.path.join(manual_dir, d.filename)):
+        return True
+    try:
+        from tensorflow_datasets.core.download import resource as resource_lib
+
+        infos = builder.url_infos or {}
+        checksum = infos[d.url].checksum if d.url in infos else None
+        path = os.path.join(str(builder.data_dir_root), "downloads", resource_lib.get_dl_fname(d.url, checksum))
+        return os.path.exists(path)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def unreachable_hosts(urls: "list[str]", timeout: float = 5.0) -> dict[str, str]:
+    """{host: why} for the hosts of ``urls`` that do not answer an HTTP HEAD within ``timeout`` seconds
+    (any HTTP answer, even an error status, counts as reachable). Hosts are tried in parallel; proxies
+    set in the environment are honoured (``requests``)."""
+    import requests
+
+    by_host: dict[str, str] = {}
+    for u in urls:
+        by_host.setdefault(urllib.parse.urlsplit(u).netloc, u)
+    result: dict[str, str] = {h: f"no answer within {timeout:.0f} s" for h in by_host}
+
+    def probe(host: str, url: str) -> None:
+        try:
+            requests.head(url, timeout=(timeout, timeout), allow_redirects=False)
+            result.pop(host, None)
+        except requests.RequestException as e:
+            reason = e.args[0] if e.args else e
+            reason = getattr(reason, "reason", reason)
+            result[host] = " ".join(f"{type(e).__name__}: {reason}".split())[:200]
+
+    threads = [threading.Thread(target=probe, args=hu, daemon=True) for hu in by_host.items()]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout + 1.0  # a DNS lookup may ignore requests' timeout: stop waiting
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return dict(result)
+
+
+def plan(task: Mapping, data_dir: "str | None", manual_dir: "str | None" = None) -> Plan:
+    """Create ``task``'s builder and find out, without building, whether it can be prepared now: already
+    prepared, a manual download missing, or download hosts that cannot be reached."""
     import tensorflow_datasets as tfds
 
     name, spec, data_dir = task_name(task), tfds_spec(task), resolve_data_dir(data_dir)
-    note = (task.get("tfds") or {}).get("note")
-    if note:
-        echo(f"[{name}] note: {' '.join(str(note).split())}")
+    p = Plan(name, spec)
     try:
-        builder = tfds.builder(spec, data_dir=data_dir, file_format="array_record")
+        with quiet_prepare():
+            builder = tfds.builder(spec, data_dir=data_dir, file_format="array_record")
     except Exception as e:  # noqa: BLE001
-        echo(f"[{name}] cannot create the TFDS builder {spec}: {e}")
-        return False
+        p.problem = f"[{name}] cannot create the TFDS builder {spec}: {type(e).__name__}: {e}"
+        return p
+    p.builder, p.manual_dir = builder, manual_dir_for(builder, manual_dir)
     if builder.is_prepared():
         fmt = getattr(builder.info.file_format, "value", builder.info.file_format)
         if str(fmt) == "array_record":
-            echo(f"[{name}] {spec} already prepared at {builder.data_path}")
-            return True
-        echo(f"[{name}] {spec} exists at {builder.data_path} as {fmt}, which cannot be read without TensorFlow; "
-             f"use another data.dir or convert it: tfds convert_format --dataset_version_dir {builder.data_path} "
-             f"--out_file_format array_record")
-        return False
+            p.ready = True
+        else:
+            p.problem = (f"[{name}] {spec} exists at {builder.data_path} as {fmt}, which cannot be read without "
+                         f"TensorFlow; use another data.dir or convert it: tfds convert_format "
+                         f"--dataset_version_dir {builder.data_path} --out_file_format array_record")
+        return p
     instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
-    mdir = manual_dir_for(builder, manual_dir)
+    mdir = p.manual_dir
     if instructions and (not os.path.isdir(mdir) or not os.listdir(mdir)):
-        echo(f"[{name}] {spec} needs a manual download. TFDS's instructions:\n"
-             + "\n".join("    " + ln for ln in str(instructions).strip().splitlines())
-             + f"\n  Put the files in: {mdir}\n  (or pass data.manual_dir=PATH), then run again: "
-             f"{prepare_command(task, data_dir)}")
-        return False
-    echo(f"[{name}] preparing {spec} ({builder.version}) as array_record in {data_dir} ...")
+        p.problem = (f"[{name}] {spec} needs a manual download. TFDS's instructions:\n"
+                     + "\n".join("    " + ln for ln in str(instructions).strip().splitlines())
+                     + f"\n  Put the files in: {mdir}\n  (or pass data.manual_dir=PATH), then run again: "
+                     f"{prepare_command(task, data_dir)}")
+        return p
+    with quiet_prepare():
+        p.downloads = [d for d in builder_downloads(builder, mdir) if not _cached(builder, d, mdir)]
+    if p.downloads:
+        p.unreachable = unreachable_hosts([d.url for d in p.downloads])
+    return p
+
+
+def _size(n: "int | None") -> str:
+    if not n:
+        return ""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f" ({n:.0f} {unit})" if unit == "bytes" else f" ({n:.1f} {unit})"
+        n /= 1024
+    return ""
+
+
+def unreachable_message(p: Plan) -> str:
+    """Which files to fetch by hand for ``p`` and where to put them (TFDS reads them from manual_dir)."""
+    hosts = ", ".join(f"{h} ({why})" for h, why in p.unreachable.items())
+    files = [d for d in p.downloads if d.host in p.unreachable]
+    lines = [f"[{p.task}] cannot reach {hosts}. Fetch these by hand and save them in {p.manual_dir}:"]
+    lines += [f"    {d.url}{_size(d.size)}\n      -> {os.path.join(p.manual_dir, d.filename)}" for d in files]
+    return "\n".join(lines)
+
+
+def _tmp_dirs(data_dir: str) -> set[str]:
+    dl = os.path.join(data_dir, "downloads")
     try:
-        builder.download_and_prepare(
-            file_format="array_record",
-            # build from the original files: GCS mirrors hold TFRecord copies, unreadable without TF
-            download_config=tfds.download.DownloadConfig(manual_dir=mdir if instructions else None,
-                                                         try_download_gcs=False))
+        return {os.path.join(dl, n) for n in os.listdir(dl) if ".tmp." in n}
+    except OSError:
+        return set()
+
+
+def build(p: Plan, echo: Callable[[str], None] = print) -> bool:
+    """Download and prepare ``p``'s builder as array_record; True when ready. Temporary download folders
+    of a failed attempt are removed."""
+    import tensorflow_datasets as tfds
+
+    builder = p.builder
+    data_dir = str(builder.data_dir_root)
+    echo(f"[{p.task}] preparing {p.spec} ({builder.version}) as array_record in {data_dir} ...")
+    before = _tmp_dirs(data_dir)
+    try:
+        with quiet_prepare():
+            builder.download_and_prepare(
+                file_format="array_record",
+                # build from the original files: GCS mirrors hold TFRecord copies, unreadable without TF.
+                # manual_dir: files fetched by hand (by TFDS's file names) are used instead of downloading.
+                download_config=tfds.download.DownloadConfig(manual_dir=p.manual_dir, try_download_gcs=False))
     except Exception as e:  # noqa: BLE001
-        echo(f"[{name}] preparing {spec} failed: {type(e).__name__}: {e}")
+        for d in sorted(_tmp_dirs(data_dir) - before):
+            shutil.rmtree(d, ignore_errors=True)
+        msg = " ".join(str(e).split())
+        echo(f"[{p.task}] preparing {p.spec} failed: {type(e).__name__}: {msg[:600]}")
         return False
-    echo(f"[{name}] {spec} ready at {builder.data_path}")
+    echo(f"[{p.task}] {p.spec} ready at {builder.data_path}")
     return True
+
+
+def prepare(task: Mapping, data_dir: "str | None", manual_dir: "str | None" = None,
+            echo: Callable[[str], None] = print) -> bool:
+    """Plan and build one task (no host check message: see ``pvera_bench.data.cli.prepare``)."""
+    p = plan(task, data_dir, manual_dir)
+    if p.problem:
+        echo(p.problem)
+        return False
+    if p.ready:
+        echo(f"[{p.task}] {p.spec} already prepared at {p.builder.data_path}")
+        return True
+    if p.unreachable:
+        echo(unreachable_message(p))
+        return False
+    return build(p, echo)
