@@ -75,13 +75,17 @@ def splits4(train: str, val: str, test: str) -> dict[str, str]:
     return {"train800": train, "val200": val, "train800val200": f"{train}+{val}", "test": test}
 
 
-def check_indexed(d, task, expected, want_sizes, label_of=lambda v: v):
+def check_indexed(d, task, expected, want_sizes, label_of=lambda v: v, grey=False):
     """Every split: the size its split string gives, each example's label = the rule applied to the raw
-    value written for the example its image names, and train800val200 = train800 + val200."""
+    value written for the example its image names, and train800val200 = train800 + val200.
+    ``grey``: the images name their index only (unique across the raw splits), not their split."""
     got = {}
     for split, n in want_sizes.items():
         s = read(d, task, split)
         idx, names = tfds_raw.decode(s.images)
+        if grey:
+            expected = {"all": {k: v for part in expected.values() for k, v in part.items()}}
+            names = ["all"] * len(idx)
         assert len(s) == n, (split, len(s))
         assert s.labels.tolist() == [label_of(expected[sp][i]) for i, sp in zip(idx, names)], split
         got[split] = list(zip(names, idx))
@@ -122,8 +126,8 @@ def test_dsprites(prepared, name, col, rule):
     task = table_task(name, splits4("train[:4]", "train[4:6]", "train[6:]"))
     seen = []
     for split, n in (("train800", 4), ("val200", 2), ("test", 2)):
-        s = read(d, task, split, size=16)
-        assert len(s) == n and set(np.unique(s.images)) <= {0, 255}  # 0/1 pixels scaled to 0/255
+        s = read(d, task, split, size=64)  # the images' own size: pixels untouched by resizing
+        assert len(s) == n and set(np.unique(s.images)) == {0, 255}  # 0/1 pixels scaled to 0/255
         idx = tfds_raw.dsprites_decode(s.images)
         assert s.labels.tolist() == [rule(raw[i][col]) for i in idx]
         seen += idx
@@ -135,7 +139,7 @@ def test_smallnorb(prepared, name, col):
     d, exp, *_ = prepared
     task = table_task(name, splits4("train[:2]", "test[:2]", "test[50%:]"))
     check_indexed(d, task, exp["smallnorb"], {"train800": 2, "val200": 2, "train800val200": 4, "test": 3},
-                  label_of=lambda v: v[col])
+                  label_of=lambda v: v[col], grey=True)
 
 
 @pytest.mark.parametrize("name", ["clevr_count", "clevr_dist"])
@@ -180,10 +184,11 @@ def test_kitti_data_check_reports_the_tiny_sizes(prepared):
     d, *_ = prepared
     r = run("-m", "pvera_bench.cli", "data", "check", "task=kitti", f"data.dir={d}", timeout=300)
     out = r.stdout + r.stderr
-    assert r.returncode == 1, out  # the sizes are not the table's
-    for split, n, want in (("train800", 4, 800), ("val200", 2, 200), ("test", 2, 711)):
-        assert f"{split}: {n} examples, the task table says {want}" in out, out
-    assert "found: train800 4, val200 2, train800val200 6, test 2, 4 classes" in out, out
+    assert r.returncode == 1, out  # the tiny splits do not fit the table's split strings and sizes
+    assert "cannot read split 'train[:800]' of kitti:3.3.0" in out, out
+    assert "(prepared splits: train 4, validation 2, test 2)" in out, out
+    assert "test: 2 examples, the task table says 711" in out, out
+    assert "found: test 2, 4 classes (2 seen in the data)" in out, out
     print(out)
 
 

@@ -164,18 +164,19 @@ def _norb_matrix(arr: np.ndarray) -> bytes:
 
 def write_smallnorb(d: Path) -> dict:
     """smallnorb-5x{46789,01235}x9x18x6x2x96x96-{training,testing}-{dat,cat,info}.mat.gz. The image's grey
-    level is 20 i + 10 (i = its index). Returns {split: {i: (azimuth label 0..17, elevation 0..8)}}."""
+    level is 20 k + 10, k = the index counted across train (0..3) then test (4..9).
+    Returns {split: {k: (azimuth label 0..17, elevation 0..8)}}."""
     out = {}
-    for split, stem, n in (("train", "smallnorb-5x46789x9x18x6x2x96x96-training", 4),
-                           ("test", "smallnorb-5x01235x9x18x6x2x96x96-testing", 6)):
-        dat = np.stack([np.full((2, 96, 96), 20 * i + 10, np.uint8) for i in range(n)])
+    for split, stem, n, k0 in (("train", "smallnorb-5x46789x9x18x6x2x96x96-training", 4, 0),
+                               ("test", "smallnorb-5x01235x9x18x6x2x96x96-testing", 6, 4)):
+        dat = np.stack([np.full((2, 96, 96), 20 * (k0 + i) + 10, np.uint8) for i in range(n)])
         azi = [(5 * i + (3 if split == "test" else 0)) % 18 for i in range(n)]
         ele = [(2 * i + 1) % 9 for i in range(n)]
         info = np.array([[i % 10, ele[i], 2 * azi[i], i % 6] for i in range(n)], np.int32)  # azimuth 0, 2, .., 34
         for kind, arr in (("dat", dat), ("cat", np.arange(n, dtype=np.int32) % 5), ("info", info)):
             with gzip.open(d / f"{stem}-{kind}.mat.gz", "wb") as f:
                 f.write(_norb_matrix(arr))
-        out[split] = {i: (azi[i], ele[i]) for i in range(n)}
+        out[split] = {k0 + i: (azi[i], ele[i]) for i in range(n)}
     return out
 
 
@@ -231,7 +232,8 @@ def write_kitti(d: Path) -> dict:
         images[f"training/image_2/{i:06d}.png"] = png(index_rgb(i, "train", (6, 10)))
         lines = []
         for t, z in scenes[i]:
-            lines.append(f"{t} 0.00 {i % 4} -1.50 100.0 120.0 200.0 180.0 1.50 1.60 3.90 0.50 1.70 {z:.2f} 0.10")
+            # type truncated occluded alpha bbox(left top right bottom, pixels) h w l x y z rotation_y
+            lines.append(f"{t} 0.00 {i % 4} -1.50 1.00 1.00 8.00 5.00 1.50 1.60 3.90 0.50 1.70 {z:.2f} 0.10")
         labels[f"training/label_2/{i:06d}.txt"] = ("\n".join(lines) + "\n").encode()
         vehicles = [z for t, z in scenes[i] if t in ("Car", "Van", "Truck")]
         out[i] = (video, min(vehicles) if vehicles else None)

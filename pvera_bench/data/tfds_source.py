@@ -104,7 +104,12 @@ def _diagnose(task: Mapping, spec: str, split_str: str, data_dir: str, err: Exce
             f"task {task_name(task)}: {spec} under {b.data_path} was prepared as {fmt}, which needs TensorFlow to "
             f"read; prepare it as array_record with `{prepare_command(task, '<another dir>')}`, or convert it "
             f"with `tfds convert_format --dataset_version_dir {b.data_path} --out_file_format array_record`")
-    return DataError(f"task {task_name(task)}: cannot read split {split_str!r} of {spec} under {data_dir}: {err}")
+    try:
+        held = ", ".join(f"{k} {v.num_examples}" for k, v in b.info.splits.items())
+    except Exception:  # noqa: BLE001
+        held = ""
+    return DataError(f"task {task_name(task)}: cannot read split {split_str!r} of {spec} under {data_dir}: {err}"
+                     + (f" (prepared splits: {held})" if held else ""))
 
 
 def open_data_source(task: Mapping, split_str: str, data_dir: str, decoders=None):
@@ -373,11 +378,15 @@ def plan(task: Mapping, data_dir: "str | None", manual_dir: "str | None" = None)
     prepared, a manual download missing, or download hosts that cannot be reached."""
     import tensorflow_datasets as tfds
 
+    with quiet_prepare():
+        return _plan(tfds, task, data_dir, manual_dir)
+
+
+def _plan(tfds, task: Mapping, data_dir: "str | None", manual_dir: "str | None") -> Plan:
     name, spec, data_dir = task_name(task), tfds_spec(task), resolve_data_dir(data_dir)
     p = Plan(name, spec)
     try:
-        with quiet_prepare():
-            builder = tfds.builder(spec, data_dir=data_dir, file_format="array_record")
+        builder = tfds.builder(spec, data_dir=data_dir, file_format="array_record")
     except Exception as e:  # noqa: BLE001
         p.problem = f"[{name}] cannot create the TFDS builder {spec}: {type(e).__name__}: {e}"
         return p
@@ -399,8 +408,7 @@ def plan(task: Mapping, data_dir: "str | None", manual_dir: "str | None" = None)
                      + f"\n  Put the files in: {mdir}\n  (or pass data.manual_dir=PATH), then run again: "
                      f"{prepare_command(task, data_dir)}")
         return p
-    with quiet_prepare():
-        p.downloads = [d for d in builder_downloads(builder, mdir) if not _cached(builder, d, mdir)]
+    p.downloads = [d for d in builder_downloads(builder, mdir) if not _cached(builder, d, mdir)]
     if p.downloads:
         p.unreachable = unreachable_hosts([d.url for d in p.downloads])
     return p
