@@ -26,9 +26,11 @@ usage: pvera-bench data prepare task=TASKS [data.dir=PATH] [data.manual_dir=PATH
 
   prepare  download and build the TFDS datasets of TASKS as array_record under data.dir
            (TFDS's default ~/tensorflow_datasets, or $TFDS_DATA_DIR, when not given). Needs
-           TensorFlow once: pip install -e ".[prepare]". resisc45 and diabetic_retinopathy need a
-           manual download first; prepare prints where from and where to put the files
-           (data.manual_dir, default <data.dir>/downloads/manual).
+           TensorFlow once: pip install -e ".[prepare]". First, within seconds, it checks every
+           task: resisc45 and diabetic_retinopathy need a manual download (prepare prints TFDS's
+           instructions), and each builder's download hosts must answer; when one cannot start,
+           prepare names the files to fetch by hand and where to put them (data.manual_dir, default
+           <data.dir>/downloads/manual), builds nothing and exits 2. Exit 1: a build failed.
   check    for each task and split: present? right size, class count and label range? Says what
            is missing and how to get it; exit status 1 if anything is missing or wrong.
 
@@ -207,13 +209,15 @@ def check(names: list[str], table: Mapping[str, Mapping], source: str, data_dir:
           echo: Callable[[str], None] = print) -> int:
     import warnings
 
+    from .tfds_source import quiet_absl
+
     where = data_dir or ("(TFDS default)" if source == "tfds" else "(data.dir not set)")
     echo(f"data check: source={source} dir={where}, {len(names)} task(s)")
     bad = []
     width = max(len(n) for n in names)
     for n in names:
         task = table[n]
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_absl():
             warnings.simplefilter("ignore")
             problems, facts, missing = check_task(task, source, data_dir)
         if not problems:
