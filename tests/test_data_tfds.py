@@ -258,3 +258,44 @@ def test_each_vtab_builder_through_the_reading_path(mock_vtab, name, tmp_path):
             assert ((s.labels >= 0) & (s.labels < task["num_classes"])).all()
     if task["tfds"].get("image_scale"):  # 0/1 (the mock: 0..254) pixels -> 0/255 before resizing
         assert s.images.max() == 255
+
+
+# ------------------------------------------------------------------ download hosts (loopback servers only)
+def test_unreachable_hosts_answers_within_its_timeout():
+    """A host that answers HTTP (even 405 to HEAD) is reachable; one that accepts and stays silent and a
+    closed port are not, and the check returns within its timeout."""
+    import http.server
+    import socket
+    import threading
+    import time
+
+    from pvera_bench.data.tfds_source import unreachable_hosts
+
+    class NoHead(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802
+            self.send_error(405)
+
+        def log_message(self, *a):
+            pass
+
+    web = http.server.HTTPServer(("127.0.0.1", 0), NoHead)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts, never answers
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    ok, quiet, shut = (f"127.0.0.1:{p}" for p in (web.server_port, silent.getsockname()[1], closed_port))
+    urls = [f"http://{ok}/a.tar.gz", f"http://{ok}/b.zip", f"http://{quiet}/c.zip", f"http://{shut}/d.zip"]
+    try:
+        t0 = time.monotonic()
+        bad = unreachable_hosts(urls, timeout=1.0)
+        seconds = time.monotonic() - t0
+    finally:
+        web.shutdown()
+        silent.close()
+    assert sorted(bad) == sorted([quiet, shut])
+    assert bad[quiet].startswith("ReadTimeout") and bad[shut].startswith("ConnectionError")
+    assert seconds < 2.5

@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -362,7 +363,8 @@ def unreachable_hosts(urls: "list[str]", timeout: float = 5.0) -> dict[str, str]
         except requests.RequestException as e:
             reason = e.args[0] if e.args else e
             reason = getattr(reason, "reason", reason)
-            result[host] = " ".join(f"{type(e).__name__}: {reason}".split())[:200]
+            text = re.sub(r"^HTTPS?Connection\(host='[^']*', port=\d+\): ", "", " ".join(str(reason).split()))
+            result[host] = f"{type(e).__name__}: {text}"[:200]
 
     threads = [threading.Thread(target=probe, args=hu, daemon=True) for hu in by_host.items()]
     for t in threads:
