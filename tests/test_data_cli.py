@@ -164,7 +164,8 @@ def test_prepare_already_prepared(capsys, fake_prepare, tiny, monkeypatch):
 
 
 def test_prepare_failure_is_reported(capsys, monkeypatch, tmp_path):
-    def fail(self, **kw):
+    def fail(self, **kw):  # as TFDS's downloader does: a temporary folder, then the error
+        (tmp_path / "downloads" / "www.robots.ox.ac.uk_dtd.tar.gz.tmp.0123abcd").mkdir(parents=True)
         raise ConnectionError("no network")
 
     monkeypatch.setattr(tfds_source, "missing_prepare_modules", lambda: [])
@@ -172,6 +173,7 @@ def test_prepare_failure_is_reported(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
     rc, out = run(capsys, "prepare", "task=dtd", f"data.dir={tmp_path}")
     assert rc == 1 and "preparing dtd:3.*.* failed: ConnectionError: no network" in out and "not ready: dtd" in out
+    assert list((tmp_path / "downloads").iterdir()) == []  # no leftover temporary folder
 
 
 def test_prepare_a_task_without_a_tfds_builder_is_a_message(capsys, fake_prepare, tmp_path):

@@ -467,19 +467,3 @@ def build(p: Plan, echo: Callable[[str], None] = print) -> bool:
         return False
     echo(f"[{p.task}] {p.spec} ready at {builder.data_path}")
     return True
-
-
-def prepare(task: Mapping, data_dir: "str | None", manual_dir: "str | None" = None,
-            echo: Callable[[str], None] = print) -> bool:
-    """Plan and build one task (no host check message: see ``pvera_bench.data.cli.prepare``)."""
-    p = plan(task, data_dir, manual_dir)
-    if p.problem:
-        echo(p.problem)
-        return False
-    if p.ready:
-        echo(f"[{p.task}] {p.spec} already prepared at {p.builder.data_path}")
-        return True
-    if p.unreachable:
-        echo(unreachable_message(p))
-        return False
-    return build(p, echo)
