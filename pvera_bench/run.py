@@ -11,6 +11,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import os
 import platform
 import random
 import sys
@@ -91,8 +92,10 @@ def seed_everything(seed: int) -> None:
 def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and test one configuration; returns the result columns of its row."""
     rt = cfg.runtime
-    if rt.get("threads"):
-        torch.set_num_threads(int(rt.threads))
+    threads = cpu_threads(rt.get("threads"))
+    if threads:
+        torch.set_num_threads(threads)
+        log.info("torch CPU threads: %d", threads)
     device = resolve_device(rt.get("device"))
     if cfg.backbone.get("random_weights"):
         log.warning("backbone %s has RANDOM weights: its numbers only show that the tool works", cfg.backbone.name)
@@ -119,10 +122,14 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         settings = dict(OmegaConf.to_container(c.trainer, resolve=True),
                         eval_batch_size=rt.eval_batch_size, progress=rt.progress)
         return Trainer(model, settings, device, seed=int(cfg.seed), compile=bool(rt.get("compile")),
-                       checkpoint_dir=Path(rt.checkpoint_dir) / config_hash(cfg) if rt.get("checkpoint_dir") else None,
-                       checkpoint_every=int(rt.get("checkpoint_every") or 0))
+                       checkpoint_dir=ckpt_dir, checkpoint_every=int(rt.get("checkpoint_every") or 0))
 
-    outcome = run_protocol(OmegaConf.to_container(cfg.protocol, resolve=True), build, load)
+    ckpt_dir = Path(rt.checkpoint_dir) / config_hash(cfg) if rt.get("checkpoint_dir") else None
+    try:
+        outcome = run_protocol(OmegaConf.to_container(cfg.protocol, resolve=True), build, load)
+    finally:  # the run's checkpoint directory goes with its last checkpoint
+        if ckpt_dir is not None and ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
+            ckpt_dir.rmdir()
     model = outcome.trainer.model
     preds = outcome.test
     np.savez_compressed(run_dir / "predictions.npz", probs=preds.probs.numpy().astype(np.float32),
@@ -139,6 +146,20 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         **outcome.record(),
     )
     return row
+
+
+def cpu_threads(given: Any) -> int | None:
+    """torch's CPU threads: ``runtime.threads`` when given, else the CPUs SLURM gave the task
+    (SLURM_CPUS_PER_TASK), else torch's own choice when OMP_NUM_THREADS is set (None), else the
+    CPUs this process may run on (its affinity mask, not every core of the node)."""
+    if given:
+        return int(given)
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
 def ood_task_config(cfg: DictConfig) -> dict | None:
