@@ -228,24 +228,28 @@ def adapter_schema(fn: Callable[..., Any]) -> dict[str, tuple[Rule, Any]]:
     return out
 
 
-def _choice_note(name: str, module: Any) -> tuple | None:
-    """The allowed values a module names for a string option (``INFERENCE_MODES`` for ``inference``)."""
-    for attr in (f"{name.upper()}_MODES", f"{name.upper()}_CHOICES", f"{name.upper()}S"):
-        v = getattr(module, attr, None)
+def _choice_note(name: str, constants: Mapping[str, Any]) -> tuple | None:
+    """The allowed values an adapter module names for a string option: ``INFERENCE_MODES`` (or
+    ``INFERENCE_CHOICES``) for ``inference``; a ``Literal`` annotation says it more directly."""
+    for attr in (f"{name.upper()}_MODES", f"{name.upper()}_CHOICES"):
+        v = constants.get(attr)
         if isinstance(v, (tuple, list, frozenset, set)) and v and all(isinstance(x, str) for x in v):
             return tuple(v)
     return None
 
 
 def check_adapter(values: Mapping[str, Any]) -> None:
-    from . import adapters
-
+    static = static_adapter_schemas()
     name = values.get("name")
-    if name not in adapters.available():
-        raise ConfigError(f"adapter.name={_fmt(name)} is invalid: allowed {', '.join(adapters.available())}")
-    fn = adapters.get(name)
-    schema = adapter_schema(fn)
-    module = inspect.getmodule(fn)
+    if name in static:  # read from the source: no torch import, so a bad option fails in seconds
+        schema, constants = static[name]
+    else:  # an adapter whose apply() the reader cannot follow: import it
+        from . import adapters
+
+        if name not in adapters.available():
+            raise ConfigError(f"adapter.name={_fmt(name)} is invalid: allowed {', '.join(adapters.available())}")
+        fn = adapters.get(name)
+        schema, constants = adapter_schema(fn), vars(inspect.getmodule(fn))
     for k, v in values.items():
         if k == "name":
             continue
@@ -254,10 +258,95 @@ def check_adapter(values: Mapping[str, Any]) -> None:
                               f"{', '.join(schema) or 'none'}")
         r = schema[k][0]
         if r.type is str and r.choices is None:
-            choices = _choice_note(k, module)
+            choices = _choice_note(k, constants)
             if choices:
                 r = Rule(type=str, choices=choices, nullable=r.nullable)
         _check(f"adapter.{k}", v, r, f" for adapter {name}")
+
+
+_STATIC: dict[str, tuple[dict[str, tuple[Rule, Any]], dict[str, Any]]] | None = None
+_EMPTY_BODY: dict[str, bool] = {}  # adapter name -> its apply() does nothing (inserts no tensors)
+
+
+def static_adapter_schemas() -> dict[str, tuple[dict[str, tuple[Rule, Any]], dict[str, Any]]]:
+    """``{name: (adapter_schema, module constants)}`` read with ``ast`` from the ``apply()`` functions
+    decorated ``@register("name")`` in ``pvera_bench/adapters/*.py``, the same signatures
+    :func:`adapter_schema` reads from the imported functions (a test checks both agree), without
+    importing torch. Adapters whose signature is not plain literals are left out (imported then)."""
+    global _STATIC
+    if _STATIC is None:
+        import ast
+        from pathlib import Path
+
+        _STATIC = {}
+        for path in sorted((Path(__file__).parent / "adapters").glob("*.py")):
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (OSError, SyntaxError):
+                continue
+            constants = {}
+            for node in tree.body:
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                    try:
+                        constants[node.targets[0].id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        pass
+            for node in tree.body:
+                if not isinstance(node, ast.FunctionDef):
+                    continue
+                for dec in node.decorator_list:
+                    if (isinstance(dec, ast.Call) and getattr(dec.func, "id", None) == "register" and dec.args
+                            and isinstance(dec.args[0], ast.Constant)):
+                        parsed = _static_signature(node)
+                        if parsed is not None:
+                            _STATIC[str(dec.args[0].value)] = (parsed, constants)
+                            _EMPTY_BODY[str(dec.args[0].value)] = all(
+                                isinstance(st, ast.Pass) or (isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant))
+                                for st in node.body)
+    return _STATIC
+
+
+_NAMES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _static_annotation(node: Any) -> Any:
+    import ast
+
+    if node is None:
+        return inspect.Parameter.empty
+    if isinstance(node, ast.Name) and node.id in _NAMES:
+        return _NAMES[node.id]
+    if isinstance(node, ast.Constant) and node.value is None:
+        return type(None)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return typing.Optional[_static_annotation(node.left if not _is_none(node.left) else node.right)]
+    if isinstance(node, ast.Subscript) and getattr(node.value, "id", getattr(node.value, "attr", None)) == "Literal":
+        return typing.Literal[ast.literal_eval(node.slice)]
+    raise ValueError("unsupported annotation")
+
+
+def _is_none(node: Any) -> bool:
+    import ast
+
+    return isinstance(node, ast.Constant) and node.value is None
+
+
+def _static_signature(fn: Any) -> dict[str, tuple[Rule, Any]] | None:
+    import ast
+
+    args = fn.args
+    if args.posonlyargs or args.kwonlyargs or args.vararg or args.kwarg:
+        return None
+    params = args.args[1:]
+    defaults = [None] * (len(args.args) - len(args.defaults)) + list(args.defaults)
+    out = {}
+    try:
+        for p, d in zip(params, defaults[1:]):
+            default = None if d is None else ast.literal_eval(d)
+            out[p.arg] = (_annotation_rule(p.arg, _static_annotation(p.annotation), default), default)
+    except ValueError:
+        return None
+    return out
 
 
 def trains_adapter_tensors(name: str) -> bool:
@@ -274,6 +363,16 @@ def trains_adapter_tensors(name: str) -> bool:
     except Exception:  # noqa: BLE001 - an adapter that cannot be probed this small: assume it trains
         return True
     return adapters.count_trainable(vit) > 0
+
+
+def adapter_trains(name: str) -> bool:
+    """Whether adapter ``name`` adds trainable tensors: an ``apply()`` whose body is only a
+    docstring or ``pass`` inserts nothing (read from the source, see static_adapter_schemas);
+    otherwise probed with :func:`trains_adapter_tensors` (a test checks both agree)."""
+    static_adapter_schemas()
+    if name in _EMPTY_BODY:
+        return not _EMPTY_BODY[name]
+    return trains_adapter_tensors(name)
 
 
 # Settings that only an adapter with trainable tensors uses.
@@ -325,10 +424,20 @@ def _set(c: dict, dotted: str, value: Any) -> None:
     node[last] = value
 
 
+def _flatten(grid: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{trainer: {lr_adapter: [...]}}`` -> ``{"trainer.lr_adapter": [...]}``, as protocols.grid_points
+    reads a grid (that module imports torch; this one must not)."""
+    out: dict[str, Any] = {}
+    for k, v in grid.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def check_grid(c: Mapping[str, Any]) -> None:
     import copy
-
-    from .protocols import _flatten
 
     grid = _flatten(c["protocol"].get("grid") or {})
     if not grid:
@@ -343,7 +452,7 @@ def check_grid(c: Mapping[str, Any]) -> None:
         if not isinstance(values, (list, tuple)) or not values:
             raise ConfigError(f"{where}={_fmt(values)} is invalid: allowed a non-empty list of values")
         if key in ADAPTER_TRAINER_KEYS:
-            trains = trains_adapter_tensors(c["adapter"]["name"]) if trains is None else trains
+            trains = adapter_trains(c["adapter"]["name"]) if trains is None else trains
             if not trains:
                 raise ConfigError(f"{where}={_fmt(list(values))} is invalid: adapter {c['adapter']['name']} has no "
                                   f"trainable adapter tensors, so {key} changes nothing; grid over other keys")

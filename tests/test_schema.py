@@ -88,7 +88,8 @@ def test_a_grid_over_a_setting_the_adapter_ignores():
     assert "linear_probe has no trainable adapter tensors" in msg and "trainer.lr_adapter" in msg
     validate(cfg("adapter=linear_probe", "++protocol.grid={trainer.lr_head:[1e-3,1e-4]}"))
     validate(cfg("adapter=ia3", "++protocol.grid={trainer.lr_adapter:[1e-3,1e-4]}"))  # ia3 has no options but trains
-    assert not schema.trains_adapter_tensors("linear_probe") and schema.trains_adapter_tensors("ia3")
+    for name in adapters.available():  # the source reading agrees with a probe on a tiny ViT
+        assert schema.adapter_trains(name) == schema.trains_adapter_tensors(name) == (name != "linear_probe")
 
 
 @pytest.mark.parametrize("name", adapters.available())
@@ -128,3 +129,11 @@ def test_cli_exits_2_with_one_line_before_loading(cli, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("pvera-bench: error: adapter."), p.stderr
         assert "Traceback" not in p.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_the_static_reading_of_apply_agrees_with_the_imported_signatures():
+    static = schema.static_adapter_schemas()
+    assert sorted(static) == adapters.available()
+    for name in adapters.available():
+        assert static[name][0] == schema.adapter_schema(adapters.get(name)), name
+    assert static["pvera"][1]["INFERENCE_MODES"] == ("mean", "fixed", "mc")
