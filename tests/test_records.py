@@ -116,3 +116,27 @@ def test_rebuild_restores_deleted_csv_with_the_same_numbers(cli, tmp_path):
     assert "0 rows added" in p.stdout and len(results.read(csv)) == 2
     p = cli("results", "check", "--results", str(csv))
     assert p.returncode == 0 and "2 rows, 0 problems" in p.stdout, p.stdout + p.stderr
+
+
+def test_compile_fallback_reraises_out_of_memory():
+    import torch
+
+    from pvera_bench.train import CompiledOrEager
+
+    model = torch.nn.Linear(3, 2)
+    ce = CompiledOrEager(model)
+
+    def oom(x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    ce.compiled = oom
+    with pytest.raises(torch.OutOfMemoryError):
+        ce(torch.zeros(1, 3))
+    assert ce.compiled is oom  # not mistaken for a compilation failure
+
+    def broken(x):
+        raise RuntimeError("inductor: no C compiler")
+
+    ce.compiled = broken
+    x = torch.ones(2, 3)
+    assert torch.equal(ce(x), model(x)) and ce.compiled is None  # other failures: eager from now on
