@@ -140,3 +140,32 @@ def test_compile_fallback_reraises_out_of_memory():
     ce.compiled = broken
     x = torch.ones(2, 3)
     assert torch.equal(ce(x), model(x)) and ce.compiled is None  # other failures: eager from now on
+
+
+def test_files_fingerprint_follows_names_and_sizes(tmp_path):
+    from pvera_bench.data.cache import files_fingerprint
+
+    (tmp_path / "dataset_info.json").write_text("{}")
+    (tmp_path / "x.array_record-00000-of-00001").write_bytes(b"a" * 10)
+    a = files_fingerprint(tmp_path)
+    assert files_fingerprint(tmp_path) == a
+    (tmp_path / "x.array_record-00000-of-00001").write_bytes(b"a" * 11)  # re-prepared: other size
+    assert files_fingerprint(tmp_path) != a
+    assert files_fingerprint(tmp_path / "missing") == "unavailable"
+
+
+def test_tfds_fingerprint_has_the_version_and_the_files_sizes(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    from helpers_data import tfds_task, write_indexed_dataset
+
+    from pvera_bench.data.tfds_source import TfdsReader
+
+    name = write_indexed_dataset(tmp_path)
+    task = tfds_task(f"{name}:1.*.*", {"test": "test"}, {"test": 10})
+    r = TfdsReader(task, "test", str(tmp_path))
+    assert r.fingerprint.startswith(f"tfds:{r.version}|test|") and "/1." in r.version and "|files=" in r.fingerprint
+    shard = max((p for p in Path(r.ds.dataset_info.data_dir).iterdir() if "array_record" in p.name),
+                key=lambda p: p.stat().st_size)
+    with open(shard, "ab") as f:  # the same version re-prepared into other files
+        f.write(b"\0")
+    assert TfdsReader(task, "test", str(tmp_path)).fingerprint != r.fingerprint
