@@ -1,4 +1,4 @@
-"""``pvera-bench``: ``report`` and ``data`` are ordinary commands; anything else is a Hydra run.
+"""``pvera-bench``: ``report``, ``data`` and ``results`` are ordinary commands; anything else is a Hydra run.
 
     pvera-bench adapter=pvera task=cifar100          one run
     pvera-bench -m adapter=pvera,vera task=vtab      a sweep (task=vtab|natural|specialized|structured
@@ -6,6 +6,7 @@
     pvera-bench experiment=demo                      the offline demo (eight adapters)
     pvera-bench report [--results CSV] ...           tables from the CSV
     pvera-bench data prepare|check task=...          VTAB-1k data
+    pvera-bench results rebuild|check ...            the CSV from run records; its problems
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         from .data.cli import main as data_main
 
         return data_main(args[1:])
+    if args and args[0] == "results":
+        from .results import main as results_main
+
+        return results_main(args[1:])
     if "-h" in args or "--help" in args:
         print(usage())
         return 0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -15,6 +16,13 @@ from .paths import config_dir
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def hydra_main(cfg: DictConfig) -> dict:
+    from .schema import ConfigError, validate
+
+    try:  # every option, before torch's model code, timm or any data is imported
+        validate(cfg)
+    except ConfigError as e:
+        print(f"pvera-bench: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
     from .run import run
 
     hc = HydraConfig.get()

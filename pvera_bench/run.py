@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import functools
 import hashlib
 import json
 import logging
 import os
 import platform
 import random
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -27,41 +29,118 @@ from . import adapters, metrics, results, tasks
 from .adapters import UnknownAdapterError
 from .backbones import BackboneError, Classifier, create_backbone, input_size
 from .data import DataError, load_split
-from .data.core import resolve_source
+from .data.core import open_split, resolve_source
 from .protocols import ProtocolError, run_protocol
+from .schema import ConfigError
 from .train import DivergedError, Trainer, resolve_device
 
 log = logging.getLogger("pvera_bench")
 
 # Errors a user can cause: one clear message, no traceback.
-USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, ProtocolError)
+USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, ProtocolError, ConfigError)
 
-# Settings that change a run's numbers: the resume key. (runtime.*, data.dir, data.cache_dir,
-# results_csv and force do not.)
-RESULT_KEYS = ("task", "adapter", "backbone", "trainer", "protocol", "seed", "ood_task")
+# Settings that change a run's numbers: the resume key, with trainer.precision resolved (auto ->
+# bf16 on CUDA, fp32 on CPU), the data's fingerprint and the data options that shape the images.
+# (runtime.*, data.dir, data.cache_dir, results_csv and force do not; nor does the code identity,
+# which every row records in `versions`.)
+RESULT_KEYS = ("task", "adapter", "backbone", "trainer", "protocol", "seed", "ood_task", "recipe")
+DATA_KEYS_NOT_IN_KEY = ("dir", "cache_dir", "source")  # the source is in the key resolved, per task
+
+
+def resume_key(cfg: DictConfig) -> dict[str, Any]:
+    """Everything that changes a run's numbers, resolved (see RESULT_KEYS)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    key = {k: c.get(k) for k in RESULT_KEYS}
+    key["trainer"] = dict(key["trainer"] or {}, precision=resolved_precision(cfg))
+    key["data"] = {k: v for k, v in (c.get("data") or {}).items() if k not in DATA_KEYS_NOT_IN_KEY}
+    key["data_source"] = data_source(cfg.task, cfg)
+    key["data_fingerprint"] = data_fingerprint(cfg)
+    return key
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def config_hash(cfg: DictConfig) -> str:
-    c = OmegaConf.to_container(cfg, resolve=True)
-    key = {k: c.get(k) for k in RESULT_KEYS}
-    key["data_source"] = data_source(cfg.task, cfg)
-    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return _digest(resume_key(cfg))
+
+
+def setting_hash(key: dict[str, Any]) -> str:
+    """The hash of a resume key without its seed: rows of one setting differ only in their seed."""
+    return _digest({k: v for k, v in key.items() if k != "seed"})
+
+
+def resolved_precision(cfg: DictConfig) -> str:
+    p = str(cfg.trainer.get("precision", "auto"))
+    if p != "auto":
+        return p
+    return "bf16" if resolve_device(cfg.runtime.get("device")).type == "cuda" else "fp32"
 
 
 def data_source(task, cfg: DictConfig) -> str:
     return resolve_source(task, cfg.data.source)
 
 
-def versions() -> str:
-    out = {"python": platform.python_version()}
+def data_fingerprint(cfg: DictConfig) -> dict[str, str]:
+    """The source fingerprint of every split the protocol reads (and the ood task's test split)."""
+    p = cfg.protocol
+    splits = sorted({s for s in (p.select_on, p.get("val_split"), p.get("final_on"), p.test_split) if s})
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    out = {f"{task['name']}/{s}": _split_fingerprint(task, s, data_source(task, cfg), cfg.data.get("dir")) for s in splits}
+    other = ood_task_config(cfg) if cfg.get("ood_task") and cfg.ood_task in tasks.task_configs() else None
+    if other:
+        out[f"{other['name']}/test"] = _split_fingerprint(other, "test", data_source(other, cfg), cfg.data.get("dir"))
+    return out
+
+
+def _split_fingerprint(task: dict, split: str, source: str, data_dir: str | None) -> str:
+    return _cached_fingerprint(json.dumps(task, sort_keys=True), split, source, data_dir)
+
+
+@functools.lru_cache(maxsize=64)  # one stat pass per split and process (a key is needed several times)
+def _cached_fingerprint(task_json: str, split: str, source: str, data_dir: str | None) -> str:
+    try:
+        return open_split(json.loads(task_json), split, source=source, data_dir=data_dir).fingerprint
+    except DataError as e:  # missing data: the run fails on it with the full message
+        return f"unavailable: {type(e).__name__}"
+
+
+@functools.lru_cache(maxsize=1)
+def versions_info() -> dict[str, Any]:
+    out: dict[str, Any] = {"python": platform.python_version()}
     for pkg in ("pvera-bench", "torch", "timm", "tensorflow-datasets"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
+    out.update(git_identity(Path(__file__).resolve().parent.parent))
     if torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name()
-    return json.dumps(out, sort_keys=True)
+    return out
+
+
+def versions() -> str:
+    """The code identity recorded in every row: package versions, and the commit of the git
+    checkout the package runs from (``pvera-bench-commit``, ``pvera-bench-dirty``)."""
+    return json.dumps(versions_info(), sort_keys=True)
+
+
+def git_identity(src: Path) -> dict[str, Any]:
+    """``{pvera-bench-commit, pvera-bench-dirty}`` when ``src`` is the top of a git checkout
+    (an editable install); {} when it is not, or git is absent or fails."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    if not (src / ".git").exists():
+        return {}
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"pvera-bench-commit": commit, "pvera-bench-dirty": dirty}
 
 
 def adapter_options(adapter_cfg: DictConfig) -> dict[str, Any]:
@@ -188,7 +267,8 @@ def ood_scores(other: dict, cfg: DictConfig, trainer: Trainer, preds, data_kw: d
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) -> dict[str, Any]:
     """Run ``cfg`` unless an ``ok`` row with the same settings exists; append its row."""
     csv_path = Path(cfg.results_csv)
-    key = config_hash(cfg)
+    resolved = resume_key(cfg)
+    key = _digest(resolved)
     if not cfg.get("force", False):
         prev = results.find_ok(csv_path, key)
         if prev is not None:
@@ -200,7 +280,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
         timestamp=_dt.datetime.now().isoformat(timespec="seconds"),
         task=cfg.task.name, adapter=cfg.adapter.name, backbone=cfg.backbone.name, protocol=cfg.protocol.name,
         seed=int(cfg.seed), adapter_options=json.dumps(adapter_options(cfg.adapter), sort_keys=True),
-        data_source=data_source(cfg.task, cfg), config_hash=key, overrides=" ".join(overrides),
+        recipe=(cfg.get("recipe") or {}).get("name"),
+        trainer=json.dumps(resolved["trainer"], sort_keys=True),
+        data_source=data_source(cfg.task, cfg), setting=setting_hash(resolved), config_hash=key, overrides=" ".join(overrides),
         run_dir=str(run_dir), versions=versions(),
     )
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

@@ -94,6 +94,8 @@ class CompiledOrEager:
         if self.compiled is not None:
             try:
                 return self.compiled(x)
+            except torch.OutOfMemoryError:  # not a compilation failure: eager would fail the same way
+                raise
             except Exception as e:
                 log.warning("torch.compile failed (%s: %s); running eagerly", type(e).__name__, str(e)[:200])
                 self.compiled = None

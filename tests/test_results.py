@@ -1,9 +1,11 @@
-"""The results CSV: atomic appends, concurrent writers, header upgrades."""
+"""The results CSV: O_APPEND appends, concurrent writers, header upgrades, rebuild and check."""
 
 import csv
 import json
 import os
 import multiprocessing as mp
+
+import pytest
 
 from pvera_bench import results
 
@@ -64,5 +66,109 @@ def test_append_keeps_permissions_and_survives_a_row_with_extra_cells(tmp_path):
     results.append(path, dict(task="b", status="ok"))
     rows = results.read(path)
     assert [r["task"] for r in rows] == ["a", "a", "b"]
-    assert json.loads(rows[1][results.EXTRA]) == ["x", "y"] and rows[2][results.EXTRA] == ""
+    assert rows[1][results.EXTRA] == ["x", "y"] and not rows[2].get(results.EXTRA)  # kept, file not rewritten
     assert path.stat().st_mode & 0o777 == 0o664
+
+
+def _many(path, worker, n, lock):
+    if not lock:  # a filesystem whose locks are per node: nothing serialises the writers
+        import contextlib
+
+        results._lock = lambda p: contextlib.nullcontext()
+    odd = 'comma, "quote" and\nnewline'
+    for i in range(n):
+        results.append(path, {"task": f"t{worker}", "adapter": "lora", "seed": i, "status": "ok",
+                              "test_acc": 50.0 + i, "error": odd, "run_dir": f"runs/{worker}/{i}"})
+
+
+@pytest.mark.parametrize("lock", [True, False])
+def test_eight_processes_append_200_intact_rows(tmp_path, lock):
+    path = tmp_path / "results.csv"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_many, args=(str(path), w, 25, lock)) for w in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+        assert p.exitcode == 0
+    text = path.read_text()
+    assert text.count("timestamp,task,") == 1  # one header, written by exactly one process
+    rows = results.read(path)
+    assert len(rows) == 200
+    for w in range(8):
+        assert sorted(int(r["seed"]) for r in rows if r["task"] == f"t{w}") == list(range(25))
+    assert all(r["error"] == 'comma, "quote" and\nnewline' and float(r["test_acc"]) == 50.0 + int(r["seed"])
+               for r in rows)
+    assert all(results.EXTRA not in r for r in rows)
+
+
+def test_append_never_rewrites_a_file_with_the_current_header(tmp_path):
+    path = tmp_path / "r.csv"
+    results.append(path, {"task": "a", "status": "ok"})
+    inode = path.stat().st_ino
+    first = path.read_bytes()
+    results.append(path, {"task": "b", "status": "ok"})
+    assert path.stat().st_ino == inode and path.read_bytes().startswith(first)  # appended in place
+    assert path.read_bytes()[len(first):].decode() == "," * 0 + results._encode(results.COLUMNS, [{"task": "b", "status": "ok"}])
+
+
+def test_a_torn_last_line_does_not_swallow_the_next_row(tmp_path):
+    path = tmp_path / "r.csv"
+    results.append(path, {"task": "a", "status": "ok"})
+    with open(path, "a") as f:
+        f.write("2026-01-01,half")  # a writer killed mid-line (disk full)
+    results.append(path, {"task": "b", "status": "ok"})
+    rows = results.read(path)
+    assert [r["task"] for r in rows] == ["a", "half", "b"] and rows[2]["status"] == "ok"
+
+
+def _record(run_dir, **kw):
+    run_dir.mkdir(parents=True)
+    rec = dict(timestamp=kw.pop("timestamp", "2026-01-01T00:00:00"), task="demo", adapter="lora", seed=0, status="ok",
+               test_acc=91.5, config_hash="h0", setting="s0", run_dir=str(run_dir), versions='{"pvera-bench": "0.1.0"}')
+    rec.update(kw)
+    (run_dir / "record.json").write_text(json.dumps(rec))
+    return rec
+
+
+def test_rebuild_restores_and_completes_without_duplicates(tmp_path):
+    a = _record(tmp_path / "runs" / "a", timestamp="2026-01-01T00:00:01", test_acc=91.5)
+    b = _record(tmp_path / "runs" / "sweep" / "0_b", timestamp="2026-01-01T00:00:02", test_acc=88.25, seed=1,
+                config_hash="h1")
+    _record(tmp_path / "runs" / "c", skipped=True, timestamp="2026-01-01T00:00:03")  # a copy of a's row
+    out = tmp_path / "results.csv"
+    assert results.rebuild([tmp_path / "runs"], out) == (2, 2)
+    got = results.read(out)
+    assert [(r["run_dir"], float(r["test_acc"])) for r in got] == [(a["run_dir"], 91.5), (b["run_dir"], 88.25)]
+    out.write_text(out.read_text().splitlines(keepends=True)[0] + out.read_text().splitlines(keepends=True)[2])
+    assert results.rebuild([tmp_path / "runs"], out) == (2, 1)  # completes: only the lost row is added
+    assert sorted(float(r["test_acc"]) for r in results.read(out)) == [88.25, 91.5]
+    assert results.rebuild([tmp_path / "runs" / "a", tmp_path / "runs"], out) == (2, 0)
+
+
+def test_check_lists_every_kind_of_problem(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "results" / "results.csv"
+    ok = _record(tmp_path / "runs" / "ok", timestamp="t1")
+    results.append(path, ok)
+    assert results.check(path) == []
+    results.append(path, ok)  # the same run twice (a rebuild appended it again)
+    results.append(path, dict(ok, run_dir=str(tmp_path / "runs" / "gone"), timestamp="t2"))  # same key again
+    results.append(path, dict(ok, status="failed", error="diverged", timestamp="t3", config_hash="h9"))
+    results.append(path, dict(ok, timestamp="t4", seed=1, config_hash="h2",
+                              versions='{"pvera-bench": "0.1.0", "pvera-bench-commit": "abcdef1234567890", '
+                                       '"pvera-bench-dirty": true}'))
+    problems = results.check(path)
+    text = "\n".join(problems)
+    assert sum(p.startswith("duplicate row: 2 copies") for p in problems) == 1
+    assert sum(p.startswith("duplicate setting: 3 ok rows for config_hash h0") for p in problems) == 1
+    assert sum(p.startswith("failed run: lora demo seed 0") and "diverged" in p for p in problems) == 1
+    assert sum(p.startswith("missing run directory") and "gone" in p for p in problems) == 1
+    assert "mixed code versions: lora on demo (setting s0) has rows from 0.1.0, 0.1.0+gabcdef123456.dirty" in text
+    assert len(problems) == 5
+
+
+def test_code_identity():
+    assert results.code_identity('{"pvera-bench": "0.2.0", "pvera-bench-commit": "0123456789abcdef", '
+                                 '"pvera-bench-dirty": false}') == "0.2.0+g0123456789ab"
+    assert results.code_identity('{"pvera-bench": "0.2.0"}') == "0.2.0" and results.code_identity("") == ""

@@ -1,8 +1,10 @@
 """Decoded-image cache: decode and resize a split once, memory-map it afterwards.
 
 Layout: ``<cache_dir>/<task>/<split>-<source>-<size>px-<hash>/{images.npy,labels.npy,manifest.json}``
-where ``<hash>`` covers the task, split, source, size, the source's data version (TFDS version and
-split string, or the folder split file's sha256) and :data:`CACHE_FORMAT`.
+where ``<hash>`` covers the task, split, source, size, the source's fingerprint (TFDS: dataset
+version, split string, label rule and the sizes of the version directory's files, see
+:func:`files_fingerprint`; folder: the split file's bytes and every listed image's size and mtime)
+and :data:`CACHE_FORMAT`.
 
 Safety: one builder at a time per entry (``filelock`` on ``<entry>.lock``); a build writes into
 ``<entry>.tmp-*``, fsyncs, and renames the directory into place, so an entry either is complete or
@@ -34,6 +36,17 @@ log = logging.getLogger(__name__)
 def cache_key(*, task: str, split: str, source: str, img_size: int, fingerprint: str) -> dict:
     return {"format": CACHE_FORMAT, "task": task, "split": split, "source": source, "img_size": int(img_size),
             "fingerprint": fingerprint}
+
+
+def files_fingerprint(directory: "str | os.PathLike") -> str:
+    """sha256 of the names and sizes of the files directly in ``directory`` (a stat each): a
+    re-prepared TFDS version directory with other shards gets another cache entry."""
+    d = Path(directory)
+    try:
+        items = sorted((p.name, p.stat().st_size) for p in d.iterdir() if p.is_file())
+    except OSError:
+        return "unavailable"
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
 
 
 def entry_dir(cache_dir: "str | os.PathLike", key: dict) -> Path:

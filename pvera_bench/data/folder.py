@@ -72,8 +72,20 @@ class FolderReader(SplitReader):
         if not labels:
             raise DataError(f"{txt} is empty; " + layout_help(root, folder))
         self._labels = np.asarray(labels, np.int64)
-        self.fingerprint = "folder:" + hashlib.sha256(raw).hexdigest()
+        self.fingerprint = "folder:" + self._fingerprint(raw)
         self.description = str(txt)
+
+    def _fingerprint(self, raw: bytes) -> str:
+        """sha256 of the split file and every listed image's size and mtime (a stat each, no decode):
+        a replaced image, or another copy with the same lists, gets another cache entry."""
+        h = hashlib.sha256(raw)
+        for p in self.paths:
+            try:
+                st = os.stat(self.dir / p)
+                h.update(f"\0{st.st_size}:{st.st_mtime_ns}".encode())
+            except OSError:  # missing: validate() names it before anything is decoded
+                h.update(b"\0missing")
+        return h.hexdigest()
 
     def __len__(self) -> int:
         return len(self._labels)

@@ -160,6 +160,8 @@ class TfdsReader(SplitReader):
         self._fix = _image_fix(task)
         scale = (task.get("tfds") or {}).get("image_scale")
         self.fingerprint = f"tfds:{self.version}|{self.split_str}|label={self.rule.name}|scale={scale}"
+        from .cache import files_fingerprint  # the version directory's files and their sizes
+        self.fingerprint += f"|files={files_fingerprint(info.data_dir)}"
         self.description = f"TFDS {self.version} {self.split_str} in {self.data_dir}"
 
     def __len__(self) -> int:

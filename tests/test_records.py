@@ -1,0 +1,171 @@
+"""One identity per result: the resolved resume key, the code identity, rebuilding the CSV from runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from pvera_bench import results
+from pvera_bench.data.folder import FolderReader
+from pvera_bench.paths import config_dir
+from pvera_bench.run import config_hash, git_identity, resolved_precision, resume_key, setting_hash
+
+from helpers_data import make_folder_tree
+
+FAST = ["backbone=vit_tiny_random", "task=demo", "protocol=holdout", "trainer.epochs=1", "runtime.progress=false"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=["task=demo", *overrides])
+
+
+def test_precision_in_the_key_is_the_one_used():
+    auto_cpu, fp32, bf16 = (cfg("runtime.device=cpu", f"trainer.precision={p}") for p in ("auto", "fp32", "bf16"))
+    assert resolved_precision(auto_cpu) == "fp32" and resolved_precision(bf16) == "bf16"
+    assert config_hash(auto_cpu) == config_hash(fp32) != config_hash(bf16)
+    if not _cuda():
+        assert resolved_precision(cfg("trainer.precision=auto")) == "fp32"
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_the_key_covers_data_options_and_the_data_fingerprint(tmp_path):
+    base = cfg("task=cifar100", "data.source=folder", f"data.dir={tmp_path}")
+    key = resume_key(base)
+    assert key["data_fingerprint"]["cifar100/test"].startswith("unavailable")  # no data yet: the run says why
+    root = make_folder_tree(tmp_path / "vtab-1k", "cifar", n_per_split=3, num_classes=100, size=8)
+    c = cfg("task=cifar100", "data.source=folder", f"data.dir={root}")
+    from pvera_bench import run as run_mod
+
+    run_mod._cached_fingerprint.cache_clear()
+    h1 = config_hash(c)
+    assert set(resume_key(c)["data_fingerprint"]) == {"cifar100/train800", "cifar100/val200",
+                                                       "cifar100/train800val200", "cifar100/test"}
+    img = next((root / "cifar" / "images" / "test").iterdir())
+    os.utime(img, ns=(1, 1))  # the same names, another file: another key
+    run_mod._cached_fingerprint.cache_clear()
+    assert config_hash(c) != h1
+    assert config_hash(cfg("task=demo", "+data.resize=bicubic")) != config_hash(cfg("task=demo"))
+    assert config_hash(cfg("task=demo", "data.cache_dir=/elsewhere")) == config_hash(cfg("task=demo"))
+    k0, k1 = resume_key(cfg("seed=0")), resume_key(cfg("seed=1"))
+    assert setting_hash(k0) == setting_hash(k1) and config_hash(cfg("seed=0")) != config_hash(cfg("seed=1"))
+
+
+def test_folder_fingerprint_notices_a_replaced_image(tmp_path):
+    root = make_folder_tree(tmp_path / "vtab-1k", "cifar", n_per_split=3, num_classes=100, size=8)
+    task = {"name": "cifar100", "folder": "cifar", "num_classes": 100}
+    before = FolderReader(task, "train800", root).fingerprint
+    assert FolderReader(task, "train800", root).fingerprint == before
+    img = sorted((root / "cifar" / "images" / "train800").iterdir())[0]
+    img.write_bytes(img.read_bytes() + b"\0")  # same name, other bytes (size and mtime change)
+    assert FolderReader(task, "train800", root).fingerprint != before
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(root), str(copy)], check=True)  # a copy with the same lists, other mtimes
+    os.utime(next((copy / "cifar" / "images" / "train800").iterdir()), ns=(7, 7))
+    assert FolderReader(task, "train800", copy).fingerprint != FolderReader(task, "train800", root).fingerprint
+
+
+def test_git_identity(tmp_path):
+    assert git_identity(tmp_path) == {}  # not a checkout: nothing, no error
+    if (REPO / ".git").exists():
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        got = git_identity(REPO)
+        assert got["pvera-bench-commit"] == head and isinstance(got["pvera-bench-dirty"], bool)
+
+
+def test_a_row_records_code_identity_recipe_trainer_and_setting(cli, tmp_path):
+    p = cli("adapter=ia3", *FAST)
+    assert p.returncode == 0, p.stderr
+    (row,) = results.read(tmp_path / "results" / "results.csv")
+    versions = json.loads(row["versions"])
+    assert versions["pvera-bench"]
+    if (REPO / ".git").exists():
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        assert versions["pvera-bench-commit"] == head
+    trainer = json.loads(row["trainer"])
+    assert trainer["epochs"] == 1 and trainer["precision"] in ("fp32", "bf16")  # resolved, never auto
+    assert len(row["setting"]) == 16 and row["setting"] != row["config_hash"]
+
+
+@pytest.mark.slow
+def test_rebuild_restores_deleted_csv_with_the_same_numbers(cli, tmp_path):
+    for adapter in ("lora", "ia3"):
+        assert cli(f"adapter={adapter}", *FAST).returncode == 0
+    csv = tmp_path / "results" / "results.csv"
+    before = {r["adapter"]: r for r in results.read(csv)}
+    csv.unlink()
+    p = cli("results", "rebuild", "--runs", "outputs", "--out", str(csv))
+    assert p.returncode == 0 and "2 run records found; 2 rows added" in p.stdout, p.stderr
+    after = {r["adapter"]: r for r in results.read(csv)}
+    assert sorted(after) == ["ia3", "lora"]
+    for a in after:
+        for col in ("test_acc", "test_nll", "val_acc", "config_hash", "setting", "params_adapter", "run_dir"):
+            assert after[a][col] == before[a][col], (a, col)
+    p = cli("results", "rebuild", "--runs", "outputs", "--out", str(csv))
+    assert "0 rows added" in p.stdout and len(results.read(csv)) == 2
+    p = cli("results", "check", "--results", str(csv))
+    assert p.returncode == 0 and "2 rows, 0 problems" in p.stdout, p.stdout + p.stderr
+
+
+def test_compile_fallback_reraises_out_of_memory():
+    import torch
+
+    from pvera_bench.train import CompiledOrEager
+
+    model = torch.nn.Linear(3, 2)
+    ce = CompiledOrEager(model)
+
+    def oom(x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    ce.compiled = oom
+    with pytest.raises(torch.OutOfMemoryError):
+        ce(torch.zeros(1, 3))
+    assert ce.compiled is oom  # not mistaken for a compilation failure
+
+    def broken(x):
+        raise RuntimeError("inductor: no C compiler")
+
+    ce.compiled = broken
+    x = torch.ones(2, 3)
+    assert torch.equal(ce(x), model(x)) and ce.compiled is None  # other failures: eager from now on
+
+
+def test_files_fingerprint_follows_names_and_sizes(tmp_path):
+    from pvera_bench.data.cache import files_fingerprint
+
+    (tmp_path / "dataset_info.json").write_text("{}")
+    (tmp_path / "x.array_record-00000-of-00001").write_bytes(b"a" * 10)
+    a = files_fingerprint(tmp_path)
+    assert files_fingerprint(tmp_path) == a
+    (tmp_path / "x.array_record-00000-of-00001").write_bytes(b"a" * 11)  # re-prepared: other size
+    assert files_fingerprint(tmp_path) != a
+    assert files_fingerprint(tmp_path / "missing") == "unavailable"
+
+
+def test_tfds_fingerprint_has_the_version_and_the_files_sizes(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    from helpers_data import tfds_task, write_indexed_dataset
+
+    from pvera_bench.data.tfds_source import TfdsReader
+
+    name = write_indexed_dataset(tmp_path)
+    task = tfds_task(f"{name}:1.*.*", {"test": "test"}, {"test": 10})
+    r = TfdsReader(task, "test", str(tmp_path))
+    assert r.fingerprint.startswith(f"tfds:{r.version}|test|") and "/1." in r.version and "|files=" in r.fingerprint
+    shard = max((p for p in Path(r.ds.dataset_info.data_dir).iterdir() if "array_record" in p.name),
+                key=lambda p: p.stat().st_size)
+    with open(shard, "ab") as f:  # the same version re-prepared into other files
+        f.write(b"\0")
+    assert TfdsReader(task, "test", str(tmp_path)).fingerprint != r.fingerprint

@@ -1,0 +1,139 @@
+"""Every option validated before anything loads: schemas from apply() signatures and dataclasses."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from pvera_bench import adapters, schema
+from pvera_bench.cli import group_options
+from pvera_bench.paths import config_dir
+from pvera_bench.schema import ConfigError, validate
+
+
+def cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=["task=demo", "backbone=vit_tiny_random", *overrides])
+
+
+def error(*overrides: str) -> str:
+    with pytest.raises(ConfigError) as e:
+        validate(cfg(*overrides))
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("group", ["adapter", "backbone", "protocol", "trainer", "data", "experiment"])
+def test_every_shipped_config_is_valid(group):
+    for option in group_options(group):
+        validate(cfg(f"{group}={option}"))
+
+
+@pytest.mark.parametrize("overrides,expect", [
+    (["adapter=lora", "adapter.r=-3"], ["adapter.r=-3", "integer >= 1"]),
+    (["adapter=pvera", "adapter.inference=bogus"], ["adapter.inference='bogus'", "mean, fixed, mc"]),
+    (["adapter=pvera", "adapter.mc_samples=0"], ["adapter.mc_samples=0", ">= 1"]),
+    (["adapter=adaptformer", "adapter.width=0"], ["adapter.width=0", ">= 1"]),
+    (["adapter=lora", "adapter.alpha=abc"], ["adapter.alpha='abc'", "a number"]),
+    (["adapter=lora", "+adapter.rank=3"], ["adapter.rank=3", "no option 'rank'", "r, alpha"]),
+    (["adapter=ia3", "+adapter.r=3"], ["adapter.r=3", "options: none"]),
+    (["trainer.lr_adapter=-1"], ["trainer.lr_adapter=-1", "> 0"]),
+    (["trainer.lr_head=0"], ["trainer.lr_head=0", "> 0"]),
+    (["trainer.epochs=0"], ["trainer.epochs=0", "integer >= 1"]),
+    (["trainer.batch_size=2.5"], ["trainer.batch_size=2.5", "integer"]),
+    (["trainer.precision=fp16"], ["trainer.precision='fp16'", "auto, bf16, fp32"]),
+    (["+trainer.schedule_unit=epochs"], ["trainer.schedule_unit='epochs'", "epoch, step"]),
+    (["+trainer.label_smoothing=-0.1"], ["trainer.label_smoothing=-0.1", ">= 0"]),
+    (["+trainer.lr=1"], ["trainer.lr=1", "not a trainer option", "lr_adapter"]),
+    (["+data.resize=nearest"], ["data.resize='nearest'", "bilinear_antialias, bicubic, bilinear"]),
+    (["data.source=s3"], ["data.source='s3'", "folder", "tfds"]),
+    (["+backbone.drop_path_rate=1.5"], ["backbone.drop_path_rate=1.5", "< 1"]),
+    (["+backbone.mean=[0.5,0.5]"], ["backbone.mean=[0.5, 0.5]", "list of 3"]),
+    (["protocol.metric=f1"], ["protocol.metric='f1'", "acc, loss"]),
+    (["protocol.patience=0"], ["protocol.patience=0", ">= 1 or null"]),
+    (["+protocol.test_eval_every=-1"], ["protocol.test_eval_every=-1", ">= 0"]),
+    (["protocol.select_on=train"], ["protocol.select_on='train'", "train800, val200"]),
+])
+def test_bad_values_name_the_key_the_value_and_what_is_allowed(overrides, expect):
+    msg = error(*overrides)
+    assert all(e in msg for e in expect), msg
+
+
+def test_contract_keys_are_accepted_before_their_code_lands():
+    validate(cfg("adapter=lora", "+trainer.warmup_lr=1e-6", "+trainer.min_lr=1e-5", "+trainer.schedule_unit=step",
+                 "+trainer.label_smoothing=0.1", "+trainer.softmax_before_loss=true", "+protocol.test_eval_every=5",
+                 "+backbone.drop_path_rate=0.1", "+backbone.mean=[0.5,0.5,0.5]", "+backbone.std=null",
+                 "+data.resize=bicubic"))
+
+
+@pytest.mark.parametrize("grid,expect", [
+    ("{trainer.lr_adapter:[]}", ["protocol.grid.trainer.lr_adapter=[]", "non-empty list"]),
+    ("{trainer.lr:[1e-3]}", ["protocol.grid.trainer.lr", "not a key of this config"]),
+    ("{adapter.rank:[4,8]}", ["protocol.grid.adapter.rank", "not a key"]),
+    ("{adapter.r:[8,-3]}", ["protocol.grid.adapter.r value -3", "adapter.r=-3", ">= 1"]),
+    ("{trainer.epochs:[0]}", ["value 0", "trainer.epochs=0"]),
+])
+def test_bad_grids(grid, expect):
+    msg = error("adapter=lora", f"++protocol.grid={grid}")
+    assert all(e in msg for e in expect), msg
+
+
+def test_a_grid_over_a_setting_the_adapter_ignores():
+    msg = error("adapter=linear_probe", "++protocol.grid={trainer.lr_adapter:[1e-3,1e-4]}")
+    assert "linear_probe has no trainable adapter tensors" in msg and "trainer.lr_adapter" in msg
+    validate(cfg("adapter=linear_probe", "++protocol.grid={trainer.lr_head:[1e-3,1e-4]}"))
+    validate(cfg("adapter=ia3", "++protocol.grid={trainer.lr_adapter:[1e-3,1e-4]}"))  # ia3 has no options but trains
+    for name in adapters.available():  # the source reading agrees with a probe on a tiny ViT
+        assert schema.adapter_trains(name) == schema.trains_adapter_tensors(name) == (name != "linear_probe")
+
+
+@pytest.mark.parametrize("name", adapters.available())
+def test_adapter_yaml_matches_its_apply_signature(name):
+    """One source of truth: every option in configs/adapter/<name>.yaml is an apply() keyword and a
+    literal value equals the signature's default (interpolations such as pvera's beta excepted)."""
+    raw = OmegaConf.load(config_dir() / "adapter" / f"{name}.yaml")
+    sch = schema.adapter_schema(adapters.get(name))
+    for key in raw:
+        if key == "name":
+            continue
+        assert key in sch, f"{name}.yaml sets {key}, which apply() does not take"
+        node = raw._get_node(key)
+        if not OmegaConf.is_interpolation(raw, key):
+            assert node._value() == sch[key][1], f"{name}.yaml {key}={node._value()} but apply() default {sch[key][1]}"
+    assert set(sch) <= set(raw) - {"name"}, f"{name}.yaml lacks options {set(sch) - set(raw)}"
+
+
+def test_adapter_schema_follows_the_signature():
+    def apply(model, width: int = 4, mode: typing.Literal["a", "b"] = "a", gain=0.5, tag: str | None = None):
+        pass
+
+    sch = schema.adapter_schema(apply)
+    assert list(sch) == ["width", "mode", "gain", "tag"]
+    assert sch["width"][0].ok(1) and not sch["width"][0].ok(0) and not sch["width"][0].ok(True)
+    assert sch["mode"][0].choices == ("a", "b") and not sch["mode"][0].ok("c")
+    assert sch["gain"][0].type is float and sch["gain"][0].ok(2) and not sch["gain"][0].ok("x")
+    assert sch["tag"][0].ok(None) and sch["tag"][0].ok("x")
+    assert inspect.signature(adapters.get("lora")).parameters["r"].default == 8
+
+
+def test_cli_exits_2_with_one_line_before_loading(cli, tmp_path):
+    for bad in (["adapter=lora", "adapter.r=-3"], ["adapter=lora", "+adapter.rank=3"]):
+        p = cli(*bad, "task=demo", "backbone=vit_tiny_random")
+        assert p.returncode == 2, p.stderr
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("pvera-bench: error: adapter."), p.stderr
+        assert "Traceback" not in p.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_the_static_reading_of_apply_agrees_with_the_imported_signatures():
+    static = schema.static_adapter_schemas()
+    assert sorted(static) == adapters.available()
+    for name in adapters.available():
+        assert static[name][0] == schema.adapter_schema(adapters.get(name)), name
+    assert static["pvera"][1]["INFERENCE_MODES"] == ("mean", "fixed", "mc")
