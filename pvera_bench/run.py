@@ -28,7 +28,7 @@ from .backbones import BackboneError, Classifier, create_backbone, input_size
 from .data import DataError, load_split
 from .data.core import resolve_source
 from .protocols import ProtocolError, run_protocol
-from .train import DivergedError, Trainer, resolve_device
+from .train import DivergedError, HistoryCSV, Trainer, resolve_device
 
 log = logging.getLogger("pvera_bench")
 
@@ -103,6 +103,9 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     task = OmegaConf.to_container(cfg.task, resolve=True)
     data_kw = dict(data_dir=cfg.data.get("dir"), img_size=input_size(backbone), cache_dir=cfg.data.get("cache_dir"))
     loaded: dict[str, Any] = {}
+    history = HistoryCSV(run_dir / "history.csv")  # every epoch of every fit, across resumes
+    ckpt_dir = Path(rt.checkpoint_dir) / config_hash(cfg) if rt.get("checkpoint_dir") else None
+    ckpt_every = int(rt.get("checkpoint_every") or 0)
 
     def load(split: str):
         if split not in loaded:
@@ -119,10 +122,10 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         settings = dict(OmegaConf.to_container(c.trainer, resolve=True),
                         eval_batch_size=rt.eval_batch_size, progress=rt.progress)
         return Trainer(model, settings, device, seed=int(cfg.seed), compile=bool(rt.get("compile")),
-                       checkpoint_dir=Path(rt.checkpoint_dir) / config_hash(cfg) if rt.get("checkpoint_dir") else None,
-                       checkpoint_every=int(rt.get("checkpoint_every") or 0))
+                       checkpoint_dir=ckpt_dir, checkpoint_every=ckpt_every, on_epoch=history)
 
-    outcome = run_protocol(OmegaConf.to_container(cfg.protocol, resolve=True), build, load)
+    outcome = run_protocol(OmegaConf.to_container(cfg.protocol, resolve=True), build, load,
+                           state_dir=ckpt_dir if ckpt_every else None, on_epoch=history)
     model = outcome.trainer.model
     preds = outcome.test
     np.savez_compressed(run_dir / "predictions.npz", probs=preds.probs.numpy().astype(np.float32),
