@@ -213,7 +213,8 @@ def run_protocol(p: Mapping[str, Any], build: Callable[[dict[str, Any]], Trainer
             store.put(i, rec)  # after the weights: a record means everything it needs is saved
             del trainer  # only ``model`` holds a candidate from here on
         if best is None:
-            raise DivergedError(f"every candidate diverged ({len(points)} of {len(points)}); the last: {last_error}")
+            raise DivergedError(last_error if len(points) == 1 else
+                                f"every candidate diverged ({len(points)} of {len(points)}); the last: {last_error}")
         chosen, val_acc, val_loss = best[1]["point"], best[1]["val_acc"], best[1]["val_loss"]
         log.info("chosen on %s: %s", p["val_split"], chosen)
 
