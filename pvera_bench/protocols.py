@@ -119,16 +119,18 @@ class CandidateStore:
         tmp.write_text(json.dumps(rec))
         os.replace(tmp, self._path(i, ".json"))
 
-    def save_weights(self, i: int, state: dict[str, torch.Tensor], previous: int | None) -> None:
-        """Keep candidate ``i``'s weights (the best so far) and drop ``previous``'s."""
+    def save_weights(self, i: int, state: dict[str, torch.Tensor]) -> None:
+        """Keep candidate ``i``'s weights (the best so far)."""
         if self.dir is None:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self._path(i, ".best.safetensors.tmp")
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
         os.replace(tmp, self._path(i, ".best.safetensors"))
-        if previous is not None and previous != i:
-            self._path(previous, ".best.safetensors").unlink(missing_ok=True)
+
+    def drop_weights(self, i: int) -> None:
+        if self.dir is not None:
+            self._path(i, ".best.safetensors").unlink(missing_ok=True)
 
     def load_weights(self, i: int) -> dict[str, torch.Tensor] | None:
         path = self._path(i, ".best.safetensors") if self.dir else None
@@ -202,15 +204,18 @@ def run_protocol(p: Mapping[str, Any], build: Callable[[dict[str, Any]], Trainer
             last_error = rec.get("error", last_error)
             scores.append({k: rec.get(k) for k in ("point", "status", "val_acc", "val_loss", "best_epoch")}
                           if rec["status"] == "ok" else dict(point=point, status=rec["status"], epoch=rec["epochs"]))
+            previous = model[2] if model else None
             if rec["status"] == "ok" and (best is None or _score(rec, metric) > best[0]):
                 if not final_on:  # the chosen model itself is kept: its weights must survive a restart
                     if trainer is not None:
-                        store.save_weights(i, trainer.trainable_state(), model[2] if model else None)
+                        store.save_weights(i, trainer.trainable_state())
                     fit = FitResult(epochs=rec["epochs"], best_epoch=rec["best_epoch"], val_acc=rec["val_acc"],
                                     val_loss=rec["val_loss"], seconds=rec["seconds"], history=rec["history"])
                     model = (trainer, fit, i)
                 best = (_score(rec, metric), rec)
             store.put(i, rec)  # after the weights: a record means everything it needs is saved
+            if model and previous is not None and previous != model[2]:
+                store.drop_weights(previous)  # no longer the best: only now, once ``i``'s record is saved
             del trainer  # only ``model`` holds a candidate from here on
         if best is None:
             raise DivergedError(last_error if len(points) == 1 else
