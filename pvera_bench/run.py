@@ -28,12 +28,12 @@ from .backbones import BackboneError, Classifier, create_backbone, input_size
 from .data import DataError, load_split
 from .data.core import resolve_source
 from .protocols import ProtocolError, run_protocol
-from .train import DivergedError, HistoryCSV, Trainer, resolve_device
+from .train import DivergedError, HistoryCSV, Trainer, TrainerConfigError, resolve_device
 
 log = logging.getLogger("pvera_bench")
 
 # Errors a user can cause: one clear message, no traceback.
-USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, ProtocolError)
+USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, ProtocolError, TrainerConfigError)
 
 # Settings that change a run's numbers: the resume key. (runtime.*, data.dir, data.cache_dir,
 # results_csv and force do not.)

@@ -44,6 +44,28 @@ class DivergedError(RuntimeError):
         self.seconds, self.history = seconds, history or []
 
 
+class TrainerConfigError(ValueError):
+    """A trainer setting that cannot be used (a user error: one message, no traceback)."""
+
+
+CHOICES = dict(schedule=("cosine", "constant"), schedule_unit=("epoch", "step"), precision=("auto", "bf16", "fp32"))
+NON_NEGATIVE = ("warmup_epochs", "warmup_lr", "min_lr", "label_smoothing", "wd_head", "wd_adapter")
+
+
+def check_settings(cfg: Mapping) -> None:
+    """Raise ``TrainerConfigError`` naming the first bad trainer setting and what is allowed."""
+    for key, allowed in CHOICES.items():
+        if key in cfg and cfg[key] not in allowed:
+            raise TrainerConfigError(f"trainer.{key}={cfg[key]!r} is not one of {', '.join(allowed)}")
+    for key in NON_NEGATIVE:
+        if key in cfg and not float(cfg[key]) >= 0:
+            raise TrainerConfigError(f"trainer.{key}={cfg[key]!r} must be a number >= 0")
+    if "label_smoothing" in cfg and not float(cfg["label_smoothing"]) < 1:
+        raise TrainerConfigError(f"trainer.label_smoothing={cfg['label_smoothing']!r} must be below 1")
+    if not isinstance(cfg.get("softmax_before_loss", False), bool):
+        raise TrainerConfigError(f"trainer.softmax_before_loss={cfg['softmax_before_loss']!r} must be true or false")
+
+
 @dataclass
 class FitResult:
     epochs: int  # epochs actually trained
@@ -167,10 +189,8 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Mapping, epochs: int, steps_
 
     As in NOAH (timm 0.5.4's ``create_scheduler``): the cosine spans all ``epochs`` with the
     warmup counted inside it (no ``warmup_prefix``), and both learning-rate bounds are absolute."""
+    check_settings(cfg)
     schedule, unit = cfg.get("schedule", "cosine"), cfg.get("schedule_unit", "epoch")
-    if schedule not in ("cosine", "constant") or unit not in ("epoch", "step"):
-        raise ValueError(f"trainer.schedule must be cosine or constant (got {schedule!r}) and trainer.schedule_unit "
-                         f"epoch or step (got {unit!r})")
     per = 1 if unit == "epoch" else steps_per_epoch
     kw = dict(warmup_t=round(float(cfg.get("warmup_epochs", 0)) * per), warmup_lr_init=float(cfg.get("warmup_lr", 0.0)),
               t_in_epochs=unit == "epoch")
@@ -229,6 +249,7 @@ class Trainer:
     def __init__(self, model: Classifier, cfg: Mapping, device: torch.device, seed: int = 0,
                  checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, compile: bool = False,
                  on_epoch: Callable[[str, dict], None] | None = None) -> None:
+        check_settings(cfg)
         self.model = model.to(device)
         self.forward = CompiledOrEager(model) if compile else model
         self.cfg = cfg
