@@ -261,6 +261,7 @@ class Trainer:
         precision = cfg.get("precision", "auto")
         self.amp_dtype = torch.bfloat16 if (precision == "bf16" or (precision == "auto" and device.type == "cuda")) else None
         self.softmax_before_loss = bool(cfg.get("softmax_before_loss", False))
+        self.label_smoothing = float(cfg.get("label_smoothing", 0.0))
         self.adapter_params = [p for p in model.backbone.parameters() if p.requires_grad]
         self.aux_layers = adapters.aux_losses(model)
         # A backbone with nothing to train and no sampling is a fixed function: cache its features.
@@ -310,7 +311,7 @@ class Trainer:
         logits = logits.float()
         if self.softmax_before_loss:  # the PVeRA code's defect (see the class docstring)
             logits = logits.softmax(-1)
-        return F.cross_entropy(logits, y, label_smoothing=float(self.cfg.get("label_smoothing", 0.0)))
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
     def val_loss(self, pred: Predictions) -> float:
         """The validation loss that selects: the cross-entropy of ``pred``, or with
