@@ -31,7 +31,7 @@ from filelock import FileLock
 
 COLUMNS = [
     "timestamp", "task", "adapter", "backbone", "protocol", "seed", "status",
-    "test_acc", "val_acc", "val_loss", "test_nll", "test_ece", "test_brier",
+    "test_acc", "test_acc_max", "val_acc", "val_loss", "test_nll", "test_ece", "test_brier",
     "mc_samples", "mc_entropy", "mc_acc_low", "mc_acc_high", "ood_task", "ood_auroc", "ood_auroc_entropy",
     "params_adapter", "params_head", "params_trainable", "frozen_buffers",
     "epochs", "best_epoch", "train_seconds", "eval_seconds",

@@ -32,12 +32,13 @@ from .data import DataError, load_split
 from .data.core import open_split, resolve_source
 from .protocols import ProtocolError, run_protocol
 from .schema import ConfigError
-from .train import DivergedError, Trainer, resolve_device
+from .train import DivergedError, HistoryCSV, Trainer, TrainerConfigError, resolve_device
 
 log = logging.getLogger("pvera_bench")
 
 # Errors a user can cause: one clear message, no traceback.
-USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, ProtocolError, ConfigError)
+USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, ProtocolError, ConfigError,
+               TrainerConfigError)
 
 # Settings that change a run's numbers: the resume key, with trainer.precision resolved (auto ->
 # bf16 on CUDA, fp32 on CPU), the data's fingerprint and the data options that shape the images.
@@ -185,6 +186,9 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     task = OmegaConf.to_container(cfg.task, resolve=True)
     data_kw = dict(data_dir=cfg.data.get("dir"), img_size=input_size(backbone), cache_dir=cfg.data.get("cache_dir"))
     loaded: dict[str, Any] = {}
+    history = HistoryCSV(run_dir / "history.csv")  # every epoch of every fit, across resumes
+    ckpt_dir = Path(rt.checkpoint_dir) / config_hash(cfg) if rt.get("checkpoint_dir") else None
+    ckpt_every = int(rt.get("checkpoint_every") or 0)
 
     def load(split: str):
         if split not in loaded:
@@ -201,11 +205,11 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         settings = dict(OmegaConf.to_container(c.trainer, resolve=True),
                         eval_batch_size=rt.eval_batch_size, progress=rt.progress)
         return Trainer(model, settings, device, seed=int(cfg.seed), compile=bool(rt.get("compile")),
-                       checkpoint_dir=ckpt_dir, checkpoint_every=int(rt.get("checkpoint_every") or 0))
+                       checkpoint_dir=ckpt_dir, checkpoint_every=ckpt_every, on_epoch=history)
 
-    ckpt_dir = Path(rt.checkpoint_dir) / config_hash(cfg) if rt.get("checkpoint_dir") else None
     try:
-        outcome = run_protocol(OmegaConf.to_container(cfg.protocol, resolve=True), build, load)
+        outcome = run_protocol(OmegaConf.to_container(cfg.protocol, resolve=True), build, load,
+                               state_dir=ckpt_dir if ckpt_every else None, on_epoch=history)
     finally:  # the run's checkpoint directory goes with its last checkpoint
         if ckpt_dir is not None and ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
             ckpt_dir.rmdir()

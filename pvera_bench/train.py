@@ -5,21 +5,27 @@ The training step is the hot path: the (small) training split is moved to the de
 fit, batches are index lookups there, losses and accuracies are accumulated on the device and
 read back once per epoch. A backbone with nothing to train (linear probing) is run once per
 split and the head trains on the cached features.
+
+``Trainer.fit`` is the epoch loop; which epoch's weights it keeps and when it stops is a
+``Selection`` (the PVeRA code's rule), and its state is checkpointed beside it for preempted jobs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
 import logging
 import math
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.scheduler import CosineLRScheduler, StepLRScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -31,7 +37,33 @@ log = logging.getLogger(__name__)
 
 
 class DivergedError(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite. ``seconds`` and ``history``: what the fit did before."""
+
+    def __init__(self, message: str, seconds: float = 0.0, history: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.seconds, self.history = seconds, history or []
+
+
+class TrainerConfigError(ValueError):
+    """A trainer setting that cannot be used (a user error: one message, no traceback)."""
+
+
+CHOICES = dict(schedule=("cosine", "constant"), schedule_unit=("epoch", "step"), precision=("auto", "bf16", "fp32"))
+NON_NEGATIVE = ("warmup_epochs", "warmup_lr", "min_lr", "label_smoothing", "wd_head", "wd_adapter")
+
+
+def check_settings(cfg: Mapping) -> None:
+    """Raise ``TrainerConfigError`` naming the first bad trainer setting and what is allowed."""
+    for key, allowed in CHOICES.items():
+        if key in cfg and cfg[key] not in allowed:
+            raise TrainerConfigError(f"trainer.{key}={cfg[key]!r} is not one of {', '.join(allowed)}")
+    for key in NON_NEGATIVE:
+        if key in cfg and not float(cfg[key]) >= 0:
+            raise TrainerConfigError(f"trainer.{key}={cfg[key]!r} must be a number >= 0")
+    if "label_smoothing" in cfg and not float(cfg["label_smoothing"]) < 1:
+        raise TrainerConfigError(f"trainer.label_smoothing={cfg['label_smoothing']!r} must be below 1")
+    if not isinstance(cfg.get("softmax_before_loss", False), bool):
+        raise TrainerConfigError(f"trainer.softmax_before_loss={cfg['softmax_before_loss']!r} must be true or false")
 
 
 @dataclass
@@ -40,8 +72,14 @@ class FitResult:
     best_epoch: int  # the epoch whose weights were kept (1-based)
     val_acc: float = float("nan")
     val_loss: float = float("nan")
-    seconds: float = 0.0
+    seconds: float = 0.0  # training seconds, accumulated over every resumed segment
     history: list[dict] = field(default_factory=list)
+
+    @property
+    def test_acc_max(self) -> float:
+        """The best test accuracy seen during the fit (``test_eval_every``); NaN when none was."""
+        accs = [e["test_acc"] for e in self.history if "test_acc" in e]
+        return max(accs) if accs else float("nan")
 
 
 @dataclass
@@ -66,18 +104,107 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
-def lr_lambda(schedule: str, total: int, warmup: int, min_ratio: float):
-    """Linear warmup, then cosine decay to ``min_ratio`` (or constant)."""
+class Selection:
+    """Which epoch's weights a fit keeps and when it stops, as the PVeRA code decides it.
 
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        t = (step - warmup) / max(1, total - warmup)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    ``metric``: ``acc`` (higher is better), ``loss`` (lower is better) or None (keep the last
+    epoch, never stop early). The best score and its epoch move only when a validation score
+    improves on the best by more than ``min_rel_delta`` relative to it (for the loss:
+    ``(best - loss) / best > min_rel_delta``; the PVeRA code's ``relative_epsilon`` is this in
+    percent); the fit stops once ``patience`` or more epochs have passed since the best epoch.
+    ``update`` says whether the epoch just scored is the new best (its weights are the ones to keep).
+    """
 
-    return f
+    def __init__(self, metric: str | None = None, patience: int | None = None, min_rel_delta: float = 0.0) -> None:
+        if metric not in (None, "acc", "loss"):
+            raise ValueError(f"selection metric must be acc, loss or None, not {metric!r}")
+        self.metric, self.patience, self.min_rel_delta = metric, patience, float(min_rel_delta or 0.0)
+        self.epoch = 0  # the last epoch scored
+        self.best_epoch = 0
+        self.best_score: float | None = None
+        self.val_acc = self.val_loss = float("nan")  # of the best epoch (of the last one without a metric)
+
+    def update(self, epoch: int, val_acc: float, val_loss: float) -> bool:
+        self.epoch = epoch
+        if self.metric is None:
+            self.val_acc, self.val_loss = val_acc, val_loss
+            return False
+        score = val_acc if self.metric == "acc" else -val_loss
+        improved = self.best_score is None or score - self.best_score > self.min_rel_delta * abs(self.best_score)
+        if improved:
+            self.best_score, self.best_epoch, self.val_acc, self.val_loss = score, epoch, val_acc, val_loss
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return (self.patience is not None and self.best_score is not None
+                and self.epoch - self.best_epoch >= int(self.patience))
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(epoch=self.epoch, best_epoch=self.best_epoch, best_score=self.best_score,
+                    val_acc=self.val_acc, val_loss=self.val_loss)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.epoch, self.best_epoch, self.best_score = state["epoch"], state["best_epoch"], state["best_score"]
+        self.val_acc, self.val_loss = state["val_acc"], state["val_loss"]
+
+
+class HistoryCSV:
+    """``on_epoch`` hook writing ``history.csv``: one line per epoch of every fit, appended as it
+    ends. An epoch seen again (a fit resumed from its checkpoint replays its history) replaces
+    that fit's lines from that epoch on, so the file holds each epoch once, across resumes."""
+
+    COLUMNS = ("fit", "epoch", "lr", "train_loss", "train_acc", "val_acc", "val_loss", "test_acc", "seconds")
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+        if self.path.is_file():
+            with open(self.path, newline="") as f:
+                self.rows = list(csv.DictReader(f))
+
+    def __call__(self, tag: str, entry: Mapping[str, Any]) -> None:
+        row = {"fit": tag, **{k: entry.get(k, "") for k in self.COLUMNS[1:]}}
+        epoch = int(entry["epoch"])
+        stale = [r for r in self.rows if r["fit"] == tag and int(r["epoch"]) >= epoch]
+        if stale:
+            self.rows = [r for r in self.rows if not (r["fit"] == tag and int(r["epoch"]) >= epoch)] + [row]
+            self._write(self.rows, "w")
+        else:
+            self.rows.append(row)
+            self._write([row], "a")
+
+    def _write(self, rows: list[dict], mode: str) -> None:
+        new = mode == "w" or not self.path.is_file()
+        with open(self.path, mode, newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.COLUMNS)
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: Mapping, epochs: int, steps_per_epoch: int):
+    """timm's scheduler for ``cfg``: linear warmup from ``warmup_lr`` over ``warmup_epochs``, then
+    ``cosine`` decay to ``min_lr`` or ``constant``; in epochs or in optimiser steps (``schedule_unit``).
+
+    As in NOAH (timm 0.5.4's ``create_scheduler``): the cosine spans all ``epochs`` with the
+    warmup counted inside it (no ``warmup_prefix``), and both learning-rate bounds are absolute."""
+    check_settings(cfg)
+    schedule, unit = cfg.get("schedule", "cosine"), cfg.get("schedule_unit", "epoch")
+    per = 1 if unit == "epoch" else steps_per_epoch
+    kw = dict(warmup_t=round(float(cfg.get("warmup_epochs", 0)) * per), warmup_lr_init=float(cfg.get("warmup_lr", 0.0)),
+              t_in_epochs=unit == "epoch")
+    if schedule == "cosine":
+        return CosineLRScheduler(opt, t_initial=epochs * per, lr_min=float(cfg.get("min_lr", 0.0)), **kw)
+    return StepLRScheduler(opt, decay_t=epochs * per + 1, decay_rate=1.0, **kw)
+
+
+def epoch_schedule_t(epoch: int) -> int:
+    """The epoch-schedule position that 1-based ``epoch`` trains with. NOAH calls
+    ``lr_scheduler.step(epoch)`` after each 0-based epoch, after the first epoch ran at the
+    scheduler's initial value; so epoch e trains with t = max(e - 2, 0), and the first two
+    epochs both run at t = 0 (``warmup_lr`` when warming up)."""
+    return max(epoch - 2, 0)
 
 
 class CompiledOrEager:
@@ -106,23 +233,37 @@ class Trainer:
     """``fit`` trains the trainable tensors of ``model`` (adapter and head); ``predict`` evaluates.
 
     ``cfg`` keys: epochs, batch_size, lr_head, lr_adapter, wd_head, wd_adapter, warmup_epochs,
-    schedule (cosine | constant), min_lr_ratio, shuffle, precision (auto | bf16 | fp32),
-    eval_batch_size, progress. With ``checkpoint_dir`` and ``checkpoint_every`` (epochs), ``fit``
-    saves its state every that many epochs and a new trainer with the same settings resumes from
-    it (a preempted job); ``compile`` wraps the model in ``torch.compile``, with eager fallback.
+    warmup_lr, min_lr, schedule (cosine | constant), schedule_unit (epoch | step),
+    label_smoothing, softmax_before_loss, shuffle, eval_every, precision (auto | bf16 | fp32),
+    eval_batch_size, progress.
+
+    ``softmax_before_loss`` reproduces a DEFECT of the PVeRA code: its heads end in a softmax and
+    ``CrossEntropyLoss`` is applied to those probabilities, in training and in the validation loss
+    that selects; only for an exact reproduction. ``predict``'s probabilities are the model's own.
+
+    With ``checkpoint_dir`` and ``checkpoint_every`` (epochs), ``fit`` saves its state every that
+    many epochs and a new trainer with the same settings resumes from it (a preempted job);
+    ``compile`` wraps the model in ``torch.compile``, with eager fallback. After each epoch
+    ``on_epoch(tag, entry)`` gets the fit's tag and a dict with epoch, lr, train_loss, train_acc,
+    seconds and, when evaluated, val_acc, val_loss, test_acc.
     """
 
     def __init__(self, model: Classifier, cfg: Mapping, device: torch.device, seed: int = 0,
-                 checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, compile: bool = False) -> None:
+                 checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, compile: bool = False,
+                 on_epoch: Callable[[str, dict], None] | None = None) -> None:
+        check_settings(cfg)
         self.model = model.to(device)
         self.forward = CompiledOrEager(model) if compile else model
         self.cfg = cfg
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.checkpoint_every = int(checkpoint_every or 0)
+        self.on_epoch = on_epoch
         self.device = device
         self.seed = int(seed)
         precision = cfg.get("precision", "auto")
         self.amp_dtype = torch.bfloat16 if (precision == "bf16" or (precision == "auto" and device.type == "cuda")) else None
+        self.softmax_before_loss = bool(cfg.get("softmax_before_loss", False))
+        self.label_smoothing = float(cfg.get("label_smoothing", 0.0))
         self.adapter_params = [p for p in model.backbone.parameters() if p.requires_grad]
         self.aux_layers = adapters.aux_losses(model)
         # A backbone with nothing to train and no sampling is a fixed function: cache its features.
@@ -168,6 +309,19 @@ class Trainer:
             groups.append(dict(params=self.adapter_params, lr=float(c["lr_adapter"]), weight_decay=float(c["wd_adapter"])))
         return torch.optim.AdamW(groups, fused=self.device.type == "cuda")
 
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.softmax_before_loss:  # the PVeRA code's defect (see the class docstring)
+            logits = logits.softmax(-1)
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+
+    def val_loss(self, pred: Predictions) -> float:
+        """The validation loss that selects: the cross-entropy of ``pred``, or with
+        ``softmax_before_loss`` the PVeRA code's cross-entropy of its probabilities."""
+        if self.softmax_before_loss:
+            return float(F.cross_entropy(pred.probs, pred.labels))
+        return pred.loss
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
@@ -180,121 +334,149 @@ class Trainer:
     # -- training -------------------------------------------------------------------------------
     def fit(self, train: Split, val: Split | None = None, *, select: str | None = None,
             patience: int | None = None, min_rel_delta: float = 0.0, desc: str = "train",
-            tag: str = "fit") -> FitResult:
+            tag: str = "fit", stamp: Any = None, test: Split | None = None, test_eval_every: int = 0) -> FitResult:
         """Train for ``cfg.epochs`` epochs. With ``val`` and ``select`` (``acc`` or ``loss``), the
-        epoch with the best validation score is kept, and with ``patience`` training stops after
-        that many evaluations without a relative improvement of ``min_rel_delta``. ``tag`` names
-        this fit's checkpoint file."""
+        best epoch's weights are kept and ``patience`` stops early, by ``Selection``'s rule.
+        ``tag`` names this fit's checkpoint; ``stamp`` (JSON, e.g. the grid point) is written into
+        it, and a checkpoint with another stamp is discarded. With ``test`` and
+        ``test_eval_every`` = N the test split is scored after epochs 1, N + 1, 2N + 1, ... and the
+        last (NOAH's ``val_interval`` rule), for the history only: nothing here reads it."""
         c = self.cfg
         torch.manual_seed(self.seed)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        epochs, bs = int(c["epochs"]), int(c["batch_size"])
-        n = len(train)
-        steps_per_epoch = math.ceil(n / bs)
-        total = epochs * steps_per_epoch
+        epochs, bs, n = int(c["epochs"]), int(c["batch_size"]), len(train)
+        steps = math.ceil(n / bs)
         opt = self._optimizer()
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(
-            c.get("schedule", "cosine"), total, int(float(c.get("warmup_epochs", 0)) * steps_per_epoch),
-            float(c.get("min_lr_ratio", 0.0))))
+        sched = make_scheduler(opt, c, epochs, steps)
+        per_step = c.get("schedule_unit", "epoch") == "step"
+        selection = Selection(select, patience, min_rel_delta)
+        eval_every = max(1, int(c.get("eval_every", 1)))
+        result = FitResult(epochs=0, best_epoch=0)
+        best_state = None
+        ckpt_path = self.checkpoint_dir / f"{tag}.safetensors" if self.checkpoint_dir and self.checkpoint_every else None
+        saved = self._resume(ckpt_path, stamp, opt, gen)
+        if saved is not None:
+            selection.load_state_dict(saved["selection"])
+            best_state, result.history, result.epochs = saved["best"], saved["history"], saved["epoch"]
+            result.seconds = saved["seconds"]
+            for entry in result.history:  # a new run directory gets the earlier segments' epochs too
+                self._emit(tag, entry)
         if self.frozen_features:
-            inputs = self._features(train)
-            forward = self.model.head
+            inputs, forward = self._features(train), self.model.head
         else:
-            inputs = self._to_device(train.images)
-            forward = self.forward
+            inputs, forward = self._to_device(train.images), self.forward
         labels = torch.from_numpy(np.asarray(train.labels)).to(self.device)
         shuffle = bool(c.get("shuffle", True))
-        eval_every = max(1, int(c.get("eval_every", 1)))
 
-        best_score, best_state, best_epoch, since_best = None, None, epochs, 0
-        result = FitResult(epochs=0, best_epoch=epochs)
-        ckpt_path = self.checkpoint_dir / f"{tag}.safetensors" if self.checkpoint_dir and self.checkpoint_every else None
-        start = 1
-        saved = checkpoint.load(ckpt_path) if ckpt_path else None
-        if saved is not None:
-            self.load_trainable_state(saved["trainable"])
-            opt.load_state_dict(saved["optimizer"])
-            sched.load_state_dict(saved["scheduler"])
-            gen.set_state(saved["generator"])
-            torch.set_rng_state(saved["torch_rng"])
-            if saved["cuda_rng"] is not None and self.device.type == "cuda":
-                torch.cuda.set_rng_state(saved["cuda_rng"])
-            best_score, best_state = saved["best_score"], saved["best"]
-            best_epoch, since_best = saved["best_epoch"], saved["since_best"]
-            result.val_acc, result.val_loss = saved["val_acc"], saved["val_loss"]
-            result.history, result.epochs = saved["history"], saved["epoch"]
-            start = saved["epoch"] + 1
-            log.info("resuming %s from its checkpoint after epoch %d (%s)", tag, saved["epoch"], ckpt_path)
-        t0 = time.perf_counter()
-        bar = self._progress(total, desc)
-        bar.update((start - 1) * steps_per_epoch)
-        for epoch in range(start, epochs + 1):
-            self.model.train()
+        bar = self._progress(epochs * steps, desc)
+        bar.update(result.epochs * steps)
+        for epoch in range(result.epochs + 1, epochs + 1):
+            t0 = time.perf_counter()
+            if per_step:
+                sched.step_update((epoch - 1) * steps)
+            else:
+                sched.step(epoch_schedule_t(epoch))
+            entry = dict(epoch=epoch, lr=opt.param_groups[-1]["lr"])  # the adapter's (else the head's)
             order = torch.randperm(n, generator=gen).to(self.device) if shuffle else torch.arange(n, device=self.device)
-            loss_sum = torch.zeros((), device=self.device)
-            correct = torch.zeros((), device=self.device, dtype=torch.long)
-            for i in range(0, n, bs):
-                idx = order[i : i + bs]
-                y = labels[idx]
-                with self._autocast():
-                    logits = forward(inputs[idx])
-                    loss = F.cross_entropy(logits.float(), y)
-                    for layer in self.aux_layers:
-                        aux = layer.aux_loss()
-                        if aux is not None:
-                            loss = loss + aux.float()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += loss.detach() * len(idx)
-                correct += (logits.detach().argmax(-1) == y).sum()
-                bar.update(1)
+            loss_sum, correct = self._train_epoch(forward, inputs, labels, order, opt,
+                                                  sched if per_step else None, (epoch - 1) * steps, bar)
             train_loss = float(loss_sum) / n
             if not math.isfinite(train_loss):
                 bar.close()
+                if ckpt_path:
+                    ckpt_path.unlink(missing_ok=True)
                 raise DivergedError(
                     f"the training loss became {train_loss} in epoch {epoch}; the run diverged. "
-                    f"Lower the learning rate (trainer.lr_adapter={c['lr_adapter']}, trainer.lr_head={c['lr_head']})"
-                )
-            entry = dict(epoch=epoch, train_loss=train_loss, train_acc=float(correct) * 100.0 / n)
-            result.epochs = epoch
+                    f"Lower the learning rate (trainer.lr_adapter={c['lr_adapter']}, trainer.lr_head={c['lr_head']})",
+                    seconds=result.seconds + time.perf_counter() - t0, history=result.history)
+            entry.update(train_loss=train_loss, train_acc=float(correct) * 100.0 / n)
             if val is not None and (epoch % eval_every == 0 or epoch == epochs):
                 pred = self.predict(val, progress=False)
-                entry.update(val_acc=pred.acc, val_loss=pred.loss)
-                if select is not None:
-                    score = pred.acc if select == "acc" else -pred.loss
-                    improved = best_score is None or score > best_score + abs(best_score) * min_rel_delta
-                    if best_score is None or score > best_score:
-                        best_score, best_state, best_epoch = score, self.trainable_state(), epoch
-                        result.val_acc, result.val_loss = pred.acc, pred.loss
-                    since_best = 0 if improved else since_best + eval_every
-                else:
-                    result.val_acc, result.val_loss = pred.acc, pred.loss
+                entry.update(val_acc=pred.acc, val_loss=self.val_loss(pred))
+                if selection.update(epoch, entry["val_acc"], entry["val_loss"]):
+                    best_state = self.trainable_state()
+            entry["seconds"] = time.perf_counter() - t0
+            if test is not None and test_eval_every and ((epoch - 1) % test_eval_every == 0 or epoch == epochs):
+                entry["test_acc"] = self.predict(test, progress=False).acc  # not training time
+            result.seconds += entry["seconds"]
+            result.epochs = epoch
             result.history.append(entry)
+            self._emit(tag, entry)
             bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k != "epoch"}, refresh=False)
-            stop = patience is not None and since_best >= int(patience)
-            if ckpt_path and epoch % self.checkpoint_every == 0 and epoch < epochs and not stop:
+            if ckpt_path and epoch % self.checkpoint_every == 0 and epoch < epochs and not selection.should_stop:
                 self._save_checkpoint(ckpt_path, opt, sched, gen, best_state, dict(
-                    epoch=epoch, best_score=best_score, best_epoch=best_epoch, since_best=since_best,
-                    val_acc=result.val_acc, val_loss=result.val_loss, history=result.history))
-            if stop:
-                log.info("early stopping after epoch %d (best epoch %d)", epoch, best_epoch)
+                    epoch=epoch, stamp=stamp, selection=selection.state_dict(), history=result.history,
+                    seconds=result.seconds))
+            if selection.should_stop:
+                log.info("early stopping after epoch %d (best epoch %d)", epoch, selection.best_epoch)
                 break
         bar.close()
         if ckpt_path:
             ckpt_path.unlink(missing_ok=True)
         if best_state is not None:
             self.load_trainable_state(best_state)
-            result.best_epoch = best_epoch
-        else:
-            result.best_epoch = result.epochs
-        result.seconds = time.perf_counter() - t0
+        result.best_epoch = selection.best_epoch if best_state is not None else result.epochs
+        result.val_acc, result.val_loss = selection.val_acc, selection.val_loss
         return result
+
+    def _train_epoch(self, forward, inputs, labels, order, opt, step_sched, first_step: int, bar):
+        """One pass over ``order``; returns the summed loss and the number correct (on the device).
+        ``step_sched``: a per-step schedule, set before each step (timm's ``step_update``)."""
+        self.model.train()
+        n, bs = len(order), int(self.cfg["batch_size"])
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        for step, i in enumerate(range(0, n, bs), start=first_step):
+            if step_sched is not None:
+                step_sched.step_update(step)
+            idx = order[i : i + bs]
+            y = labels[idx]
+            with self._autocast():
+                logits = forward(inputs[idx])
+                loss = self._loss(logits, y)
+                for layer in self.aux_layers:
+                    aux = layer.aux_loss()
+                    if aux is not None:
+                        loss = loss + aux.float()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(-1) == y).sum()
+            bar.update(1)
+        return loss_sum, correct
+
+    def _emit(self, tag: str, entry: dict) -> None:
+        if self.on_epoch is not None:
+            self.on_epoch(tag, entry)
+
+    def _resume(self, path: Path | None, stamp: Any, opt, gen) -> dict | None:
+        """Load the checkpoint at ``path`` into the model, optimiser and RNGs; None when there is
+        none, or when it was stamped for another point (then it is discarded, with a log line)."""
+        saved = checkpoint.load(path) if path else None
+        if saved is None:
+            return None
+        if "selection" not in saved:
+            log.warning("discarding checkpoint %s: written by an older version; training from the start", path)
+            path.unlink(missing_ok=True)
+            return None
+        if saved.get("stamp") != json.loads(json.dumps(stamp)):
+            log.warning("discarding checkpoint %s: it was saved for %s, not %s; training from the start",
+                        path, saved.get("stamp"), stamp)
+            path.unlink(missing_ok=True)
+            return None
+        self.load_trainable_state(saved["trainable"])
+        opt.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        if saved["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda_rng"])
+        log.info("resuming %s from its checkpoint after epoch %d (%s)", path.stem, saved["epoch"], path)
+        return saved
 
     def _save_checkpoint(self, path: Path, opt, sched, gen, best_state, info: dict) -> None:
         checkpoint.save(path, trainable=self.trainable_state(), best=best_state, optimizer=opt.state_dict(),
-                        scheduler=sched.state_dict(), generator=gen.get_state(), info=info)
+                        scheduler={}, generator=gen.get_state(), info=info)
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -162,7 +162,8 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(cli, tmp_path):
 
 
 def test_diverging_run_is_recorded_as_failed(cli, tmp_path):
-    p = cli("adapter=lora", *FAST, "trainer.lr_head=1e30", "trainer.lr_adapter=1e30")
+    # no warmup: the first epochs would run at trainer.warmup_lr
+    p = cli("adapter=lora", *FAST, "trainer.lr_head=1e30", "trainer.lr_adapter=1e30", "trainer.warmup_epochs=0")
     assert p.returncode == 2 and "diverged" in p.stderr and "Traceback" not in p.stderr
     (row,) = rows(tmp_path / "results" / "results.csv")
     assert row["status"] == "failed" and row["test_acc"] == "" and "diverged" in row["error"]

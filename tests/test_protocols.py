@@ -1,5 +1,8 @@
 """Protocols: grid choice on validation only; the test split is opened once, after every choice."""
 
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,7 @@ from pvera_bench import adapters
 from pvera_bench.backbones import Classifier
 from pvera_bench.data import Split
 from pvera_bench.protocols import ProtocolError, grid_points, run_protocol
-from pvera_bench.train import Trainer
+from pvera_bench.train import DivergedError, Trainer
 
 from conftest import tiny_vit
 
@@ -27,7 +30,8 @@ def make_split(n, seed):
 class Spy:
     """Records every event in order: split loads and fits."""
 
-    def __init__(self):
+    def __init__(self, checkpoint_dir=None):
+        self.checkpoint_dir = checkpoint_dir
         self.events = []
         self.splits = {"train800": make_split(48, 0), "val200": make_split(24, 1),
                        "train800val200": make_split(72, 2), "test": make_split(30, 3)}
@@ -41,7 +45,8 @@ class Spy:
         bb = tiny_vit()
         adapters.apply(bb, "lora", r=2, alpha=2)
         settings = dict(SETTINGS, **{k.split(".", 1)[1]: v for k, v in point.items()})
-        trainer = Trainer(Classifier(bb, 3), settings, torch.device("cpu"))
+        trainer = Trainer(Classifier(bb, 3), settings, torch.device("cpu"), checkpoint_dir=self.checkpoint_dir,
+                          checkpoint_every=1 if self.checkpoint_dir else 0)
         spy = self
         fit = trainer.fit
 
@@ -60,15 +65,21 @@ def test_grid_points():
     assert grid_points({"a": 5}) == [{"a": 5}]
 
 
-@pytest.mark.parametrize("final_on", ["train800val200", None])
-def test_test_split_is_opened_last_and_once(final_on):
+@pytest.mark.parametrize("final_on,test_every", [("train800val200", 0), (None, 0), ("train800val200", 1)])
+def test_test_split_is_opened_last_and_once(final_on, test_every):
     spy = Spy()
     p = dict(select_on="train800", val_split="val200", final_on=final_on, test_split="test", metric="loss",
-             checkpoint="best" if final_on is None else "last",
+             checkpoint="best" if final_on is None else "last", test_eval_every=test_every,
              grid={"trainer.lr_adapter": [1e-2, 1e-4], "trainer.lr_head": [1e-2]})
     out = run_protocol(p, spy.build, spy.load)
     loads = [e for e in spy.events if e[0] == "load"]
-    assert spy.events[-1] == ("load", "test")  # nothing happens after the test split is opened...
+    if test_every:  # scored along the final fit: opened after every choice, and only the final fit follows
+        assert spy.events[spy.events.index(("load", "test")) + 1:] == [("fit", out.chosen)]
+        assert [e["epoch"] for e in out.fit.history if "test_acc" in e] == [1, 2]
+        assert out.record()["test_acc_max"] == max(e["test_acc"] for e in out.fit.history)
+    else:
+        assert spy.events[-1] == ("load", "test")  # nothing happens after the test split is opened...
+        assert np.isnan(out.record()["test_acc_max"])
     assert loads.count(("load", "test")) == 1  # ...and it is opened once
     fits = [e for e in spy.events if e[0] == "fit"]
     assert len(fits) == (3 if final_on else 2)
@@ -98,3 +109,136 @@ def test_a_misspelt_selection_rule_is_an_error_before_any_training(bad):
                 metric="acc", checkpoint="best"), **bad}
     with pytest.raises(ProtocolError, match="metric must be acc or loss"):
         run_protocol(p, never, never)
+
+
+HOLDOUT = dict(name="holdout", select_on="train800", val_split="val200", final_on=None, test_split="test",
+               metric="acc", checkpoint="best")
+
+
+def test_a_test_curve_needs_a_final_fit():
+    with pytest.raises(ProtocolError, match=r"test_eval_every=5 .* \(final_on is null\)"):
+        run_protocol(dict(HOLDOUT, test_eval_every=5), None, None)
+
+
+def both_lrs(spy):
+    """``build`` for a grid over ``lr``: the head's and the adapter's learning rate together."""
+    return lambda point: spy.build({"trainer.lr_head": point["lr"], "trainer.lr_adapter": point["lr"]})
+
+
+def test_a_diverging_candidate_is_recorded_and_scored_worst():
+    spy = Spy()
+    out = run_protocol(dict(HOLDOUT, grid={"lr": [1e30, 1e-2]}), both_lrs(spy), spy.load)
+    assert out.chosen == {"lr": 1e-2}
+    assert out.grid_scores[0] == {"point": {"lr": 1e30}, "status": "diverged", "epoch": 1}
+    assert out.grid_scores[1]["status"] == "ok" and out.val_acc == out.grid_scores[1]["val_acc"]
+
+
+def test_the_run_fails_only_when_every_candidate_diverges():
+    spy = Spy()
+    with pytest.raises(DivergedError, match=r"every candidate diverged \(2 of 2\).*Lower the learning rate"):
+        run_protocol(dict(HOLDOUT, grid={"lr": [1e30, 1e31]}), both_lrs(spy), spy.load)
+
+
+def die_on(name):
+    """``Trainer._save_checkpoint`` that saves, then kills the job when it saved ``name``."""
+    real = Trainer._save_checkpoint
+
+    def save(self, path, *a):
+        real(self, path, *a)
+        if path.name == name:
+            raise KeyboardInterrupt
+    return save
+
+
+def test_a_grid_killed_in_its_final_fit_resumes_without_training_a_candidate_again(tmp_path, monkeypatch):
+    p = dict(HOLDOUT, name="vtab", final_on="train800val200", checkpoint="last",
+             grid={"trainer.lr_adapter": [1e-2, 1e-4]})
+    ref = run_protocol(p, Spy().build, Spy().load)
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_save_checkpoint", die_on("final.safetensors"))
+        with pytest.raises(KeyboardInterrupt):
+            run_protocol(p, Spy(tmp_path).build, Spy().load, state_dir=tmp_path)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["final.safetensors", "select-0.json", "select-1.json"]
+    spy = Spy(tmp_path)
+    out = run_protocol(p, spy.build, spy.load, state_dir=tmp_path)
+    assert [e for e in spy.events if e[0] == "fit"] == [("fit", ref.chosen)]  # the final fit, resumed
+    assert [e for e in spy.events if e[0] == "load"] == [("load", "train800val200"), ("load", "test")]
+    assert out.chosen == ref.chosen and out.grid_scores == ref.grid_scores
+    assert torch.equal(out.test.probs, ref.test.probs)
+    assert list(tmp_path.iterdir()) == []  # nothing left once the run is done
+
+
+def test_a_holdout_grid_resumed_after_its_candidates_keeps_the_chosen_weights(tmp_path):
+    p = dict(HOLDOUT, grid={"trainer.lr_adapter": [1e-4, 1e-2]})
+    ref = run_protocol(p, Spy().build, Spy().load)
+    spy = Spy(tmp_path)
+
+    def killed_at_test(name):
+        if name == "test":
+            raise KeyboardInterrupt
+        return spy.load(name)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol(p, spy.build, killed_at_test, state_dir=tmp_path)
+    kept = sorted(f.name for f in tmp_path.iterdir())
+    i = [s["point"] for s in ref.grid_scores].index(ref.chosen)
+    assert kept == sorted(["select-0.json", "select-1.json", f"select-{i}.best.safetensors"])
+    again = Spy(tmp_path)
+    out = run_protocol(p, again.build, again.load, state_dir=tmp_path)
+    assert again.events == [("load", "test")]  # no split but the test split, no fit
+    assert out.chosen == ref.chosen and out.fit.best_epoch == ref.fit.best_epoch
+    assert torch.equal(out.test.probs, ref.test.probs)
+
+
+# -- end to end: a real process, killed (SIGKILL) during its final fit ----------------------------
+def pvera_bench_cmd(*args):
+    import sys
+
+    return [sys.executable, "-m", "pvera_bench.cli", *args]
+
+
+@pytest.mark.slow
+def test_cli_grid_killed_during_the_final_fit_resumes_without_training_a_candidate_again(tmp_path, cache_dir):
+    import os
+    import signal
+    import subprocess
+
+    from pvera_bench import results
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PVERA_BENCH_CACHE=str(cache_dir), OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    base = ["adapter=lora", "task=demo", "backbone=vit_tiny_random", "protocol=vtab", "trainer.epochs=3",
+            "trainer.batch_size=32", "trainer.warmup_epochs=1", "runtime.progress=false", "runtime.threads=1",
+            "++protocol.grid={trainer.lr_adapter:[3e-3,1e-2]}", "runtime.checkpoint_every=1"]
+    ck = tmp_path / "ck"
+    args = base + [f"runtime.checkpoint_dir={ck}", f"results_csv={tmp_path / 'killed.csv'}"]
+    proc = subprocess.Popen(pvera_bench_cmd(*args), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not list(ck.glob("*/final.safetensors")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the final fit's checkpoint never appeared"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (state,) = ck.iterdir()
+    assert {f.name for f in state.iterdir()} >= {"select-0.json", "select-1.json", "final.safetensors"}
+    again = subprocess.run(pvera_bench_cmd(*args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    out = again.stdout + again.stderr
+    assert out.count("finished in an earlier run") == 2 and "resuming final from its checkpoint" in out
+    assert "select-0 from its checkpoint" not in out and "select-1 from its checkpoint" not in out
+    ref = subprocess.run(pvera_bench_cmd(*base, f"runtime.checkpoint_dir={tmp_path / 'ck-ref'}",
+                                         f"results_csv={tmp_path / 'ref.csv'}"),
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr
+    (a,), (b,) = results.read(tmp_path / "killed.csv"), results.read(tmp_path / "ref.csv")
+    assert a["status"] == b["status"] == "ok"
+    for col in ("test_acc", "test_nll", "chosen", "grid_scores", "epochs"):
+        assert a[col] == b[col], col
+    # the history of the resumed run holds every epoch of every fit once
+    import csv
+
+    hist = list(csv.DictReader(open(Path(a["run_dir"]) / "history.csv")))
+    assert [(r["fit"], int(r["epoch"])) for r in hist] == [(f, e) for f in ("select-0", "select-1", "final")
+                                                          for e in range(1, 4)]
+    assert float(a["train_seconds"]) > 0.5 * float(b["train_seconds"])

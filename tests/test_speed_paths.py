@@ -25,7 +25,7 @@ D, CLASSES, SIZE = 32, 5, 32
 OPTIONS = {"lora": dict(r=4), "dora": dict(r=4), "vera": dict(r=16), "pvera": dict(r=16), "ia3": {}}
 MERGEABLE = tuple(OPTIONS)
 CFG = dict(epochs=3, batch_size=8, lr_head=1e-2, lr_adapter=1e-3, wd_head=0.0, wd_adapter=0.0,
-           warmup_epochs=0, schedule="cosine", min_lr_ratio=0.0, shuffle=True, eval_every=1,
+           warmup_epochs=0, schedule="cosine", min_lr=0.0, shuffle=True, eval_every=1,
            precision="fp32", eval_batch_size=256, progress=False)
 
 
