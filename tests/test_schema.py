@@ -47,16 +47,16 @@ def test_every_shipped_config_is_valid(group):
     (["trainer.epochs=0"], ["trainer.epochs=0", "integer >= 1"]),
     (["trainer.batch_size=2.5"], ["trainer.batch_size=2.5", "integer"]),
     (["trainer.precision=fp16"], ["trainer.precision='fp16'", "auto, bf16, fp32"]),
-    (["+trainer.schedule_unit=epochs"], ["trainer.schedule_unit='epochs'", "epoch, step"]),
-    (["+trainer.label_smoothing=-0.1"], ["trainer.label_smoothing=-0.1", ">= 0"]),
+    (["++trainer.schedule_unit=epochs"], ["trainer.schedule_unit='epochs'", "epoch, step"]),
+    (["++trainer.label_smoothing=-0.1"], ["trainer.label_smoothing=-0.1", ">= 0"]),
     (["+trainer.lr=1"], ["trainer.lr=1", "not a trainer option", "lr_adapter"]),
-    (["+data.resize=nearest"], ["data.resize='nearest'", "bilinear_antialias, bicubic, bilinear"]),
+    (["++data.resize=nearest"], ["data.resize='nearest'", "bilinear_antialias, bicubic, bilinear"]),
     (["data.source=s3"], ["data.source='s3'", "folder", "tfds"]),
-    (["+backbone.drop_path_rate=1.5"], ["backbone.drop_path_rate=1.5", "< 1"]),
-    (["+backbone.mean=[0.5,0.5]"], ["backbone.mean=[0.5, 0.5]", "list of 3"]),
+    (["++backbone.drop_path_rate=1.5"], ["backbone.drop_path_rate=1.5", "< 1"]),
+    (["++backbone.mean=[0.5,0.5]"], ["backbone.mean=[0.5, 0.5]", "list of 3"]),
     (["protocol.metric=f1"], ["protocol.metric='f1'", "acc, loss"]),
     (["protocol.patience=0"], ["protocol.patience=0", ">= 1 or null"]),
-    (["+protocol.test_eval_every=-1"], ["protocol.test_eval_every=-1", ">= 0"]),
+    (["++protocol.test_eval_every=-1"], ["protocol.test_eval_every=-1", ">= 0"]),
     (["protocol.select_on=train"], ["protocol.select_on='train'", "train800, val200"]),
 ])
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(overrides, expect):
@@ -65,10 +65,10 @@ def test_bad_values_name_the_key_the_value_and_what_is_allowed(overrides, expect
 
 
 def test_contract_keys_are_accepted_before_their_code_lands():
-    validate(cfg("adapter=lora", "+trainer.warmup_lr=1e-6", "+trainer.min_lr=1e-5", "+trainer.schedule_unit=step",
-                 "+trainer.label_smoothing=0.1", "+trainer.softmax_before_loss=true", "+protocol.test_eval_every=5",
-                 "+backbone.drop_path_rate=0.1", "+backbone.mean=[0.5,0.5,0.5]", "+backbone.std=null",
-                 "+data.resize=bicubic"))
+    validate(cfg("adapter=lora", "++trainer.warmup_lr=1e-6", "++trainer.min_lr=1e-5", "++trainer.schedule_unit=step",
+                 "++trainer.label_smoothing=0.1", "++trainer.softmax_before_loss=true", "++protocol.test_eval_every=5",
+                 "++backbone.drop_path_rate=0.1", "++backbone.mean=[0.5,0.5,0.5]", "++backbone.std=null",
+                 "++data.resize=bicubic"))
 
 
 @pytest.mark.parametrize("grid,expect", [
