@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import adapters, metrics, results, tasks
-from .adapters import UnknownAdapterError
+from .adapters import AdapterOptionError, UnknownAdapterError
 from .backbones import BackboneError, Classifier, create_backbone, input_size
 from .data import DataError, load_split
 from .data.core import resolve_source
@@ -33,7 +33,7 @@ from .train import DivergedError, Trainer, resolve_device
 log = logging.getLogger("pvera_bench")
 
 # Errors a user can cause: one clear message, no traceback.
-USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, ProtocolError)
+USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, AdapterOptionError, ProtocolError)
 
 # Settings that change a run's numbers: the resume key. (runtime.*, data.dir, data.cache_dir,
 # results_csv and force do not.)
@@ -101,7 +101,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     seed_everything(int(cfg.backbone.get("init_seed", cfg.seed)))
     backbone = create_backbone(OmegaConf.to_container(cfg.backbone, resolve=True))
     task = OmegaConf.to_container(cfg.task, resolve=True)
-    data_kw = dict(data_dir=cfg.data.get("dir"), img_size=input_size(backbone), cache_dir=cfg.data.get("cache_dir"))
+    data_kw = dict(data_dir=cfg.data.get("dir"), img_size=input_size(backbone), cache_dir=cfg.data.get("cache_dir"),
+                   resize=cfg.data.get("resize", "bilinear_antialias"))
     loaded: dict[str, Any] = {}
 
     def load(split: str):
