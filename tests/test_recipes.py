@@ -173,3 +173,19 @@ def test_every_recipe_with_per_adapter_files_covers_the_same_adapters():
         sorted(p.stem for p in (base / "pvera_paper").glob("*.yaml"))
     for p in base.glob("*/*.yaml"):
         assert p.stem in adapters.available(), p
+
+
+FAST = ["backbone=vit_tiny_random", "task=demo", "protocol=holdout", "trainer.epochs=1", "runtime.progress=false"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["adapter=lora", "adapter.targets=qk"], "adapter.targets='qk' is not valid; use one of: qv, qkv"),
+    (["adapter=pvera", "adapter.init=paper"], "adapter.init='paper' is not valid; use one of: pvera_code, peft"),
+    (["adapter=lora", "data.resize=area"], "data.resize='area' is not valid"),
+    (["adapter=lora", "backbone.std=[1,0,1]"], "backbone.std=[1, 0, 1] is not valid; give three positive numbers"),
+])
+def test_bad_recipe_options_end_with_one_clear_line(cli, args, says):
+    p = cli(*FAST, *args)
+    assert p.returncode == 2, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("pvera-bench: error: ") and says in last and "Traceback" not in p.stderr
