@@ -44,6 +44,9 @@ def config_hash(cfg: DictConfig) -> str:
     c = OmegaConf.to_container(cfg, resolve=True)
     key = {k: c.get(k) for k in RESULT_KEYS}
     key["data_source"] = data_source(cfg.task, cfg)
+    resize = cfg.data.get("resize", "bilinear_antialias")
+    if resize != "bilinear_antialias":  # the images differ; absent for the default, so older keys stay valid
+        key["data_resize"] = resize
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -193,3 +193,13 @@ def test_bad_recipe_options_end_with_one_clear_line(cli, args, says):
     assert p.returncode == 2, p.stderr[-2000:]
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("pvera-bench: error: ") and says in last and "Traceback" not in p.stderr
+
+
+def test_resize_is_part_of_the_resume_key():
+    from pvera_bench.run import config_hash
+
+    base = ["task=demo", "data.resize=bilinear_antialias"]
+    a = config_hash(compose("config", overrides=base))
+    b = config_hash(compose("config", overrides=["task=demo", "data.resize=bicubic"]))
+    c = config_hash(compose("config", overrides=["task=demo", "data.resize=bilinear"]))
+    assert len({a, b, c}) == 3
