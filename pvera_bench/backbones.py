@@ -57,11 +57,38 @@ def _check_hub_weights(model_name: str, backbone_name: str) -> None:
     )
 
 
+def _normalisation(cfg: Mapping, key: str) -> tuple[float, float, float] | None:
+    """``backbone.mean`` / ``backbone.std``: null (the weights' own) or three numbers (std > 0)."""
+    value = cfg.get(key)
+    if value is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        vals = ()
+    if len(vals) != 3 or any(v != v for v in vals) or (key == "std" and min(vals) <= 0):
+        what = "three positive numbers" if key == "std" else "three numbers"
+        raise BackboneError(f"backbone.{key}={value!r} is not valid; give {what} (one per RGB channel, on the "
+                            f"0-1 scale, e.g. [0.485,0.456,0.406]) or null for the weights' own")
+    return vals
+
+
+def _drop_path_rate(cfg: Mapping) -> float:
+    value = cfg.get("drop_path_rate") or 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise BackboneError(f"backbone.drop_path_rate={value!r} is not valid; give a number in [0, 1) "
+                            f"(stochastic depth of the last block; timm's linear rule over the blocks)")
+    return float(value)
+
+
 def create_backbone(cfg: Mapping) -> nn.Module:
     """A timm model without its classifier (``num_classes=0``), every weight frozen.
 
     ``cfg`` holds ``name``, ``model`` (the timm name and tag), ``pretrained``, ``checkpoint``
-    (a local ``.safetensors``/``.pth`` file that replaces the hub download) and ``kwargs``.
+    (a local ``.safetensors``/``.pth`` file that replaces the hub download), ``kwargs``,
+    ``drop_path_rate`` (stochastic depth in training, timm's rule: 0 in the first block rising
+    linearly to this in the last) and ``mean`` / ``std`` (the input normalisation, on the 0-1
+    scale; null keeps the weights' own, which :class:`Classifier` reads from ``pretrained_cfg``).
     """
     import timm
 
@@ -69,15 +96,21 @@ def create_backbone(cfg: Mapping) -> nn.Module:
     model_name, name = cfg["model"], cfg.get("name", cfg["model"])
     pretrained = bool(cfg.get("pretrained", False))
     checkpoint = cfg.get("checkpoint")
+    overlay = {k: v for k in ("mean", "std") if (v := _normalisation(cfg, k)) is not None}
+    dpr = _drop_path_rate(cfg)
+    if dpr:
+        kwargs["drop_path_rate"] = dpr
     if checkpoint:
         path = Path(os.path.expanduser(str(checkpoint)))
         if not path.is_file():
             raise BackboneError(f"backbone.checkpoint={checkpoint} does not exist; pass the path of a "
                                 f"weights file for timm model {model_name!r} (.safetensors or .pth)")
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+        overlay["file"] = str(path)
         pretrained = True
     elif pretrained:
         _check_hub_weights(model_name, name)
+    if overlay:
+        kwargs["pretrained_cfg_overlay"] = overlay
     try:
         model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
     except Exception as e:  # corrupt or mismatched checkpoint, or a hub failure

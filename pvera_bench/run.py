@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import adapters, metrics, results, tasks
-from .adapters import UnknownAdapterError
+from .adapters import AdapterOptionError, UnknownAdapterError
 from .backbones import BackboneError, Classifier, create_backbone, input_size
 from .data import DataError, load_split
 from .data.core import open_split, resolve_source
@@ -37,8 +37,8 @@ from .train import DivergedError, HistoryCSV, Trainer, TrainerConfigError, resol
 log = logging.getLogger("pvera_bench")
 
 # Errors a user can cause: one clear message, no traceback.
-USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, ProtocolError, ConfigError,
-               TrainerConfigError)
+USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, AdapterOptionError, ProtocolError,
+               ConfigError, TrainerConfigError)
 
 # Settings that change a run's numbers: the resume key, with trainer.precision resolved (auto ->
 # bf16 on CUDA, fp32 on CPU), the data's fingerprint and the data options that shape the images.
@@ -184,7 +184,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     seed_everything(int(cfg.backbone.get("init_seed", cfg.seed)))
     backbone = create_backbone(OmegaConf.to_container(cfg.backbone, resolve=True))
     task = OmegaConf.to_container(cfg.task, resolve=True)
-    data_kw = dict(data_dir=cfg.data.get("dir"), img_size=input_size(backbone), cache_dir=cfg.data.get("cache_dir"))
+    data_kw = dict(data_dir=cfg.data.get("dir"), img_size=input_size(backbone), cache_dir=cfg.data.get("cache_dir"),
+                   resize=cfg.data.get("resize", "bilinear_antialias"))
     loaded: dict[str, Any] = {}
     history = HistoryCSV(run_dir / "history.csv")  # every epoch of every fit, across resumes
     ckpt_dir = Path(rt.checkpoint_dir) / config_hash(cfg) if rt.get("checkpoint_dir") else None

@@ -176,11 +176,11 @@ def test_counts_match_the_formulas(name):
 @pytest.mark.parametrize("name", ["vera", "pvera"])
 def test_shared_projections_are_seeded_buffers(name):
     r = OPTIONS[name]["r"]
-    torch.manual_seed(123)  # the global RNG must not matter
-    _, model = adapted(name)
+    torch.manual_seed(123)  # with projection_seed set, the global RNG must not matter
+    _, model = adapted(name, init="peft", projection_seed=0)
     torch.manual_seed(456)
-    _, same = adapted(name, projection_seed=0)
-    _, other = adapted(name, projection_seed=1)
+    _, same = adapted(name, init="peft", projection_seed=0)
+    _, other = adapted(name, init="peft", projection_seed=1)
     shared = getattr(model, f"{name}_shared")
     a_cols = 2 * r if name == "vera" else 4 * r
     assert shared.A.shape == (D, a_cols) and shared.B.shape == (2, r, D)
@@ -402,7 +402,7 @@ def test_init_values():
         w = L.base.weight.view(3, D, D)
         torch.testing.assert_close(L.magnitude, torch.linalg.vector_norm(w[0::2], dim=-1), rtol=0, atol=0)
     for name, cols in (("vera", 2 * 16), ("pvera", 4 * 16)):
-        _, m = adapted(name)
+        _, m = adapted(name, init="peft")  # PEFT's; the default (pvera_code): tests/test_adapter_variants.py
         for L in qkv_layers(m):
             assert L.lambda_d.shape == (cols,) and torch.equal(L.lambda_d, torch.full((cols,), 0.1))
             assert L.lambda_b.shape == (2, D) and torch.count_nonzero(L.lambda_b) == 0
@@ -655,7 +655,7 @@ def test_lora_and_dora_match_peft(peft, which, dora):
 @pytest.mark.parametrize("alpha", [1.0, 16.0])
 def test_vera_matches_peft(peft, which, alpha):
     r = 16
-    _, model = adapted("vera", alpha=alpha)
+    _, model = adapted("vera", alpha=alpha, init="peft")
     perturb(model, seed=4)
     layer, k, S = qkv_layers(model)[1], (0, 2)[which], model.vera_shared
     x = tokens(10)
@@ -677,7 +677,7 @@ def test_vera_matches_peft(peft, which, alpha):
 @pytest.mark.parametrize("alpha", [1.0, 16.0])
 def test_pvera_mean_matches_peft(peft, which, alpha):
     r = 16
-    _, model = adapted("pvera", alpha=alpha)
+    _, model = adapted("pvera", alpha=alpha, init="peft")
     perturb(model, seed=5)
     layer, k, S = qkv_layers(model)[1], (0, 2)[which], model.pvera_shared
     x = tokens(11)

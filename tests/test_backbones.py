@@ -57,3 +57,42 @@ def test_classifier_normalises_uint8_on_device():
     ref = bb((x.permute(0, 3, 1, 2).float() / 255 - mean) / std)
     torch.testing.assert_close(model.features(x), ref, atol=1e-5, rtol=1e-5)
     assert model(x).shape == (2, 5) and model.img_size == 32
+
+
+def test_mean_and_std_override_the_weights_own():
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    bb = create_backbone(dict(TINY, mean=mean, std=std))
+    assert tuple(bb.pretrained_cfg["mean"]) == tuple(mean) and tuple(bb.pretrained_cfg["std"]) == tuple(std)
+    model = Classifier(bb, 3)
+    x = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    ref = bb((x.permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1))
+             / torch.tensor(std).view(1, 3, 1, 1))
+    torch.testing.assert_close(model.features(x), ref, atol=1e-5, rtol=1e-5)
+    own = create_backbone(dict(TINY, mean=None, std=None)).pretrained_cfg
+    assert tuple(own["mean"]) != tuple(mean)  # null: the weights' own (timm's for this model)
+
+
+def test_drop_path_rate_follows_timms_rule_and_acts_in_training_only():
+    bb = create_backbone(dict(TINY, drop_path_rate=0.1))
+    probs = [getattr(blk.drop_path1, "drop_prob", 0.0) for blk in bb.blocks]
+    assert probs == pytest.approx([0.0, 0.1])  # linear from 0 in the first block to the rate in the last
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        bb.train()
+        assert not torch.equal(bb(x), bb(x))  # samples are dropped at random in training
+        bb.eval()
+        assert torch.equal(bb(x), bb(x))
+        plain = create_backbone(dict(TINY, drop_path_rate=0.0)).train()
+        assert torch.equal(plain(x), plain(x))
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("drop_path_rate", 1.0, r"backbone.drop_path_rate=1.0 is not valid"),
+    ("drop_path_rate", -0.1, r"backbone.drop_path_rate=-0.1 is not valid"),
+    ("mean", [0.5, 0.5], r"backbone.mean=\[0.5, 0.5\] is not valid; give three numbers"),
+    ("std", [0.2, 0.0, 0.2], r"backbone.std=.* is not valid; give three positive numbers"),
+    ("std", "imagenet", r"backbone.std='imagenet' is not valid"),
+])
+def test_bad_backbone_options_are_clear_errors(key, value, match):
+    with pytest.raises(BackboneError, match=match):
+        create_backbone(dict(TINY, **{key: value}))

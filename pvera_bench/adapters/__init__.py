@@ -16,7 +16,7 @@ import pkgutil
 
 from torch import nn
 
-from .base import AdapterLayer, UnknownAdapterError, adapter_layers, register
+from .base import AdapterLayer, AdapterOptionError, UnknownAdapterError, adapter_layers, register
 from .base import get
 from .base import names as _names
 
@@ -25,7 +25,7 @@ for _m in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = [
-    "AdapterLayer", "UnknownAdapterError", "register", "get", "available", "apply", "merge", "unmerge",
+    "AdapterLayer", "AdapterOptionError", "UnknownAdapterError", "register", "get", "available", "apply", "merge", "unmerge",
     "aux_losses", "eval_samples", "set_inference", "count_trainable", "count_frozen_buffers",
 ]
 

@@ -21,6 +21,26 @@ class UnknownAdapterError(ValueError):
     pass
 
 
+class AdapterOptionError(ValueError):
+    """A bad value for an adapter option (``adapter.<key>``); the message says the valid ones."""
+
+
+def check_choice(key: str, value, valid: tuple) -> None:
+    """Raise :class:`AdapterOptionError` unless ``value`` is one of ``valid``."""
+    if value not in valid:
+        raise AdapterOptionError(f"adapter.{key}={value!r} is not valid; use one of: {', '.join(map(str, valid))}")
+
+
+def check_positive(key: str, value, *, allow_zero: bool = False, upper: float | None = None) -> None:
+    """Raise :class:`AdapterOptionError` unless ``value`` is a number > 0 (>= 0 with allow_zero, < upper)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value >= 0 if allow_zero else value > 0) and (upper is None or value < upper)
+    if not ok:
+        lo = ">= 0" if allow_zero else "> 0"
+        hi = f" and < {upper}" if upper is not None else ""
+        raise AdapterOptionError(f"adapter.{key}={value!r} is not valid; it must be a number {lo}{hi}")
+
+
 def register(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Decorator: ``@register("lora") def apply(model, r=8, alpha=16): ...``."""
 

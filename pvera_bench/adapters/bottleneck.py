@@ -1,6 +1,21 @@
-"""Bottleneck adapters (Houlsby et al. 2019): ``h + Up(act(Down(h)))`` on the output of each
-block's attention and of its MLP, inside the residual branch. ``Up`` starts at zero, so the
-adapted model starts as the frozen one."""
+"""Bottleneck adapters (Houlsby et al. 2019): ``h + Up(dropout(act(Down(h))))`` on the output of
+each block's attention and/or MLP, inside the residual branch.
+
+Options (the keyword arguments of :func:`apply`):
+
+- ``width`` or ``reduction`` (width = d / reduction, rounded down as ``int(d / reduction)`` in the
+  PVeRA code, leofillioux/pvera models/adapters/bottleneck.py); give one, set the other to null;
+- ``placement``: ``attn_mlp`` (after the attention and after the MLP: Houlsby's and the PVeRA
+  code's) or ``mlp`` (after the MLP only: NOAH's, ZhangYuanhan-AI/NOAH
+  model/supernet_vision_transformer_timm.py ``Block.forward``);
+- ``activation``: ``gelu``, ``relu`` (PVeRA code: config/adapters.yaml) or ``quick_gelu``
+  (``x * sigmoid(1.702 x)``: NOAH's model/module/adapter_super.py);
+- ``dropout``: after the activation, in training (NOAH: ``--drop_rate_adapter`` 0.1);
+- ``init``: ``lora`` (Down as nn.Linear's weight, biases and Up zero: the adapted model starts as
+  the frozen one), ``pytorch`` (nn.Linear's defaults for both: the PVeRA code) or ``noah``
+  (weights truncated normal std 0.02, biases zero: NOAH re-initialises every nn.Linear after
+  building the model).
+"""
 
 from __future__ import annotations
 
@@ -9,42 +24,86 @@ import math
 import torch
 from torch import nn
 
-from .base import AdapterLayer, blocks, register
+from .base import AdapterLayer, AdapterOptionError, blocks, check_choice, check_positive, register
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)`` (NOAH's adapter activation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "quick_gelu": QuickGELU}
+INITS = ("lora", "pytorch", "noah")
+PLACEMENTS = ("attn_mlp", "mlp")
+
+
+def resolve_width(d: int, width, reduction) -> int:
+    """``width``, or ``int(d / reduction)``; exactly one of them must be given."""
+    if (width is None) == (reduction is None):
+        raise AdapterOptionError(f"give exactly one of adapter.width and adapter.reduction (got width={width}, "
+                                 f"reduction={reduction}); set the other to null")
+    if reduction is not None:
+        check_positive("reduction", reduction)
+        width = int(d / reduction)
+    if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width:
+        raise AdapterOptionError(f"adapter.width={width!r} is not valid; it must be an integer >= 1")
+    return width
 
 
 class Bottleneck(nn.Module):
-    """``Up(act(Down(x)))``: Down Kaiming-initialised, Up zero-initialised."""
+    """``Up(dropout(act(Down(x))))``."""
 
-    def __init__(self, dim: int, width: int, act: type[nn.Module] = nn.GELU) -> None:
+    def __init__(self, dim: int, width: int, act: str = "gelu", init: str = "lora", dropout: float = 0.0) -> None:
         super().__init__()
         self.down = nn.Linear(dim, int(width))
-        self.act = act()
+        self.act = ACTIVATIONS[act]()
+        self.drop = nn.Dropout(float(dropout)) if dropout else nn.Identity()
         self.up = nn.Linear(int(width), dim)
-        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.down.bias)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        if init == "lora":
+            nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+            nn.init.zeros_(self.down.bias)
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
+        elif init == "noah":
+            for lin in (self.down, self.up):
+                nn.init.trunc_normal_(lin.weight, std=0.02, a=-2.0, b=2.0)
+                nn.init.zeros_(lin.bias)
+        # pytorch: nn.Linear's own initialisation, as constructed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.down(x)))
+        return self.up(self.drop(self.act(self.down(x))))
 
 
 class SerialAdapter(AdapterLayer):
     """``y = module(x, ...); y + bottleneck(y)`` (extra arguments, e.g. attn_mask, pass through)."""
 
-    def __init__(self, module: nn.Module, dim: int, width: int) -> None:
+    def __init__(self, module: nn.Module, dim: int, width: int, act: str = "gelu", init: str = "lora",
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.module = module
-        self.adapter = Bottleneck(dim, width)
+        self.adapter = Bottleneck(dim, width, act, init, dropout)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         y = self.module(x, *args, **kwargs)
         return y + self.adapter(y)
 
 
+def check_common(activation, init, dropout) -> None:
+    check_choice("activation", activation, tuple(ACTIVATIONS))
+    check_choice("init", init, INITS)
+    check_positive("dropout", dropout, allow_zero=True, upper=1.0)
+
+
 @register("bottleneck")
-def apply(model: nn.Module, width: int = 8) -> None:
+def apply(model: nn.Module, width: int | None = 8, reduction: float | None = None, placement: str = "attn_mlp",
+          activation: str = "gelu", init: str = "lora", dropout: float = 0.0) -> None:
     d = model.embed_dim
+    w = resolve_width(d, width, reduction)
+    check_choice("placement", placement, PLACEMENTS)
+    check_common(activation, init, dropout)
     for blk in blocks(model):
-        blk.attn = SerialAdapter(blk.attn, d, width)
-        blk.mlp = SerialAdapter(blk.mlp, d, width)
+        if placement == "attn_mlp":
+            blk.attn = SerialAdapter(blk.attn, d, w, activation, init, dropout)
+        blk.mlp = SerialAdapter(blk.mlp, d, w, activation, init, dropout)

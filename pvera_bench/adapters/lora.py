@@ -1,37 +1,83 @@
-"""LoRA on the q and v projections: ``delta = (alpha / r) * x A B``, ``B`` zero-initialised."""
+"""LoRA on the attention projections: ``delta_k = (alpha / r) * dropout(x) A_k B_k``.
+
+Options (the keyword arguments of :func:`apply`):
+
+- ``targets``: ``qv`` (q and v, the LoRA paper's and PEFT's usual choice) or ``qkv`` (q, k and v,
+  as NOAH runs it);
+- ``fused``: False gives each projection its own ``A_k`` (d x r) and ``B_k`` (r x d); True gives
+  one rank-r update of the whole fused qkv weight, ``A`` (d x r) shared and ``B`` (r x 3d) = the
+  ``B_k`` side by side: NOAH's LoRA (ZhangYuanhan-AI/NOAH, model/supernet_vision_transformer_timm.py,
+  ``LoRA_a`` Linear(d, r), ``LoRA_b`` Linear(r, 3d));
+- ``dropout``: on LoRA's input, in training only (PEFT's ``lora_dropout``, NOAH's ``LoRA_drop``);
+- ``init``: ``peft`` (A uniform +-1/sqrt(d) = ``kaiming_uniform_(a=sqrt(5))`` as nn.Linear and
+  PEFT, B zero), ``pvera_code`` (A normal with std 1/sqrt(r), B zero: leofillioux/pvera,
+  models/adapters/lora.py) or ``noah`` (A and B both truncated normal, std 0.02: NOAH's model
+  re-initialises every nn.Linear, LoRA's included, with ``_init_vit_weights`` after building it,
+  so its B does not start at zero).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .base import register
-from .qkv import QVAdapter, add_qv, replace_qkv
+from .base import check_choice, check_positive, register
+from .qkv import QV, QVAdapter, add_qv, replace_qkv
+
+TARGETS = {"qv": QV, "qkv": (0, 1, 2)}
+INITS = ("peft", "pvera_code", "noah")
 
 
 class LoraQV(QVAdapter):
-    def __init__(self, base: nn.Linear, r: int, alpha: float) -> None:
+    def __init__(self, base: nn.Linear, r: int, alpha: float, targets: str = "qv", dropout: float = 0.0,
+                 fused: bool = False, init: str = "peft") -> None:
         super().__init__(base)
         d = self.dim
-        self.r, self.scale = int(r), float(alpha) / float(r)
-        # One (d, 2r) matrix holds A_q and A_v side by side: one matmul for both projections.
-        bound = 1.0 / d**0.5  # kaiming_uniform_(a=sqrt(5)), as nn.Linear and PEFT initialise A
-        self.lora_A = nn.Parameter(torch.empty(d, 2 * self.r).uniform_(-bound, bound))
-        self.lora_B = nn.Parameter(torch.zeros(2, self.r, d))
+        self.ks = TARGETS[targets]
+        n = len(self.ks)
+        self.r, self.scale, self.fused = int(r), float(alpha) / float(r), bool(fused)
+        # One (d, n r) matrix holds the A_k side by side: one matmul for every projection.
+        a = torch.empty(d, self.r if self.fused else n * self.r)
+        b = torch.zeros(n, self.r, d)
+        if init == "peft":
+            bound = 1.0 / d**0.5  # kaiming_uniform_(a=sqrt(5)) on an (r, d) weight, as nn.Linear and PEFT
+            a.uniform_(-bound, bound)
+        elif init == "pvera_code":
+            a.normal_(0.0, 1.0 / self.r**0.5)
+        else:  # noah: timm's trunc_normal_(std=.02), cut at +-2
+            nn.init.trunc_normal_(a, std=0.02, a=-2.0, b=2.0)
+            nn.init.trunc_normal_(b, std=0.02, a=-2.0, b=2.0)
+        self.lora_A = nn.Parameter(a)
+        self.lora_B = nn.Parameter(b)
+        self.dropout = nn.Dropout(float(dropout)) if dropout else nn.Identity()
+
+    def _codes(self, x: torch.Tensor) -> torch.Tensor:
+        """``dropout(x) A`` as ``(..., n, r)`` (per projection) or ``(..., 1, r)`` (fused: shared)."""
+        return (self.dropout(x) @ self.lora_A).unflatten(-1, (-1, self.r))
 
     def updates(self, x: torch.Tensor, out: torch.Tensor | None = None) -> list[torch.Tensor]:
-        h = (x @ self.lora_A).split(self.r, dim=-1)
-        return [(h[k] @ self.lora_B[k]) * self.scale for k in range(2)]
+        h = self._codes(x)
+        return [(h[..., 0 if self.fused else i, :] @ self.lora_B[i]) * self.scale for i in range(len(self.ks))]
 
     def add_updates(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        h = (x @ self.lora_A) * self.scale  # (..., 2r): scaling the r-wide codes, not the d-wide update
-        return add_qv(out, h.unflatten(-1, (2, self.r)).to(out.dtype), self.lora_B.to(out.dtype))
+        h = self._codes(x) * self.scale  # scaling the r-wide codes, not the d-wide update
+        return add_qv(out, h.to(out.dtype), self.lora_B.to(out.dtype), ks=self.ks)
 
     def delta_weight(self) -> torch.Tensor:
-        a = self.lora_A.view(self.dim, 2, self.r).transpose(0, 1)  # (2, d_in, r)
-        return (a @ self.lora_B).transpose(1, 2) * self.scale  # (2, d_out, d_in)
+        a = self.lora_A.view(self.dim, -1, self.r).transpose(0, 1)  # (n or 1, d_in, r)
+        return (a @ self.lora_B).transpose(1, 2) * self.scale  # (n, d_out, d_in)
+
+
+def check_lora_options(r, alpha, targets, dropout, fused, init) -> None:
+    check_positive("r", r)
+    check_choice("targets", targets, tuple(TARGETS))
+    check_positive("dropout", dropout, allow_zero=True, upper=1.0)
+    check_choice("fused", fused, (False, True))
+    check_choice("init", init, INITS)
 
 
 @register("lora")
-def apply(model: nn.Module, r: int = 8, alpha: float = 8.0) -> None:
-    replace_qkv(model, lambda qkv: LoraQV(qkv, r, alpha))
+def apply(model: nn.Module, r: int = 8, alpha: float = 8.0, targets: str = "qv", dropout: float = 0.0,
+          fused: bool = False, init: str = "peft") -> None:
+    check_lora_options(r, alpha, targets, dropout, fused, init)
+    replace_qkv(model, lambda qkv: LoraQV(qkv, r, alpha, targets, dropout, fused, init))

@@ -16,7 +16,7 @@ from torch import nn
 
 from .base import register
 from .qkv import SharedProjections, replace_qkv, share
-from .vera import VeraQV
+from .vera import VeraQV, check_vera_options, projection_generator
 
 INFERENCE_MODES = ("mean", "fixed", "mc")
 
@@ -70,8 +70,9 @@ class _SampleKL(torch.autograd.Function):
 
 class PveraQV(VeraQV):
     def __init__(self, base: nn.Linear, shared: SharedProjections, r: int, alpha: float,
-                 lambda_d_init: float, beta: float, inference: str, mc_samples: int) -> None:
-        super().__init__(base, shared, r, alpha, lambda_d_init, latent=2)
+                 lambda_d_init: float | None, beta: float, inference: str, mc_samples: int,
+                 init: str = "pvera_code", generator: torch.Generator | None = None) -> None:
+        super().__init__(base, shared, r, alpha, lambda_d_init, latent=2, init=init, generator=generator)
         self.beta = float(beta)
         self.set_inference(inference, mc_samples)
         self.kl: torch.Tensor | None = None  # the KL term of the last training forward
@@ -115,9 +116,14 @@ class PveraQV(VeraQV):
 
 
 @register("pvera")
-def apply(model: nn.Module, r: int = 256, alpha: float = 16.0, lambda_d_init: float = 0.1,
-          projection_seed: int = 0, beta: float = 1e6, inference: str = "mean",
-          mc_samples: int = 8) -> None:
+def apply(model: nn.Module, r: int = 256, alpha: float = 16.0, init: str = "pvera_code",
+          lambda_d_init: float | None = None, projection_seed: int | None = None, beta: float = 1e6,
+          inference: str = "mean", mc_samples: int = 8) -> None:
+    """Initialisation (``init``, ``lambda_d_init``, ``projection_seed``) as VeRA's, see
+    :mod:`pvera_bench.adapters.vera`; A holds 2r columns per projection ([mu | logvar])."""
+    check_vera_options(init, lambda_d_init)
     d = model.embed_dim
-    shared = share(model, "pvera_shared", SharedProjections(d, 2 * r, r, projection_seed))
-    replace_qkv(model, lambda qkv: PveraQV(qkv, shared, r, alpha, lambda_d_init, beta, inference, mc_samples))
+    g = projection_generator(projection_seed)
+    shared = share(model, "pvera_shared", SharedProjections(d, 2 * r, r, init, g))
+    replace_qkv(model, lambda qkv: PveraQV(qkv, shared, r, alpha, lambda_d_init, beta, inference, mc_samples,
+                                           init=init, generator=g))

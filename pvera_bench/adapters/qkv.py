@@ -20,9 +20,11 @@ QV = (0, 2)
 class QVAdapter(AdapterLayer):
     """Base for lora / dora / vera / pvera: subclasses implement ``delta_weight()`` and either
     ``updates`` (the generic path, which adds the returned tensors) or ``add_updates`` (a fused
-    path that accumulates into the frozen output directly)."""
+    path that accumulates into the frozen output directly). ``ks`` are the thirds adapted
+    (q, v by default; LoRA with ``targets=qkv`` adapts all three), in the order of the updates."""
 
     mergeable = True
+    ks: tuple[int, ...] = QV
 
     def __init__(self, base: nn.Linear) -> None:
         super().__init__()
@@ -32,7 +34,7 @@ class QVAdapter(AdapterLayer):
         self.dim = base.in_features
 
     def updates(self, x: torch.Tensor, out: torch.Tensor) -> list[torch.Tensor]:
-        """The additive updates of the q and v outputs, each shaped like ``x``.
+        """The additive updates of the adapted outputs (``ks``), each shaped like ``x``.
 
         ``out`` is the frozen layer's output viewed as ``(..., 3, d)``, for adapters (DoRA)
         whose update depends on it; it is updated in place only after this returns.
@@ -40,7 +42,7 @@ class QVAdapter(AdapterLayer):
         raise NotImplementedError
 
     def delta_weight(self) -> torch.Tensor:
-        """``(2, d_out, d_in)``: the update of the q and v weight slices (for merging)."""
+        """``(len(ks), d_out, d_in)``: the update of the adapted weight slices (for merging)."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,43 +53,46 @@ class QVAdapter(AdapterLayer):
         return self.add_updates(x, out)
 
     def add_updates(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """``out`` (the frozen layer's output) with the q and v updates added in place.
+        """``out`` (the frozen layer's output) with the updates added in place.
 
         This generic version adds the tensors ``updates`` returns; lora / vera / pvera override
         it with :func:`add_qv`, which accumulates the last matrix product straight into ``out``.
         """
         parts = out.unflatten(-1, (3, self.dim))
-        for k, u in zip(QV, self.updates(x, parts)):
+        for k, u in zip(self.ks, self.updates(x, parts)):
             parts[..., k, :] += u
         return out
 
     def _merge(self) -> None:
         w = self._save(self.base.weight).view(3, self.dim, self.dim)
         dw = self.delta_weight().to(w.dtype)
-        for i, k in enumerate(QV):
+        for i, k in enumerate(self.ks):
             w[k] += dw[i]
 
 
 class _AddQV(torch.autograd.Function):
-    """``out[..., k-third] += (z_k @ B_k) [* s_k]`` for (k, z_k, B_k, s_k) = (q, z[..., 0, :], B[0], s[0])
-    and (v, z[..., 1, :], B[1], s[1]), in place; see :func:`add_qv`."""
+    """``out[..., k-third] += (z_i @ B_i) [* s_i]`` for each adapted third ``k = ks[i]``, in place,
+    with ``z_i = z[..., i, :]`` (or ``z[..., 0, :]`` for every i when the codes are shared, as in a
+    fused LoRA); see :func:`add_qv`."""
 
     @staticmethod
-    def forward(ctx, out, z, B, s):
+    def forward(ctx, out, z, B, s, ks):
         d = B.shape[-1]
         o = out.view(-1, 3 * d)
-        z2 = z.reshape(-1, 2, z.shape[-1])
+        z2 = z.reshape(-1, z.shape[-2], z.shape[-1])
+        shared = z2.shape[1] == 1
         us = []
-        for i, k in enumerate(QV):
+        for i, k in enumerate(ks):
+            zi = z2[:, 0 if shared else i]
             dst = o[:, k * d:(k + 1) * d]
             if s is None:
-                dst.addmm_(z2[:, i], B[i])  # one GEMM that accumulates into the strided third
+                dst.addmm_(zi, B[i])  # one GEMM that accumulates into the strided third
             else:
-                u = torch.mm(z2[:, i], B[i])
+                u = torch.mm(zi, B[i])
                 dst.addcmul_(u, s[i])
                 us.append(u)
         ctx.mark_dirty(out)
-        ctx.z_shape, ctx.z2_shape = z.shape, z2.shape
+        ctx.z_shape, ctx.z2_shape, ctx.ks, ctx.shared = z.shape, z2.shape, ks, shared
         # z is needed only for B's gradient (LoRA); VeRA's frozen B needs the products u instead
         ctx.save_for_backward(z2 if ctx.needs_input_grad[2] else None, B, s, *us)
         return out
@@ -95,36 +100,43 @@ class _AddQV(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         z2, B, s, *us = ctx.saved_tensors
+        ks, shared = ctx.ks, ctx.shared
         d = B.shape[-1]
         g2 = g.reshape(-1, 3 * d)
-        gk = [g2[:, k * d:(k + 1) * d] for k in QV]
+        gk = [g2[:, k * d:(k + 1) * d] for k in ks]
         gz = gB = gs = None
         if ctx.needs_input_grad[1]:
-            gz = g.new_empty(ctx.z2_shape)
-            for i in range(2):
+            gz = g.new_zeros(ctx.z2_shape) if shared else g.new_empty(ctx.z2_shape)
+            for i in range(len(ks)):
                 b = B[i] if s is None else B[i] * s[i]
-                torch.mm(gk[i], b.t(), out=gz[:, i])
+                if shared:
+                    gz[:, 0].addmm_(gk[i], b.t())
+                else:
+                    torch.mm(gk[i], b.t(), out=gz[:, i])
             gz = gz.view(ctx.z_shape)
         if ctx.needs_input_grad[2]:
-            gB = torch.stack([z2[:, i].t() @ (gk[i] if s is None else gk[i] * s[i]) for i in range(2)])
+            gB = torch.stack([z2[:, 0 if shared else i].t() @ (gk[i] if s is None else gk[i] * s[i])
+                              for i in range(len(ks))])
         if s is not None and ctx.needs_input_grad[3]:
-            gs = torch.stack([torch.linalg.vecdot(gk[i], us[i], dim=0) for i in range(2)])
-        return g, gz, gB, gs
+            gs = torch.stack([torch.linalg.vecdot(gk[i], us[i], dim=0) for i in range(len(ks))])
+        return g, gz, gB, gs, None
 
 
-def add_qv(out: torch.Tensor, z: torch.Tensor, B: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
-    """Add ``z_k @ B_k`` (times ``s_k`` per output column, if given) to the q and v thirds of the
-    fused qkv output ``out``, in place, and return ``out`` (autograd-aware).
+def add_qv(out: torch.Tensor, z: torch.Tensor, B: torch.Tensor, s: torch.Tensor | None = None,
+           ks: tuple[int, ...] = QV) -> torch.Tensor:
+    """Add ``z_i @ B_i`` (times ``s_i`` per output column, if given) to the thirds ``ks`` (q and v
+    by default) of the fused qkv output ``out``, in place, and return ``out`` (autograd-aware).
 
-    ``z``: ``(..., 2, r)``, the q and v codes; ``B``: ``(2, r, d)``; ``s``: ``(2, d)`` or None; all of
-    ``out``'s dtype. ``out`` must be freshly computed by the frozen layer (nothing else may hold it
-    for backward: its version counter is bumped, so autograd would notice). The gradient of ``out``
-    passes through untouched: unlike ``parts[..., k, :] += u`` there is no update tensor to add,
-    and no copy of the whole output's gradient (autograd's CopySlices) in backward.
+    ``z``: ``(..., len(ks), r)`` the codes of each third, or ``(..., 1, r)`` one code shared by all;
+    ``B``: ``(len(ks), r, d)``; ``s``: ``(len(ks), d)`` or None; all of ``out``'s dtype. ``out`` must
+    be freshly computed by the frozen layer (nothing else may hold it for backward: its version
+    counter is bumped, so autograd would notice). The gradient of ``out`` passes through
+    untouched: unlike ``parts[..., k, :] += u`` there is no update tensor to add, and no copy of
+    the whole output's gradient (autograd's CopySlices) in backward.
     """
     if not out.is_contiguous():  # nn.Linear's output always is; a forward hook's might not be
         out = out.contiguous()
-    return _AddQV.apply(out, z, B, s)
+    return _AddQV.apply(out, z, B, s, tuple(ks))
 
 
 def replace_qkv(model: nn.Module, make) -> None:
@@ -133,20 +145,37 @@ def replace_qkv(model: nn.Module, make) -> None:
         blk.attn.qkv = make(blk.attn.qkv)
 
 
+PROJECTION_INITS = ("pvera_code", "peft")
+
+
 class SharedProjections(nn.Module):
-    """Frozen random projections shared by every block (VeRA, PVeRA): buffers, from a seed.
+    """Frozen random projections shared by every block (VeRA, PVeRA): buffers.
 
     ``A`` is ``(d, 2 * a_cols)``, ``[A_q | A_v]`` side by side so one matmul serves both
-    projections, and ``B`` is ``(2, r, d)`` (q then v). Both are drawn Kaiming-uniform (bound
-    ``sqrt(6 / fan_in)``, PEFT's convention) from a CPU generator seeded with ``seed``: the
-    same seed gives the same matrices on every machine.
+    projections, and ``B`` is ``(2, r, d)`` (q then v). Both are uniform in ``+-sqrt(6 / fan_in)``
+    (``kaiming_uniform_``), drawn from ``generator`` (the global RNG when None):
+
+    - ``init="pvera_code"``: as the PVeRA code (leofillioux/pvera, models/models.py), which calls
+      ``kaiming_uniform_`` on tensors shaped (d, a_cols) and (r, d), so torch's fan_in is their
+      size(1): A's bound is ``sqrt(6 / a_cols)``, B's ``sqrt(6 / d)``; drawn A_q, A_v, B_q, B_v;
+    - ``init="peft"``: PEFT's convention (A (r, d) and B (d, r) as Linear weights): A's bound
+      ``sqrt(6 / d)``, B's ``sqrt(6 / r)``.
     """
 
-    def __init__(self, d: int, a_cols: int, r: int, seed: int) -> None:
+    def __init__(self, d: int, a_cols: int, r: int, init: str = "pvera_code",
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
-        g = torch.Generator().manual_seed(int(seed))
-        a = torch.empty(d, 2 * a_cols).uniform_(-1, 1, generator=g) * (6.0 / d) ** 0.5
-        b = torch.empty(2, r, d).uniform_(-1, 1, generator=g) * (6.0 / r) ** 0.5
+        g = generator
+        if init == "pvera_code":
+            a_q, a_v = (torch.empty(d, a_cols).uniform_(-(6.0 / a_cols) ** 0.5, (6.0 / a_cols) ** 0.5, generator=g)
+                        for _ in range(2))
+            b_q, b_v = (torch.empty(r, d).uniform_(-(6.0 / d) ** 0.5, (6.0 / d) ** 0.5, generator=g) for _ in range(2))
+            a, b = torch.cat((a_q, a_v), dim=1), torch.stack((b_q, b_v))
+        elif init == "peft":
+            a = torch.empty(d, 2 * a_cols).uniform_(-1, 1, generator=g) * (6.0 / d) ** 0.5
+            b = torch.empty(2, r, d).uniform_(-1, 1, generator=g) * (6.0 / r) ** 0.5
+        else:
+            raise ValueError(f"unknown projection init {init!r}")
         self.register_buffer("A", a)
         self.register_buffer("B", b)
 

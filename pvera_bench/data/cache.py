@@ -26,16 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import DataError, Split, SplitReader, materialize
+from .core import DEFAULT_RESIZE, DataError, Split, SplitReader, materialize
 
 CACHE_FORMAT = 1
 SAMPLE_ROWS = 32
 log = logging.getLogger(__name__)
 
 
-def cache_key(*, task: str, split: str, source: str, img_size: int, fingerprint: str) -> dict:
+def cache_key(*, task: str, split: str, source: str, img_size: int, fingerprint: str,
+              resize: str = DEFAULT_RESIZE) -> dict:
     return {"format": CACHE_FORMAT, "task": task, "split": split, "source": source, "img_size": int(img_size),
-            "fingerprint": fingerprint}
+            "resize": resize, "fingerprint": fingerprint}
 
 
 def files_fingerprint(directory: "str | os.PathLike") -> str:
@@ -103,11 +104,13 @@ def _remove(path: Path) -> None:
 
 
 def cached_split(reader: SplitReader, *, task: str, split: str, source: str, img_size: int,
-                 cache_dir: "str | os.PathLike") -> Split:
-    """``reader``'s split resized to ``img_size``, from the cache (memory-mapped) or decoded into it."""
+                 cache_dir: "str | os.PathLike", resize: str = DEFAULT_RESIZE) -> Split:
+    """``reader``'s split resized to ``img_size`` with ``resize``, from the cache (memory-mapped) or
+    decoded into it."""
     from filelock import FileLock, Timeout
 
-    key = cache_key(task=task, split=split, source=source, img_size=img_size, fingerprint=reader.fingerprint)
+    key = cache_key(task=task, split=split, source=source, img_size=img_size, fingerprint=reader.fingerprint,
+                    resize=resize)
     path = entry_dir(cache_dir, key)
     n = len(reader)
     hit = open_entry(path, key, n)
@@ -157,7 +160,8 @@ def _build(reader: SplitReader, key: dict, path: Path, n: int, img_size: int) ->
     try:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                            shape=(n, img_size, img_size, 3))
-        labels = materialize(reader, img_size, images, progress=f"decoding {key['task']} {key['split']}")
+        labels = materialize(reader, img_size, images, progress=f"decoding {key['task']} {key['split']}",
+                             resize=key["resize"])
         images.flush()
         rows = _sample_rows(n)
         row_crcs = _row_crcs(images, rows)
