@@ -79,11 +79,12 @@ class Rule:
             return False
         if self.choices is not None and v not in self.choices:
             return False
-        if self.type in (int, float):
-            if (self.ge is not None and v < self.ge) or (self.gt is not None and v <= self.gt):
-                return False
-            if (self.lt is not None and v >= self.lt) or (self.le is not None and v > self.le):
-                return False
+        if self.type in (int, float, list):  # a list's bounds hold for each of its numbers
+            for x in (v if self.type is list else [v]):
+                if (self.ge is not None and x < self.ge) or (self.gt is not None and x <= self.gt):
+                    return False
+                if (self.lt is not None and x >= self.lt) or (self.le is not None and x > self.le):
+                    return False
         return True
 
 
@@ -155,7 +156,7 @@ class BackboneConfig:
     kwargs: dict = rule(type=dict, nullable=True, required=False)
     drop_path_rate: float = rule(type=float, ge=0, lt=1, required=False)
     mean: list = rule(type=list, length=3, nullable=True, required=False)
-    std: list = rule(type=list, length=3, nullable=True, required=False)
+    std: list = rule(type=list, length=3, gt=0, nullable=True, required=False)
 
 
 GROUPS: dict[str, type] = {"trainer": TrainerConfig, "protocol": ProtocolConfig, "data": DataConfig,

@@ -183,10 +183,10 @@ FAST = ["backbone=vit_tiny_random", "task=demo", "protocol=holdout", "trainer.ep
 
 
 @pytest.mark.parametrize("args, says", [
-    (["adapter=lora", "adapter.targets=qk"], "adapter.targets='qk' is not valid; use one of: qv, qkv"),
-    (["adapter=pvera", "adapter.init=paper"], "adapter.init='paper' is not valid; use one of: pvera_code, peft"),
-    (["adapter=lora", "data.resize=area"], "data.resize='area' is not valid"),
-    (["adapter=lora", "backbone.std=[1,0,1]"], "backbone.std=[1, 0, 1] is not valid; give three positive numbers"),
+    (["adapter=lora", "adapter.targets=qk"], "adapter.targets='qk' is invalid for adapter lora: allowed one of qv, qkv"),
+    (["adapter=pvera", "adapter.init=paper"], "adapter.init='paper' is invalid for adapter pvera: allowed one of pvera_code, peft"),
+    (["adapter=lora", "data.resize=area"], "data.resize='area' is invalid: allowed one of bilinear_antialias, bicubic, bilinear"),
+    (["adapter=lora", "backbone.std=[1,0,1]"], "backbone.std=[1, 0, 1] is invalid: allowed a list of 3 numbers > 0 or null"),
 ])
 def test_bad_recipe_options_end_with_one_clear_line(cli, args, says):
     p = cli(*FAST, *args)

@@ -137,3 +137,19 @@ def test_the_static_reading_of_apply_agrees_with_the_imported_signatures():
     for name in adapters.available():
         assert static[name][0] == schema.adapter_schema(adapters.get(name)), name
     assert static["pvera"][1]["INFERENCE_MODES"] == ("mean", "fixed", "mc")
+
+
+def test_literal_choices_of_each_adapter_option_match_what_apply_accepts():
+    """The schema reads string choices from each apply()'s Literal annotation; apply() checks them
+    against its module's constants. The two lists must be one list."""
+    from pvera_bench.adapters import bottleneck, lora, pvera, qkv
+
+    static = schema.static_adapter_schemas()
+    choices = {name: {k: set(r.choices) for k, (r, _) in static[name][0].items() if r.choices} for name in static}
+    assert choices["lora"] == {"targets": set(lora.TARGETS), "init": set(lora.INITS)}
+    assert choices["vera"] == {"init": set(qkv.PROJECTION_INITS)}
+    assert choices["pvera"] == {"init": set(qkv.PROJECTION_INITS), "inference": set(pvera.INFERENCE_MODES)}
+    for name in ("bottleneck", "adaptformer"):
+        assert choices[name]["activation"] == set(bottleneck.ACTIVATIONS), name
+        assert choices[name]["init"] == set(bottleneck.INITS), name
+    assert choices["bottleneck"]["placement"] == set(bottleneck.PLACEMENTS)

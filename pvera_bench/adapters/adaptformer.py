@@ -19,6 +19,8 @@ Options (the keyword arguments of :func:`apply`):
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -54,7 +56,8 @@ class ParallelMLP(AdapterLayer):
 
 @register("adaptformer")
 def apply(model: nn.Module, width: int | None = 64, reduction: float | None = None, scale: float = 0.1,
-          learnable_scale: bool = False, activation: str = "relu", init: str = "lora", dropout: float = 0.0,
+          learnable_scale: bool = False, activation: Literal["gelu", "relu", "quick_gelu"] = "relu",
+          init: Literal["lora", "pytorch", "noah"] = "lora", dropout: float = 0.0,
           inside_layer_scale: bool = False) -> None:
     d = model.embed_dim
     w = resolve_width(d, width, reduction)

@@ -19,6 +19,8 @@ Options (the keyword arguments of :func:`apply`):
 
 from __future__ import annotations
 
+from typing import Literal
+
 import math
 
 import torch
@@ -97,8 +99,9 @@ def check_common(activation, init, dropout) -> None:
 
 
 @register("bottleneck")
-def apply(model: nn.Module, width: int | None = 8, reduction: float | None = None, placement: str = "attn_mlp",
-          activation: str = "gelu", init: str = "lora", dropout: float = 0.0) -> None:
+def apply(model: nn.Module, width: int | None = 8, reduction: float | None = None, placement: Literal["attn_mlp", "mlp"] = "attn_mlp",
+          activation: Literal["gelu", "relu", "quick_gelu"] = "gelu",
+          init: Literal["lora", "pytorch", "noah"] = "lora", dropout: float = 0.0) -> None:
     d = model.embed_dim
     w = resolve_width(d, width, reduction)
     check_choice("placement", placement, PLACEMENTS)

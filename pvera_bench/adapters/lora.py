@@ -18,6 +18,8 @@ Options (the keyword arguments of :func:`apply`):
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -29,8 +31,8 @@ INITS = ("peft", "pvera_code", "noah")
 
 
 class LoraQV(QVAdapter):
-    def __init__(self, base: nn.Linear, r: int, alpha: float, targets: str = "qv", dropout: float = 0.0,
-                 fused: bool = False, init: str = "peft") -> None:
+    def __init__(self, base: nn.Linear, r: int, alpha: float, targets: Literal["qv", "qkv"] = "qv", dropout: float = 0.0,
+                 fused: bool = False, init: Literal["peft", "pvera_code", "noah"] = "peft") -> None:
         super().__init__(base)
         d = self.dim
         self.ks = TARGETS[targets]
@@ -77,7 +79,7 @@ def check_lora_options(r, alpha, targets, dropout, fused, init) -> None:
 
 
 @register("lora")
-def apply(model: nn.Module, r: int = 8, alpha: float = 8.0, targets: str = "qv", dropout: float = 0.0,
-          fused: bool = False, init: str = "peft") -> None:
+def apply(model: nn.Module, r: int = 8, alpha: float = 8.0, targets: Literal["qv", "qkv"] = "qv", dropout: float = 0.0,
+          fused: bool = False, init: Literal["peft", "pvera_code", "noah"] = "peft") -> None:
     check_lora_options(r, alpha, targets, dropout, fused, init)
     replace_qkv(model, lambda qkv: LoraQV(qkv, r, alpha, targets, dropout, fused, init))

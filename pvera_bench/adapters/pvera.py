@@ -11,6 +11,8 @@ The block's KL is the mean of its q and v terms, summed over blocks; the loss ad
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -71,7 +73,7 @@ class _SampleKL(torch.autograd.Function):
 class PveraQV(VeraQV):
     def __init__(self, base: nn.Linear, shared: SharedProjections, r: int, alpha: float,
                  lambda_d_init: float | None, beta: float, inference: str, mc_samples: int,
-                 init: str = "pvera_code", generator: torch.Generator | None = None) -> None:
+                 init: Literal["pvera_code", "peft"] = "pvera_code", generator: torch.Generator | None = None) -> None:
         super().__init__(base, shared, r, alpha, lambda_d_init, latent=2, init=init, generator=generator)
         self.beta = float(beta)
         self.set_inference(inference, mc_samples)
@@ -116,9 +118,9 @@ class PveraQV(VeraQV):
 
 
 @register("pvera")
-def apply(model: nn.Module, r: int = 256, alpha: float = 16.0, init: str = "pvera_code",
+def apply(model: nn.Module, r: int = 256, alpha: float = 16.0, init: Literal["pvera_code", "peft"] = "pvera_code",
           lambda_d_init: float | None = None, projection_seed: int | None = None, beta: float = 1e6,
-          inference: str = "mean", mc_samples: int = 8) -> None:
+          inference: Literal["mean", "fixed", "mc"] = "mean", mc_samples: int = 8) -> None:
     """Initialisation (``init``, ``lambda_d_init``, ``projection_seed``) as VeRA's, see
     :mod:`pvera_bench.adapters.vera`; A holds 2r columns per projection ([mu | logvar])."""
     check_vera_options(init, lambda_d_init)

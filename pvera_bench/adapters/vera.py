@@ -18,6 +18,8 @@ replaces the init's ``lambda_d`` by that constant.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -41,7 +43,7 @@ def check_vera_options(init: str, lambda_d_init: float | None) -> None:
 
 class VeraQV(QVAdapter):
     def __init__(self, base: nn.Linear, shared: SharedProjections, r: int, alpha: float,
-                 lambda_d_init: float | None, latent: int = 1, init: str = "pvera_code",
+                 lambda_d_init: float | None, latent: int = 1, init: Literal["pvera_code", "peft"] = "pvera_code",
                  generator: torch.Generator | None = None) -> None:
         super().__init__(base)
         object.__setattr__(self, "shared", shared)  # a reference, not a submodule: held once by the model
@@ -80,7 +82,7 @@ class VeraQV(QVAdapter):
 
 
 @register("vera")
-def apply(model: nn.Module, r: int = 256, alpha: float = 16.0, init: str = "pvera_code",
+def apply(model: nn.Module, r: int = 256, alpha: float = 16.0, init: Literal["pvera_code", "peft"] = "pvera_code",
           lambda_d_init: float | None = None, projection_seed: int | None = None) -> None:
     check_vera_options(init, lambda_d_init)
     d = model.embed_dim
