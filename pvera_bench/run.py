@@ -22,18 +22,19 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import adapters, metrics, results, tasks
+from . import adapters, loggers, metrics, results, tasks
 from .adapters import UnknownAdapterError
 from .backbones import BackboneError, Classifier, create_backbone, input_size
 from .data import DataError, load_split
 from .data.core import resolve_source
+from .metric_registry import format_value
 from .protocols import ProtocolError, run_protocol
 from .train import DivergedError, Trainer, resolve_device
 
 log = logging.getLogger("pvera_bench")
 
 # Errors a user can cause: one clear message, no traceback.
-USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, ProtocolError)
+USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, ProtocolError, loggers.LoggerError)
 
 # Settings that change a run's numbers: the resume key. (runtime.*, data.dir, data.cache_dir,
 # results_csv and force do not.)
@@ -88,8 +89,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train and test one configuration; returns the result columns of its row."""
+def execute(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict[str, Any]:
+    """Train and test one configuration; returns the result columns of its row. ``on_epoch(tag, entry)``
+    receives each epoch of the final model's fit (the loggers)."""
     rt = cfg.runtime
     if rt.get("threads"):
         torch.set_num_threads(int(rt.threads))
@@ -123,6 +125,9 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                        checkpoint_every=int(rt.get("checkpoint_every") or 0))
 
     outcome = run_protocol(OmegaConf.to_container(cfg.protocol, resolve=True), build, load)
+    if on_epoch is not None:  # LOGGER CALL SITE: replaced by Trainer(on_epoch=...) when the core branch lands
+        for entry in outcome.fit.history:
+            on_epoch("final" if cfg.protocol.get("final_on") else "select", entry)
     model = outcome.trainer.model
     preds = outcome.test
     np.savez_compressed(run_dir / "predictions.npz", probs=preds.probs.numpy().astype(np.float32),
@@ -164,6 +169,16 @@ def ood_scores(other: dict, cfg: DictConfig, trainer: Trainer, preds, data_kw: d
     return row
 
 
+def _finish(logger: loggers.Logger, record: dict[str, Any] | None, status: str) -> None:
+    """Final metrics and close; the row is recorded already, so a tracker's failure is only logged."""
+    try:
+        if record is not None:
+            logger.log_final(record)
+        logger.close(status)
+    except Exception as e:  # noqa: BLE001
+        log.warning("the experiment logger failed at the end of the run (the result is recorded): %s", one_line(e))
+
+
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) -> dict[str, Any]:
     """Run ``cfg`` unless an ``ok`` row with the same settings exists; append its row."""
     csv_path = Path(cfg.results_csv)
@@ -183,10 +198,15 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
         run_dir=str(run_dir), versions=versions(),
     )
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    logger = loggers.Logger()
     try:
-        record.update(execute(cfg, run_dir), status="ok")
+        logger = loggers.create(OmegaConf.to_container(cfg.get("logger") or {}, resolve=True), run_dir,
+                                f"{cfg.task.name}_{cfg.adapter.name}_s{cfg.seed}")
+        logger.log_config(OmegaConf.to_container(cfg, resolve=True))
+        record.update(execute(cfg, run_dir, on_epoch=logger.log_epoch), status="ok")
     except Exception as e:  # record every failure, then decide how loudly to end
         record.update(status="failed", error=one_line(e))
+        _finish(logger, None, "failed")
         results.write_json(run_dir / "record.json", record)  # first: kept even if the CSV cannot be written
         results.append(csv_path, record)
         if multirun:  # the sweep goes on
@@ -198,7 +218,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
         raise
     results.write_json(run_dir / "record.json", record)
     results.append(csv_path, record)
-    log.info("%s %s %s seed %s: test_acc %.2f, nll %.4f, ece %.4f, %s adapter params -> %s", record["task"],
-             record["adapter"], record["backbone"], record["seed"], record["test_acc"], record["test_nll"],
-             record["test_ece"], record["params_adapter"], csv_path)
+    _finish(logger, record, "ok")
+    log.info("%s %s %s seed %s: %s, %s adapter params -> %s", record["task"], record["adapter"], record["backbone"],
+             record["seed"], ", ".join(f"{k} {format_value(k, v)}" for k, v in loggers.final_metrics(record).items()),
+             record["params_adapter"], csv_path)
     return record
