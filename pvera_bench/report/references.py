@@ -120,14 +120,15 @@ def _nan(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def legend(ref: Reference, metric_name: str, n_delta: int) -> list[str]:
+def legend(ref: Reference, metric_name: str, metric_description: str, n_delta: int) -> list[str]:
     lines = [f"Reference {ref.name}: {ref.title}; {ref.citation()}. Published test number: {ref.test_number}.",
              f"Δ rows: ours − published per task and on the means over the tasks both have ({n_delta} matched "
              f"row{'s' if n_delta != 1 else ''}; matched by adapter and backbone {ref.backbone})."]
+    diffs = list(ref.differences)
     if metric_name != ref.comparable_metric:
-        lines.append(f"Recipe difference: the published numbers are chosen as '{ref.test_number}'; ours are "
-                     f"--metric {metric_name} (--metric {ref.comparable_metric} is chosen like theirs).")
-    lines.append("Remaining recipe differences: " + "; ".join(ref.differences) + ".")
+        diffs.insert(0, f"published: {ref.test_number}; ours: {metric_description} (--metric {ref.comparable_metric} "
+                        "is chosen like theirs)")
+    lines.append("Remaining recipe differences: " + "; ".join(diffs) + ".")
     lines.append("Published rows' params as printed: " + ", ".join(
         f"{r['method']} {r.get('params')}" for r in ref.rows if r.get("params") is not None) + ".")
     return lines
