@@ -172,10 +172,12 @@ def _table_text(args, table, runs, metric, decimals, ref, published, deltas, sho
     head, body, n_label = format_cells(table, runs, decimals, args.all_tasks)
     notes = legend(metric, runs, table, args.all_tasks)
     if ref is not None:
-        label_cols, _ = header(runs, shown_tasks)
+        averages = len(head) > n_label + len(shown_tasks) + 1
+        label_cols, _ = header(runs, shown_tasks, averages)
         for frame in (published, deltas):
             for _, r in frame.iterrows():
-                cells = row_cells(_as_row(r, label_cols, shown_tasks), label_cols, shown_tasks, len(all_vtab), decimals)
+                cells = row_cells(_as_row(r, label_cols, shown_tasks), label_cols, shown_tasks, len(all_vtab), decimals,
+                                  averages=averages)
                 if r.get("kind") == "published":
                     cells[-1] = str(r["_published_params"])
                 elif r.get("kind") == "delta":

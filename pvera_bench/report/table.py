@@ -133,13 +133,16 @@ def aggregate_cells(r, n_vtab: int, decimals: int) -> list[str]:
     return cells
 
 
-def header(runs: pd.DataFrame, tasks: list[str]) -> tuple[list[str], list[str]]:
-    """(label columns, the whole header) of the md / latex table."""
+def header(runs: pd.DataFrame, tasks: list[str], averages: bool = True) -> tuple[list[str], list[str]]:
+    """(label columns, the whole header) of the md / latex table; ``averages``: the group means,
+    ``mean`` and ``mean_of_groups`` (left out when no VTAB task has results)."""
     label_cols = ["adapter"] + shown_columns(runs)
-    return label_cols, label_cols + tasks + list(_tasks.GROUPS) + ["mean", "mean_of_groups", "params_adapter"]
+    avg = list(_tasks.GROUPS) + ["mean", "mean_of_groups"] if averages else []
+    return label_cols, label_cols + tasks + avg + ["params_adapter"]
 
 
-def row_cells(r, label_cols: list[str], tasks: list[str], n_vtab: int, decimals: int, pm: str = "±") -> list[str]:
+def row_cells(r, label_cols: list[str], tasks: list[str], n_vtab: int, decimals: int, pm: str = "±",
+              averages: bool = True) -> list[str]:
     cells = [str(r["label"] if k == "adapter" else r[k]) for k in label_cols]
     for t in tasks:
         m, s, n = r[t], r.get(f"{t}_std", math.nan), r.get(f"{t}_n_seeds", 1)
@@ -147,7 +150,7 @@ def row_cells(r, label_cols: list[str], tasks: list[str], n_vtab: int, decimals:
         if n > 1 and not math.isnan(s):
             cell += f" {pm} {fmt(s, decimals)}"
         cells.append(cell)
-    return cells + aggregate_cells(r, n_vtab, decimals) + [fmt_params(r)]
+    return cells + (aggregate_cells(r, n_vtab, decimals) if averages else []) + [fmt_params(r)]
 
 
 def format_cells(table: pd.DataFrame, runs: pd.DataFrame, decimals: int,
@@ -155,8 +158,8 @@ def format_cells(table: pd.DataFrame, runs: pd.DataFrame, decimals: int,
     """Header, string cells and the number of label columns of the md / latex table."""
     vtab, extra = task_columns(runs, all_tasks)
     n_vtab = len(task_columns(runs, True)[0])
-    label_cols, head = header(runs, vtab + extra)
-    body = [row_cells(r, label_cols, vtab + extra, n_vtab, decimals) for _, r in table.iterrows()]
+    label_cols, head = header(runs, vtab + extra, bool(vtab))
+    body = [row_cells(r, label_cols, vtab + extra, n_vtab, decimals, averages=bool(vtab)) for _, r in table.iterrows()]
     return head, body, len(label_cols)
 
 
@@ -166,12 +169,16 @@ def legend(metric: Metric, runs: pd.DataFrame, table: pd.DataFrame, all_tasks: b
     lines = [
         f"Metric: {metric.column} ({metric.description}; {metric.direction}). Task cells: mean ± sample std "
         "(ddof=1) over seeds, the plain mean with one seed; empty = no results.",
-        "natural / specialized / structured: mean over the group's tasks with results. "
-        f"mean: mean over the {n_vtab} VTAB-1k tasks (SSF, V-PETL-Bench, PVeRA convention). "
-        "mean_of_groups: mean of the three group means (NOAH, FacT convention). "
-        f"(n/{n_vtab}): the tasks covered when incomplete.",
     ]
-    if not all_tasks and len(vtab) < n_vtab:
+    if vtab:
+        lines.append("natural / specialized / structured: mean over the group's tasks with results. "
+                     f"mean: mean over the {n_vtab} VTAB-1k tasks (SSF, V-PETL-Bench, PVeRA convention). "
+                     "mean_of_groups: mean of the three group means (NOAH, FacT convention). "
+                     f"(n/{n_vtab}): the tasks covered when incomplete.")
+    else:
+        lines.append("No VTAB-1k results: no group means and no mean over VTAB tasks (--all-tasks shows the 19 "
+                     "empty VTAB columns).")
+    if vtab and not all_tasks and len(vtab) < n_vtab:
         lines.append(f"Columns: the {len(vtab)} of {n_vtab} VTAB-1k tasks with results (--all-tasks shows all).")
     if extra:
         lines.append(f"Not VTAB-1k, excluded from the averages: {', '.join(extra)}.")
