@@ -94,17 +94,17 @@ def plot(r: Ranks, metric: Metric, path) -> None:
     import scikit_posthocs as sp
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 1.2 + 0.28 * len(r.average)), constrained_layout=True)
+    fig = Figure(figsize=(8, 1.2 + 0.3 * len(r.average)))
     ax = fig.add_subplot()
     if len(r.blocks) >= 2 and len(r.average) >= 3:
         sig = sp.posthoc_nemenyi_friedman(r.scores.to_numpy())
         sig.index = sig.columns = list(r.scores.columns)
         title = (f"Average rank over {len(r.blocks)} blocks ({metric.column}); bars join rows the Nemenyi test "
-                 f"does not separate (alpha 0.05). {r.friedman_note}")
+                 f"does not separate (alpha 0.05)\n{r.friedman_note}")
     else:
         labels = list(r.scores.columns)
         sig = pd.DataFrame(1.0, index=labels, columns=labels)  # too few blocks or rows for the test
-        title = f"Average rank over {len(r.blocks)} block(s) ({metric.column}); {r.friedman_note}"
+        title = f"Average rank over {len(r.blocks)} block(s) ({metric.column})\n{r.friedman_note}"
     sp.critical_difference_diagram(r.average, sig, ax=ax)
-    ax.set_title(title, fontsize=8, wrap=True)
-    fig.savefig(path, dpi=150)
+    ax.set_title(title, fontsize=8, pad=24)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
