@@ -17,7 +17,7 @@ import sys
 from .paths import config_dir
 
 # Config groups whose choice a user types on the command line, checked before Hydra starts.
-CHOICE_GROUPS = ("adapter", "backbone", "task", "protocol", "trainer", "experiment", "data", "runtime", "recipe")
+CHOICE_GROUPS = ("adapter", "backbone", "task", "protocol", "trainer", "experiment", "data", "runtime", "recipe", "logger")
 
 
 def expand_task_words(args: list[str]) -> list[str]:

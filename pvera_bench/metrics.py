@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .metric_registry import METRICS, Metric  # noqa: F401  (the registry of what is recorded)
+
 EPS = 1e-12
 """Probabilities are clamped at this value before a log (NLL)."""
 

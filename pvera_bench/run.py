@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import adapters, metrics, results, tasks
+from . import adapters, loggers, metrics, results, tasks
 from .adapters import AdapterOptionError, UnknownAdapterError
 from .backbones import BackboneError, Classifier, create_backbone, input_size
 from .data import DataError, load_split
 from .data.core import open_split, resolve_source
+from .metric_registry import format_value
 from .protocols import ProtocolError, run_protocol
 from .schema import ConfigError
 from .train import DivergedError, HistoryCSV, Trainer, TrainerConfigError, resolve_device
@@ -38,7 +39,7 @@ log = logging.getLogger("pvera_bench")
 
 # Errors a user can cause: one clear message, no traceback.
 USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, AdapterOptionError, ProtocolError,
-               ConfigError, TrainerConfigError)
+               ConfigError, TrainerConfigError, loggers.LoggerError)
 
 # Settings that change a run's numbers: the resume key, with trainer.precision resolved (auto ->
 # bf16 on CUDA, fp32 on CPU), the data's fingerprint and the data options that shape the images.
@@ -169,8 +170,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train and test one configuration; returns the result columns of its row."""
+def execute(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict[str, Any]:
+    """Train and test one configuration; returns the result columns of its row. ``on_epoch(tag, entry)``
+    receives each epoch of every fit (the experiment logger), as history.csv does."""
     rt = cfg.runtime
     threads = cpu_threads(rt.get("threads"))
     if threads:
@@ -188,6 +190,11 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                    resize=cfg.data.get("resize", "bilinear_antialias"))
     loaded: dict[str, Any] = {}
     history = HistoryCSV(run_dir / "history.csv")  # every epoch of every fit, across resumes
+
+    def epoch_done(tag: str, entry: dict[str, Any]) -> None:  # history.csv, then the experiment logger
+        history(tag, entry)
+        if on_epoch is not None:
+            on_epoch(tag, entry)
     ckpt_dir = Path(rt.checkpoint_dir) / config_hash(cfg) if rt.get("checkpoint_dir") else None
     ckpt_every = int(rt.get("checkpoint_every") or 0)
 
@@ -206,11 +213,11 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         settings = dict(OmegaConf.to_container(c.trainer, resolve=True),
                         eval_batch_size=rt.eval_batch_size, progress=rt.progress)
         return Trainer(model, settings, device, seed=int(cfg.seed), compile=bool(rt.get("compile")),
-                       checkpoint_dir=ckpt_dir, checkpoint_every=ckpt_every, on_epoch=history)
+                       checkpoint_dir=ckpt_dir, checkpoint_every=ckpt_every, on_epoch=epoch_done)
 
     try:
         outcome = run_protocol(OmegaConf.to_container(cfg.protocol, resolve=True), build, load,
-                               state_dir=ckpt_dir if ckpt_every else None, on_epoch=history)
+                               state_dir=ckpt_dir if ckpt_every else None, on_epoch=epoch_done)
     finally:  # the run's checkpoint directory goes with its last checkpoint
         if ckpt_dir is not None and ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
             ckpt_dir.rmdir()
@@ -269,6 +276,16 @@ def ood_scores(other: dict, cfg: DictConfig, trainer: Trainer, preds, data_kw: d
     return row
 
 
+def _finish(logger: loggers.Logger, record: dict[str, Any] | None, status: str) -> None:
+    """Final metrics and close; the row is recorded already, so a tracker's failure is only logged."""
+    try:
+        if record is not None:
+            logger.log_final(record)
+        logger.close(status)
+    except Exception as e:  # noqa: BLE001
+        log.warning("the experiment logger failed at the end of the run (the result is recorded): %s", one_line(e))
+
+
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) -> dict[str, Any]:
     """Run ``cfg`` unless an ``ok`` row with the same settings exists; append its row."""
     csv_path = Path(cfg.results_csv)
@@ -291,10 +308,15 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
         run_dir=str(run_dir), versions=versions(),
     )
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    logger = loggers.Logger()
     try:
-        record.update(execute(cfg, run_dir), status="ok")
+        logger = loggers.create(OmegaConf.to_container(cfg.get("logger") or {}, resolve=True), run_dir,
+                                f"{cfg.task.name}_{cfg.adapter.name}_s{cfg.seed}")
+        logger.log_config(OmegaConf.to_container(cfg, resolve=True))
+        record.update(execute(cfg, run_dir, on_epoch=logger.log_epoch), status="ok")
     except Exception as e:  # record every failure, then decide how loudly to end
         record.update(status="failed", error=one_line(e))
+        _finish(logger, None, "failed")
         results.write_json(run_dir / "record.json", record)  # first: kept even if the CSV cannot be written
         results.append(csv_path, record)
         if multirun:  # the sweep goes on
@@ -306,7 +328,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
         raise
     results.write_json(run_dir / "record.json", record)
     results.append(csv_path, record)
-    log.info("%s %s %s seed %s: test_acc %.2f, nll %.4f, ece %.4f, %s adapter params -> %s", record["task"],
-             record["adapter"], record["backbone"], record["seed"], record["test_acc"], record["test_nll"],
-             record["test_ece"], record["params_adapter"], csv_path)
+    _finish(logger, record, "ok")
+    log.info("%s %s %s seed %s: %s, %s adapter params -> %s", record["task"], record["adapter"], record["backbone"],
+             record["seed"], ", ".join(f"{k} {format_value(k, v)}" for k, v in loggers.final_metrics(record).items()),
+             record["params_adapter"], csv_path)
     return record

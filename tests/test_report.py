@@ -70,8 +70,9 @@ def results(tmp_path):
 def test_csv_means_std_groups_and_averages(capsys, results):
     df, out, _ = csv_table(capsys, ["--results", str(results)])
     assert list(df.columns) == report.csv_columns(VTAB_ORDER, ["demo"])
-    assert list(df.columns[:6]) == ["adapter", "backbone", "protocol", "caltech101", "caltech101_std",
-                                    "caltech101_n_seeds"]
+    assert list(df.columns[:8]) == ["adapter", "backbone", "protocol", "recipe", "label", "setting",
+                                    "adapter_options", "code_versions"]
+    assert list(df.columns[8:11]) == ["caltech101", "caltech101_std", "caltech101_n_seeds"]
     assert list(df.columns[-5:]) == ["mean", "mean_n_tasks", "mean_of_groups", "mean_of_groups_n_groups",
                                      "params_adapter"]
     assert df["adapter"].tolist() == ["linear", "pvera"]  # sorted
@@ -137,7 +138,7 @@ def test_failed_rows_excluded_and_counted(capsys, tmp_path):
     assert "excluded 2 failed runs" in err
     p = df.set_index("adapter").loc["pvera"]
     assert p["caltech101"] == pytest.approx(71.0) and p["caltech101_n_seeds"] == 2
-    assert math.isnan(p["dtd"])
+    assert "dtd" not in df.columns  # only failed runs: no results, no column
 
 
 def test_missing_column_is_one_error(capsys, tmp_path):
@@ -259,7 +260,9 @@ def test_task_words_filters_that_match_nothing_and_mixed_settings(capsys, tmp_pa
     rows = PVERA_RUNS + [run("lora", "dtd", 0, 66.0, config_hash="a"), run("lora", "dtd", 0, 70.0, config_hash="b")]
     path = write_csv(tmp_path / "r.csv", rows)
     df, _, err = csv_table(capsys, ["--results", str(path), "--task", "natural"])
-    assert "patch_camelyon" in df.columns and df["patch_camelyon"].isna().all()  # kept as a column, no value
+    assert "patch_camelyon" not in df.columns  # a task without results is no column
+    df_all, _, _ = csv_table(capsys, ["--results", str(path), "--task", "natural", "--all-tasks"])
+    assert "patch_camelyon" in df_all.columns and df_all["patch_camelyon"].isna().all()  # --all-tasks: all 19
     assert df.set_index("adapter").loc["pvera", "caltech101"] == 71.0 and df["cifar100"].notna().any()
     assert df.set_index("adapter").loc["lora", "dtd"] == 70.0  # the last of the two dtd runs
     assert "1 of those cells hold runs of different settings" in err

@@ -1,0 +1,239 @@
+"""Figures: metric vs parameters (``--plot``), reliability diagrams (``--plot-reliability``), a
+settings x tasks heatmap (``--plot-heatmap``) and training curves (``--plot-curves``).
+
+Run directories recorded in the CSV are found as recorded or, for results copied from another
+machine, by the longest tail of the recorded path under the current directory, the CSV's
+directory or its parent.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..metric_registry import Metric
+from .load import ReportError, task_columns, warn
+
+MAX_PANELS = 8
+CURVE_PANELS = (("train_loss", "training loss"), ("val_acc", "validation accuracy (%)"),
+                ("val_loss", "validation loss"), ("test_acc", "test accuracy (%)"))
+
+
+def resolve_run_dir(run_dir: str, csv_path: Path, filename: str = "predictions.npz") -> Path | None:
+    """The run's directory holding ``filename``, as recorded or by the longest tail of the path."""
+    p = Path(run_dir)
+    if (p / filename).is_file():
+        return p
+    parts = p.parts[1:] if p.is_absolute() else p.parts
+    for i in range(len(parts)):
+        for base in (Path.cwd(), csv_path.parent, csv_path.parent.parent):
+            cand = base.joinpath(*parts[i:])
+            if (cand / filename).is_file():
+                return cand
+    return None
+
+
+def plot_params(table: pd.DataFrame, runs: pd.DataFrame, metric: Metric, path) -> None:
+    """The metric's mean against ``params_adapter`` (log x), one labelled point per table row."""
+    from matplotlib.figure import Figure
+
+    vtab, extra = task_columns(runs, True)
+    n_vtab = len(vtab)
+    use_vtab = bool((table["mean_n_tasks"] > 0).any())
+    points = []  # (label, params, y)
+    for _, r in table.iterrows():
+        label = str(r["label"])
+        if use_vtab:
+            if r["mean_n_tasks"] == 0:
+                warn(f"--plot: {label} has no VTAB results, left out")
+                continue
+            y = r["mean"]
+            if r["mean_n_tasks"] < n_vtab:
+                label += f" [{r['mean_n_tasks']}/{n_vtab}]"
+        else:
+            y = float(np.mean([r[t] for t in extra if not math.isnan(r[t])]))
+        if math.isnan(r["params_adapter"]):
+            warn(f"--plot: {label} has no params_adapter value, left out")
+            continue
+        points.append((label, float(r["params_adapter"]), float(y)))
+    if not points:
+        raise ReportError("--plot: no results to plot")
+    col = metric.column
+    if use_vtab:
+        complete = all(n == n_vtab for n in table.loc[table["mean_n_tasks"] > 0, "mean_n_tasks"])
+        ylabel = (f"{col}, mean over the {n_vtab} VTAB-1k tasks" if complete
+                  else f"{col}, mean over the VTAB-1k tasks present ([n/{n_vtab}] per point)")
+    else:
+        ylabel = f"{col}, mean over the tasks present ({', '.join(extra)}; not VTAB-1k)"
+
+    positive = [p for _, p, _ in points if p > 0]
+    floor = min(positive) / 10 if positive else 1.0
+    fig = Figure(figsize=(7, 5), constrained_layout=True)
+    ax = fig.add_subplot()
+    for label, p, y in points:
+        if p > 0:
+            ax.scatter([p], [y], color="tab:blue", zorder=3)
+        else:
+            ax.scatter([floor], [y], facecolors="none", edgecolors="tab:blue", zorder=3)
+            label += " (0 params)"
+        ax.annotate(label, (p if p > 0 else floor, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.1)
+    xlabel = "params_adapter (trainable adapter parameters, log scale)"
+    if any(p <= 0 for _, p, _ in points):
+        xlabel += f"; 0 drawn at {floor:g}"
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.savefig(path, dpi=150)
+
+
+def _found(runs: pd.DataFrame, csv_path: Path, filename: str, option: str) -> list[tuple[pd.Series, Path]]:
+    sel = runs.sort_values(["adapter", "backbone", "protocol", "task", "seed"]).reset_index(drop=True)
+    if sel.empty:
+        raise ReportError(f"{option}: no successful runs match the filters")
+    found, missing = [], []
+    for _, r in sel.iterrows():
+        d = resolve_run_dir(r["run_dir"], csv_path, filename) if r["run_dir"] else None
+        (found if d is not None else missing).append((r, d))
+    if missing:
+        eg = "; ".join(f"line {r['line']} run_dir {r['run_dir']!r}" for r, _ in missing[:3])
+        warn(f"{option}: {len(missing)} selected run{'s' if len(missing) != 1 else ''} without {filename} "
+             f"left out (e.g. {eg})")
+    if not found:
+        raise ReportError(f"{option}: none of the selected runs has a readable {filename}")
+    return found
+
+
+def plot_reliability(runs: pd.DataFrame, names: dict[str, str], csv_path: Path, path,
+                     n_bins: int | None = None, max_panels: int = MAX_PANELS) -> None:
+    """Reliability diagrams of the selected runs, one panel each (at most ``max_panels``)."""
+    from .. import metrics as _metrics  # torch: imported only when a reliability plot is asked for
+
+    n_bins = _metrics.N_BINS if n_bins is None else n_bins
+    from matplotlib.figure import Figure
+
+    found = _found(runs, csv_path, "predictions.npz", "--plot-reliability")
+    if len(found) > max_panels:
+        warn(f"--plot-reliability: {len(found)} runs selected, plotting the first {max_panels} "
+             "(narrow the selection with --task/--adapter/--backbone/--protocol/--seed)")
+    panels = []
+    for r, d in found:
+        if len(panels) == max_panels:
+            break
+        try:
+            with np.load(d / "predictions.npz", allow_pickle=False) as z:
+                probs, labels = z["probs"], z["labels"]
+            bins = _metrics.reliability_bins(probs, labels, n_bins)
+        except (KeyError, ValueError, OSError) as e:
+            warn(f"--plot-reliability: unusable {d / 'predictions.npz'}: {e}; left out")
+            continue
+        panels.append((f"{names[r['setting']]} / {r['task']} / seed {r['seed']}", bins))
+    if not panels:
+        raise ReportError("--plot-reliability: none of the selected runs has a readable predictions.npz")
+
+    ncols = min(len(panels), 4)
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(3.6 * ncols, 3.6 * nrows), constrained_layout=True)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, b) in zip(axes.flat, panels):
+        width = np.diff(b.edges)
+        ax.bar(b.edges[:-1], np.nan_to_num(b.accuracy), width=width, align="edge",
+               edgecolor="black", color="tab:blue", alpha=0.8, label="accuracy")
+        ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top-1 probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{title}\nECE = {b.ece:.3f}", fontsize=9)
+    axes.flat[0].legend(loc="upper left", fontsize=7)
+    fig.savefig(path, dpi=120)
+
+
+def plot_heatmap(matrix: pd.DataFrame, title: str, path, decimals: int, diverging: bool,
+                 higher_is_better: bool = True) -> None:
+    """Rows x tasks heatmap of ``matrix`` (NaN = no value), each cell annotated with its value.
+    ``diverging``: differences, centred on 0 (green = better, following the metric's direction)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
+
+    if matrix.empty or matrix.isna().all().all():
+        raise ReportError("--plot-heatmap: nothing to draw")
+    data = matrix.to_numpy(dtype=float)
+    fig = Figure(figsize=(1.6 + 0.75 * data.shape[1] + 1.2, 1.2 + 0.45 * data.shape[0]), constrained_layout=True)
+    ax = fig.add_subplot()
+    if diverging:
+        lim = float(np.nanmax(np.abs(data))) or 1.0
+        cmap = colormaps["RdYlGn" if higher_is_better else "RdYlGn_r"]
+        im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, norm=TwoSlopeNorm(0.0, -lim, lim), aspect="auto")
+    else:
+        cmap = colormaps["viridis" if higher_is_better else "viridis_r"]
+        im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, aspect="auto")
+    for (i, j), v in np.ndenumerate(data):
+        if not math.isnan(v):
+            ax.text(j, i, f"{v:+.{decimals}f}" if diverging else f"{v:.{decimals}f}", ha="center", va="center",
+                    fontsize=7, color="black" if diverging else "white")
+    ax.set_xticks(range(data.shape[1]), [str(c) for c in matrix.columns], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(data.shape[0]), [str(i) for i in matrix.index], fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.savefig(path, dpi=150)
+
+
+def read_history(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path)
+    if "epoch" not in df.columns:
+        raise ValueError("no epoch column")
+    if "fit" not in df.columns:
+        df["fit"] = "fit"
+    return df
+
+
+def plot_curves(runs: pd.DataFrame, names: dict[str, str], csv_path: Path, path, fit: str | None = None,
+                max_runs: int = 12) -> int:
+    """Per-epoch curves of the selected runs from ``<run_dir>/history.csv``: one panel per column
+    of :data:`CURVE_PANELS` that any run recorded, one line per run (the fit named ``fit``; by
+    default ``final`` when the run has one, else its last fit). Returns the number of runs drawn."""
+    from matplotlib.figure import Figure
+
+    found = _found(runs, csv_path, "history.csv", "--plot-curves")
+    if len(found) > max_runs:
+        warn(f"--plot-curves: {len(found)} runs selected, drawing the first {max_runs} (narrow the selection with "
+             "--task/--adapter/--seed)")
+        found = found[:max_runs]
+    curves = []
+    for r, d in found:
+        try:
+            h = read_history(d / "history.csv")
+        except (ValueError, OSError, pd.errors.ParserError) as e:
+            warn(f"--plot-curves: unusable {d / 'history.csv'}: {e}; left out")
+            continue
+        fits = list(dict.fromkeys(h["fit"].astype(str)))
+        want = fit or ("final" if "final" in fits else fits[-1])
+        h = h[h["fit"].astype(str) == want].sort_values("epoch")
+        if h.empty:
+            warn(f"--plot-curves: {d / 'history.csv'} has no fit {want!r} (it has {', '.join(fits)}); left out")
+            continue
+        curves.append((f"{names[r['setting']]} / {r['task']} / s{r['seed']} ({want})", h))
+    if not curves:
+        raise ReportError("--plot-curves: no usable history.csv among the selected runs")
+    panels = [(c, t) for c, t in CURVE_PANELS if any(c in h.columns and h[c].notna().any() for _, h in curves)]
+    fig = Figure(figsize=(4.2 * len(panels), 3.8), constrained_layout=True)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (col, title) in zip(axes, panels):
+        for label, h in curves:
+            if col in h.columns and h[col].notna().any():
+                sel = h[h[col].notna()]
+                ax.plot(sel["epoch"], sel[col], marker="." if len(sel) < 30 else None, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=6)
+    fig.savefig(path, dpi=130)
+    return len(curves)

@@ -1,0 +1,110 @@
+"""``--ranks`` / ``--plot-ranks``: average ranks of the settings over the tasks all of them cover.
+
+Per task (a *block*), the settings are ranked on their mean over seeds (rank 1 = best, following
+the metric's direction; ties share the average rank, ``scipy.stats.rankdata``); a setting's average
+rank is the mean over the blocks. ``--rank-blocks task-seed`` makes each (task, seed) that every
+setting ran a block instead (for a single task run with several seeds, such as the demo).
+
+The Friedman test (``scipy.stats.friedmanchisquare``) asks whether the settings' ranks differ at
+all; it needs at least 3 settings and 2 blocks. The critical-difference diagram draws the average
+ranks and joins settings that the Nemenyi post-hoc test (scikit-posthocs,
+``posthoc_nemenyi_friedman``) does not tell apart at alpha 0.05.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..metric_registry import Metric
+from .load import ReportError
+
+
+@dataclass
+class Ranks:
+    blocks: list[str]
+    scores: pd.DataFrame  # blocks x settings (labels), the metric
+    ranks: pd.DataFrame  # blocks x settings, 1 = best
+    average: pd.Series  # label -> average rank, best first
+    friedman_stat: float
+    friedman_p: float
+    friedman_note: str
+
+
+def block_scores(runs: pd.DataFrame, names: dict[str, str], blocks: str = "task") -> pd.DataFrame:
+    """Blocks x settings of the metric (per-task means, or per (task, seed) values), keeping only
+    the blocks every setting covers."""
+    if blocks == "task":
+        wide = runs.groupby(["task", "setting"])["value"].mean().unstack("setting")
+    else:
+        wide = runs.groupby(["task", "seed", "setting"])["value"].mean().unstack("setting")
+        wide.index = [f"{t}/seed {s}" for t, s in wide.index]
+    wide = wide.dropna(how="any")
+    return wide.rename(columns=names)
+
+
+def compute(runs: pd.DataFrame, names: dict[str, str], metric: Metric, blocks: str = "task") -> Ranks:
+    from scipy import stats
+
+    scores = block_scores(runs, names, blocks)
+    if scores.shape[1] < 2:
+        raise ReportError("--ranks: ranks need at least two rows")
+    if scores.empty:
+        raise ReportError(f"--ranks: no {'task' if blocks == 'task' else '(task, seed)'} is covered by every row; "
+                          "select the rows with --adapter / --task")
+    sign = -1.0 if metric.higher_is_better else 1.0
+    ranks = pd.DataFrame(np.vstack([stats.rankdata(sign * r) for r in scores.to_numpy()]),
+                         index=scores.index, columns=scores.columns)
+    average = ranks.mean().sort_values()
+    k, n = scores.shape[1], scores.shape[0]
+    stat = p = math.nan
+    if k < 3:
+        note = "Friedman test: needs at least 3 rows (for two, use --compare)"
+    elif n < 2:
+        note = "Friedman test: needs at least 2 blocks"
+    else:
+        res = stats.friedmanchisquare(*[scores[c].to_numpy() for c in scores.columns])
+        stat, p = float(res.statistic), float(res.pvalue)
+        note = f"Friedman test over {n} blocks and {k} rows: chi2 = {stat:.3f}, p = {p:.4g}"
+    return Ranks(list(scores.index), scores, ranks, average, stat, p, note)
+
+
+def cells(r: Ranks, decimals: int) -> tuple[list[str], list[list[str]], list[str]]:
+    head = ["adapter", "average rank"] + [str(b) for b in r.blocks]
+    body = [[label, f"{r.average[label]:.2f}"] + [f"{r.ranks.loc[b, label]:g}" for b in r.blocks]
+            for label in r.average.index]
+    notes = [f"Ranks over the {len(r.blocks)} blocks every row covers (1 = best; ties share the average rank).",
+             r.friedman_note + "."]
+    return head, body, notes
+
+
+def to_frame(r: Ranks) -> pd.DataFrame:
+    df = r.ranks.T.loc[r.average.index]
+    df.insert(0, "average_rank", r.average)
+    df.insert(0, "label", df.index)
+    df["friedman_p"] = r.friedman_p
+    return df.reset_index(drop=True)
+
+
+def plot(r: Ranks, metric: Metric, path) -> None:
+    """Critical-difference diagram (Nemenyi, scikit-posthocs) of the average ranks."""
+    import scikit_posthocs as sp
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 1.2 + 0.3 * len(r.average)))
+    ax = fig.add_subplot()
+    if len(r.blocks) >= 2 and len(r.average) >= 3:
+        sig = sp.posthoc_nemenyi_friedman(r.scores.to_numpy())
+        sig.index = sig.columns = list(r.scores.columns)
+        title = (f"Average rank over {len(r.blocks)} blocks ({metric.column}); bars join rows the Nemenyi test "
+                 f"does not separate (alpha 0.05)\n{r.friedman_note}")
+    else:
+        labels = list(r.scores.columns)
+        sig = pd.DataFrame(1.0, index=labels, columns=labels)  # too few blocks or rows for the test
+        title = f"Average rank over {len(r.blocks)} block(s) ({metric.column})\n{r.friedman_note}"
+    sp.critical_difference_diagram(r.average, sig, ax=ax)
+    ax.set_title(title, fontsize=8, pad=24)
+    fig.savefig(path, dpi=150, bbox_inches="tight")

@@ -1,0 +1,134 @@
+"""``--reference NAME``: published numbers beside ours, with a Δ row per matched adapter.
+
+Each reference is one YAML file in ``pvera_bench/report/references/`` (shipped in the wheel):
+``name``, ``title``, ``source`` (repository, path, commit, table), ``backbone``, ``recipe``,
+``test_number`` (what the published test number is), ``comparable_metric`` (our ``--metric``
+chosen the same way), ``differences`` (recipe differences that remain, for the legend) and
+``rows`` (``method``, ``adapter`` = our adapter's name or null, ``params`` as printed, ``mean``
+as printed, ``values`` per task). Adding a reference is one file.
+
+A Δ row (ours − published) is made for each of our rows whose adapter and backbone match a
+published row: per task where both have a value; on ``mean`` over the tasks both have (the
+published per-task values averaged over our tasks), or, for a reference that publishes only the
+mean, ours − that mean when ours covers all 19 tasks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .load import ReportError
+from .table import aggregates
+
+
+@dataclass
+class Reference:
+    name: str
+    title: str
+    source: dict
+    backbone: str
+    recipe: str
+    test_number: str
+    comparable_metric: str
+    differences: list[str] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+
+    def citation(self) -> str:
+        s = self.source
+        return f"{s.get('repo', '')} {s.get('path', '')} @ {s.get('commit', '')}, {s.get('table', '')}".strip()
+
+
+def _files():
+    return sorted((p for p in resources.files(__package__).joinpath("references").iterdir()
+                   if p.name.endswith(".yaml")), key=lambda p: p.name)
+
+
+def available() -> dict[str, Reference]:
+    out = {}
+    for p in _files():
+        d = yaml.safe_load(p.read_text(encoding="utf-8"))
+        out[d["name"]] = Reference(**d)
+    return out
+
+
+def get(name: str) -> Reference:
+    refs = available()
+    if name not in refs:
+        raise ReportError(f"unknown --reference {name!r}; shipped references: "
+                          + ", ".join(f"{n} ({r.title})" for n, r in refs.items()))
+    return refs[name]
+
+
+def published_rows(ref: Reference, vtab: list[str]) -> pd.DataFrame:
+    """One table row per published method (same columns as the main table)."""
+    rows = []
+    for r in ref.rows:
+        values = {t: float(v) for t, v in (r.get("values") or {}).items()}
+        row: dict[str, object] = dict(adapter=r.get("adapter") or "", backbone=ref.backbone, protocol="published",
+                                      recipe=ref.recipe, label=f"published: {r['method']} [{ref.name}]",
+                                      setting=f"{ref.name}:{r['method']}", kind="published")
+        for t, v in values.items():
+            row[t], row[f"{t}_n_seeds"] = v, 1
+        row.update(aggregates(values, vtab))
+        row["mean"] = float(r["mean"]) if r.get("mean") is not None else row["mean"]  # as printed
+        row["mean_n_tasks"] = len(vtab) if r.get("mean") is not None else row["mean_n_tasks"]
+        row["params_adapter"] = math.nan
+        row["_published_params"] = r.get("params") or ""
+        row["_values"] = values
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def delta_rows(table: pd.DataFrame, published: pd.DataFrame, vtab: list[str], tasks: list[str]) -> pd.DataFrame:
+    """Ours − published for each of our rows whose adapter and backbone match a published row."""
+    rows = []
+    for _, ours in table.iterrows():
+        match = published[(published["adapter"] == ours["adapter"]) & (published["backbone"] == ours["backbone"])]
+        for _, pub in match.iterrows():
+            values = pub["_values"]
+            row: dict[str, object] = dict(adapter=ours["adapter"], backbone=ours["backbone"], protocol=ours["protocol"],
+                                          recipe=ours["recipe"], label=f"Δ {ours['label']} − {pub['label']}",
+                                          setting=ours["setting"], kind="delta")
+            ours_tasks = [t for t in vtab if t in ours and not _nan(ours[t])]
+            for t in tasks:
+                if t in values and t in ours and not _nan(ours[t]):
+                    row[t] = float(ours[t]) - values[t]
+                    row[f"{t}_n_seeds"] = 1
+            both = [t for t in ours_tasks if t in values]
+            if both:
+                d = {t: float(ours[t]) - values[t] for t in both}
+                row.update(aggregates(d, vtab))
+                row["mean"] = float(np.mean([float(ours[t]) for t in both])) - float(np.mean([values[t] for t in both]))
+                row["mean_n_tasks"] = len(both)
+            elif not values and len(ours_tasks) == len(vtab) and not _nan(pub["mean"]):
+                row.update(aggregates({}, vtab))
+                row["mean"], row["mean_n_tasks"] = float(ours["mean"]) - float(pub["mean"]), len(vtab)
+            else:
+                row.update(aggregates({}, vtab))
+            row["params_adapter"] = math.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _nan(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def legend(ref: Reference, metric_name: str, metric_description: str, n_delta: int) -> list[str]:
+    lines = [f"Reference {ref.name}: {ref.title}; {ref.citation()}. Published test number: {ref.test_number}.",
+             f"Δ rows: ours − published per task and on the means over the tasks both have ({n_delta} matched "
+             f"row{'s' if n_delta != 1 else ''}; matched by adapter and backbone {ref.backbone})."]
+    diffs = list(ref.differences)
+    if metric_name != ref.comparable_metric:
+        diffs.insert(0, f"published: {ref.test_number}; ours: {metric_description} (--metric {ref.comparable_metric} "
+                        "is chosen like theirs)")
+    lines.append("Remaining recipe differences: " + "; ".join(diffs) + ".")
+    lines.append("Published rows' params as printed: " + ", ".join(
+        f"{r['method']} {r.get('params')}" for r in ref.rows if r.get("params") is not None) + ".")
+    return lines
