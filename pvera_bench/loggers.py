@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .metric_registry import METRICS
+from .schema import flatten_dotted
 
 _LOGGERS: dict[str, Callable[..., "Logger"]] = {}
 
@@ -68,17 +69,6 @@ def epoch_scalars(entry: Mapping[str, Any]) -> dict[str, float]:
             continue
         if math.isfinite(f):
             out[k] = f
-    return out
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
     return out
 
 
@@ -155,7 +145,7 @@ class MLflowLogger(Logger):
         from mlflow.entities import Param
 
         params = [Param(k, json.dumps(v) if not isinstance(v, str) else v)
-                  for k, v in sorted(_flatten(cfg).items())]
+                  for k, v in sorted(flatten_dotted(cfg).items())]
         for i in range(0, len(params), 100):  # MLflow's batch limit
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 

@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .data import Split
+from .schema import flatten_dotted
 from .train import DivergedError, FitResult, Predictions, Trainer
 
 log = logging.getLogger(__name__)
@@ -45,22 +46,12 @@ class ProtocolError(ValueError):
     """A protocol config that cannot be run (a user error: one message, no traceback)."""
 
 
-def _flatten(grid: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in grid.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def grid_points(grid: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """Every combination of the grid's values, in order; one empty point for an empty grid.
 
     Keys are dotted config keys (``trainer.lr_adapter``); nested mappings are flattened, so
     ``{trainer: {lr_adapter: [...]}}`` means the same."""
-    grid = _flatten(grid or {})
+    grid = flatten_dotted(grid or {})
     keys = list(grid)
     values = [[v] if isinstance(v, (str, int, float, bool)) else list(v) for v in grid.values()]
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]

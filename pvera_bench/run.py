@@ -33,13 +33,13 @@ from .data.core import open_split, resolve_source
 from .metric_registry import format_value
 from .protocols import ProtocolError, run_protocol
 from .schema import ConfigError
-from .train import DivergedError, HistoryCSV, Trainer, TrainerConfigError, resolve_device
+from .train import DivergedError, HistoryCSV, Trainer, resolve_device
 
 log = logging.getLogger("pvera_bench")
 
 # Errors a user can cause: one clear message, no traceback.
 USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, AdapterOptionError, ProtocolError,
-               ConfigError, TrainerConfigError, loggers.LoggerError)
+               ConfigError, loggers.LoggerError)
 
 # Settings that change a run's numbers: the resume key, with trainer.precision resolved (auto ->
 # bf16 on CUDA, fp32 on CPU), the data's fingerprint and the data options that shape the images.

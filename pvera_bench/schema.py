@@ -106,7 +106,6 @@ class TrainerConfig:
     warmup_epochs: float = rule(type=float, ge=0)
     warmup_lr: float = rule(type=float, ge=0, required=False)
     min_lr: float = rule(type=float, ge=0, required=False)
-    min_lr_ratio: float = rule(type=float, ge=0, le=1, required=False)  # replaced by min_lr (contract 1)
     schedule: str = rule(type=str, choices=("cosine", "constant"))
     schedule_unit: str = rule(type=str, choices=("epoch", "step"), required=False)
     label_smoothing: float = rule(type=float, ge=0, lt=1, required=False)
@@ -190,6 +189,14 @@ def check_group(group: str, values: Mapping[str, Any], schema: type) -> None:
                 raise ConfigError(f"{group}.{k} is missing; add it ({r.allowed()}) to the {group} config")
             continue
         _check(f"{group}.{k}", values[k], r)
+
+
+def check_present(group: str, values: Mapping[str, Any], schema: type) -> None:
+    """Check only the keys of ``values`` that ``schema`` has (for code called without a whole config,
+    such as the Trainer from Python)."""
+    for f in fields(schema):
+        if f.name in values:
+            _check(f"{group}.{f.name}", values[f.name], f.metadata["rule"])
 
 
 # -- adapters: the schema is the apply() signature -------------------------------------------------
@@ -425,13 +432,13 @@ def _set(c: dict, dotted: str, value: Any) -> None:
     node[last] = value
 
 
-def _flatten(grid: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{trainer: {lr_adapter: [...]}}`` -> ``{"trainer.lr_adapter": [...]}``, as protocols.grid_points
-    reads a grid (that module imports torch; this one must not)."""
+def flatten_dotted(grid: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{trainer: {lr_adapter: [...]}}`` -> ``{"trainer.lr_adapter": [...]}``: how a grid's keys are
+    read, here and by protocols.grid_points (this module imports no torch, so it lives here)."""
     out: dict[str, Any] = {}
     for k, v in grid.items():
         if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_dotted(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -440,7 +447,7 @@ def _flatten(grid: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_grid(c: Mapping[str, Any]) -> None:
     import copy
 
-    grid = _flatten(c["protocol"].get("grid") or {})
+    grid = flatten_dotted(c["protocol"].get("grid") or {})
     if not grid:
         return
     trains = None

@@ -29,7 +29,7 @@ from timm.scheduler import CosineLRScheduler, StepLRScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import adapters, checkpoint, metrics
+from . import adapters, checkpoint, metrics, schema
 from .backbones import Classifier
 from .data import Split
 
@@ -44,26 +44,14 @@ class DivergedError(RuntimeError):
         self.seconds, self.history = seconds, history or []
 
 
-class TrainerConfigError(ValueError):
-    """A trainer setting that cannot be used (a user error: one message, no traceback)."""
-
-
-CHOICES = dict(schedule=("cosine", "constant"), schedule_unit=("epoch", "step"), precision=("auto", "bf16", "fp32"))
-NON_NEGATIVE = ("warmup_epochs", "warmup_lr", "min_lr", "label_smoothing", "wd_head", "wd_adapter")
-
-
 def check_settings(cfg: Mapping) -> None:
-    """Raise ``TrainerConfigError`` naming the first bad trainer setting and what is allowed."""
-    for key, allowed in CHOICES.items():
-        if key in cfg and cfg[key] not in allowed:
-            raise TrainerConfigError(f"trainer.{key}={cfg[key]!r} is not one of {', '.join(allowed)}")
-    for key in NON_NEGATIVE:
-        if key in cfg and not float(cfg[key]) >= 0:
-            raise TrainerConfigError(f"trainer.{key}={cfg[key]!r} must be a number >= 0")
-    if "label_smoothing" in cfg and not float(cfg["label_smoothing"]) < 1:
-        raise TrainerConfigError(f"trainer.label_smoothing={cfg['label_smoothing']!r} must be below 1")
-    if not isinstance(cfg.get("softmax_before_loss", False), bool):
-        raise TrainerConfigError(f"trainer.softmax_before_loss={cfg['softmax_before_loss']!r} must be true or false")
+    """The trainer settings in ``cfg`` against their one schema (``schema.TrainerConfig``); raises
+    ``TrainerConfigError`` naming the first bad one and what is allowed. Keys the schema does not
+    know (``eval_batch_size``, ``progress``) are the runtime's and pass."""
+    schema.check_present("trainer", cfg, schema.TrainerConfig)
+
+
+TrainerConfigError = schema.ConfigError  # a bad trainer setting: one message, no traceback
 
 
 @dataclass

@@ -250,6 +250,6 @@ def test_heatmap_and_curves(capsys, tmp_path):
 def test_metric_registry_is_the_one_list():
     for m in metric_registry.METRICS.values():
         assert report.METRIC_COLUMNS[m.name] == m.column
-        assert m.column in results.COLUMNS or m.column == "test_acc_max"  # test_acc_max: added by the trainer's branch
+        assert m.column in results.COLUMNS
     assert metric_registry.by_column("test_nll").higher_is_better is False
     assert report.build_parser().parse_args(["--metric", "acc_max"]).metric == "acc_max"

@@ -299,12 +299,12 @@ def test_resumed_fit_counts_the_seconds_of_every_segment(tmp_path):
 
 
 @pytest.mark.parametrize("bad,match", [
-    (dict(schedule="cosin"), r"trainer.schedule='cosin' is not one of cosine, constant"),
-    (dict(schedule_unit="batch"), r"trainer.schedule_unit='batch' is not one of epoch, step"),
-    (dict(label_smoothing=-0.1), r"trainer.label_smoothing=-0.1 must be a number >= 0"),
-    (dict(label_smoothing=1.0), r"trainer.label_smoothing=1.0 must be below 1"),
-    (dict(min_lr=-1e-5), r"trainer.min_lr=-1e-05 must be a number >= 0"),
-    (dict(softmax_before_loss="yes"), r"trainer.softmax_before_loss='yes' must be true or false"),
+    (dict(schedule="cosin"), r"trainer.schedule='cosin' is invalid: allowed one of cosine, constant"),
+    (dict(schedule_unit="batch"), r"trainer.schedule_unit='batch' is invalid: allowed one of epoch, step"),
+    (dict(label_smoothing=-0.1), r"trainer.label_smoothing=-0.1 is invalid: allowed a number >= 0 and < 1"),
+    (dict(label_smoothing=1.0), r"trainer.label_smoothing=1.0 is invalid: allowed a number >= 0 and < 1"),
+    (dict(min_lr=-1e-5), r"trainer.min_lr=-1e-05 is invalid: allowed a number >= 0"),
+    (dict(softmax_before_loss="yes"), r"trainer.softmax_before_loss='yes' is invalid: allowed true or false"),
 ])
 def test_a_bad_trainer_setting_is_one_clear_error(bad, match):
     from pvera_bench.train import TrainerConfigError
