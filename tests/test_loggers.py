@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 
 import pytest
@@ -83,15 +84,18 @@ def test_logger_on_the_demo_task(cli, tmp_path, name):
     run_dir, test_acc = row["run_dir"], float(row["test_acc"])
     if name == "tensorboard":
         s = tb_scalars(tmp_path / run_dir / "tensorboard")
-        val = [v for _, v in s["select/val_acc"]]
+        val = [v for _, v in s["select-0/val_acc"]]
         final = s["final/test_acc"][0][1]
     else:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=f"sqlite:///{(tmp_path / run_dir / 'mlflow.db').resolve()}")
         (run,) = client.search_runs([client.get_experiment_by_name("pvera-bench").experiment_id])
-        val = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "select/val_acc"),
+        val = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "select-0/val_acc"),
                                        key=lambda m: m.step)]
         final = run.data.metrics["test_acc"]
     assert len(val) == 3 and all(0 <= v <= 100 for v in val)  # one validation accuracy per epoch
+    with open(tmp_path / run_dir / "history.csv", newline="") as f:  # the same numbers as history.csv
+        hist = [float(r["val_acc"]) for r in csv.DictReader(f) if r["fit"] == "select-0"]
+    assert val == pytest.approx(hist, abs=1e-4)
     assert math.isclose(final, test_acc, abs_tol=1e-4)  # the CSV rounds to 6 decimals

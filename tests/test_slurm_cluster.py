@@ -231,7 +231,9 @@ def test_requeued_run_resumes_from_its_checkpoint(cluster, cli, tmp_path, cache_
     """A run requeued half-way (scontrol requeue, as on preemption) resumes from its last checkpoint
     and ends with exactly the numbers of the same run left alone (cluster: JobRequeue=0, so only
     the launcher's --requeue lets it come back)."""
-    args = ["adapter=lora", "trainer.epochs=8", "runtime.checkpoint_every=1", "seed=3"]
+    # long enough that the job is still training when SLURM's SIGKILL follows its SIGTERM (KillWait=5):
+    # submitit only logs SIGTERM, and a run that ends first is never requeued
+    args = ["adapter=lora", "trainer.epochs=40", "runtime.checkpoint_every=1", "seed=3"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PVERA_BENCH_CACHE=str(cache_dir), OMP_NUM_THREADS="1",
                HF_HOME=str(tmp_path / "hf-home"), PYTHONUNBUFFERED="1", **cluster.client_env)
     out = tmp_path / "sweep.out"
