@@ -10,8 +10,8 @@
   adapter has it). A new keyword argument of an ``apply()`` is picked up without an edit here;
   ``tests/test_schema.py`` checks that every ``configs/adapter/*.yaml`` value matches its default.
 - **trainer, protocol, data, backbone**: the dataclasses below. A key that is not a field is an
-  error (a typo must not be ignored); a field with ``required=False`` may be absent (keys that
-  other branches add: the code that reads them supplies the default).
+  error (a typo must not be ignored); a field with ``required=False`` may be absent (a config
+  written before that key existed: the code that reads it supplies the default).
 - **protocol.grid**: every key must exist in the config, every list must be non-empty, every
   point must give a valid config, and a key the adapter ignores (``trainer.lr_adapter`` for an
   adapter without trainable tensors) is an error.
@@ -95,7 +95,7 @@ def rule(**kw: Any) -> Any:
 
 @dataclass
 class TrainerConfig:
-    """``configs/trainer/*.yaml`` (brief contract 1)."""
+    """``configs/trainer/*.yaml``: what train.Trainer reads."""
 
     epochs: int = rule(type=int, ge=1)
     batch_size: int = rule(type=int, ge=1)
@@ -117,7 +117,7 @@ class TrainerConfig:
 
 @dataclass
 class ProtocolConfig:
-    """``configs/protocol/*.yaml`` (brief contract 2)."""
+    """``configs/protocol/*.yaml``: what protocols.run_protocol reads."""
 
     name: str = rule(type=str)
     select_on: str = rule(type=str, choices=SPLITS)
@@ -134,7 +134,7 @@ class ProtocolConfig:
 
 @dataclass
 class DataConfig:
-    """``configs/data/*.yaml`` (``resize``: brief contract 3)."""
+    """``configs/data/*.yaml``."""
 
     source: str = rule(type=str)  # checked against the registered sources in validate()
     dir: str = rule(type=str, nullable=True)
@@ -144,7 +144,7 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
-    """``configs/backbone/*.yaml`` (``drop_path_rate``, ``mean``, ``std``: brief contract 3)."""
+    """``configs/backbone/*.yaml``: what backbones.create_backbone reads."""
 
     name: str = rule(type=str)
     model: str = rule(type=str)
