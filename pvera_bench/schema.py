@@ -103,6 +103,7 @@ class TrainerConfig:
     lr_adapter: float = rule(type=float, gt=0)
     wd_head: float = rule(type=float, ge=0)
     wd_adapter: float = rule(type=float, ge=0)
+    wd_skip_1d: bool = rule(type=bool, required=False)
     warmup_epochs: float = rule(type=float, ge=0)
     warmup_lr: float = rule(type=float, ge=0, required=False)
     min_lr: float = rule(type=float, ge=0, required=False)
@@ -111,6 +112,7 @@ class TrainerConfig:
     label_smoothing: float = rule(type=float, ge=0, lt=1, required=False)
     softmax_before_loss: bool = rule(type=bool, required=False)
     shuffle: bool = rule(type=bool)
+    drop_last: bool = rule(type=bool, required=False)
     eval_every: int = rule(type=int, ge=1)
     precision: str = rule(type=str, choices=("auto", "bf16", "fp32"))
 
@@ -129,6 +131,7 @@ class ProtocolConfig:
     patience: int = rule(type=int, ge=1, nullable=True)
     min_rel_delta: float = rule(type=float, ge=0)
     grid: dict = rule(type=dict, required=False)
+    grid_mode: str = rule(type=str, choices=("separate", "joint"), required=False)
     test_eval_every: int = rule(type=int, ge=0, required=False)
 
 

@@ -220,8 +220,8 @@ class CompiledOrEager:
 class Trainer:
     """``fit`` trains the trainable tensors of ``model`` (adapter and head); ``predict`` evaluates.
 
-    ``cfg`` keys: epochs, batch_size, lr_head, lr_adapter, wd_head, wd_adapter, warmup_epochs,
-    warmup_lr, min_lr, schedule (cosine | constant), schedule_unit (epoch | step),
+    ``cfg`` keys: epochs, batch_size, lr_head, lr_adapter, wd_head, wd_adapter, wd_skip_1d,
+    warmup_epochs, warmup_lr, min_lr, schedule (cosine | constant), schedule_unit (epoch | step), drop_last,
     label_smoothing, softmax_before_loss, shuffle, eval_every, precision (auto | bf16 | fp32),
     eval_batch_size, progress.
 
@@ -291,10 +291,20 @@ class Trainer:
         return out
 
     def _optimizer(self) -> torch.optim.Optimizer:
+        """AdamW with the head's and the adapter's learning rate and weight decay. With
+        ``wd_skip_1d`` biases and 1-D tensors get no weight decay (timm 0.5.4's ``create_optimizer``
+        rule, ``filter_bias_and_bn=True``: ``ndim <= 1 or name.endswith(".bias")``)."""
         c = self.cfg
-        groups = [dict(params=list(self.model.head.parameters()), lr=float(c["lr_head"]), weight_decay=float(c["wd_head"]))]
-        if self.adapter_params:
-            groups.append(dict(params=self.adapter_params, lr=float(c["lr_adapter"]), weight_decay=float(c["wd_adapter"])))
+        skip_1d = bool(c.get("wd_skip_1d", False))
+        groups = []
+        for module, lr, wd in ((self.model.head, c["lr_head"], c["wd_head"]),
+                               (self.model.backbone, c["lr_adapter"], c["wd_adapter"])):
+            named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+            exempt = [skip_1d and (p.ndim <= 1 or n.endswith(".bias")) for n, p in named]
+            for skip, w in ((True, 0.0), (False, float(wd))):
+                params = [p for (_, p), e in zip(named, exempt) if e == skip]
+                if params:
+                    groups.append(dict(params=params, lr=float(lr), weight_decay=w))
         return torch.optim.AdamW(groups, fused=self.device.type == "cuda")
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -320,6 +330,14 @@ class Trainer:
                 params[n].copy_(t)
 
     # -- training -------------------------------------------------------------------------------
+    def start(self, train: Split, val: Split | None = None, *, select: str | None = None,
+              patience: int | None = None, min_rel_delta: float = 0.0, desc: str = "train",
+              tag: str = "fit", stamp: Any = None, test: Split | None = None, test_eval_every: int = 0) -> "FitLoop":
+        """A fit that has not trained yet, stepped one epoch at a time (``FitLoop``); ``fit`` runs
+        one to its end, a joint grid (``protocols``) runs several in lockstep."""
+        return FitLoop(self, train, val, select=select, patience=patience, min_rel_delta=min_rel_delta, desc=desc,
+                       tag=tag, stamp=stamp, test=test, test_eval_every=test_eval_every)
+
     def fit(self, train: Split, val: Split | None = None, *, select: str | None = None,
             patience: int | None = None, min_rel_delta: float = 0.0, desc: str = "train",
             tag: str = "fit", stamp: Any = None, test: Split | None = None, test_eval_every: int = 0) -> FitResult:
@@ -329,83 +347,26 @@ class Trainer:
         it, and a checkpoint with another stamp is discarded. With ``test`` and
         ``test_eval_every`` = N the test split is scored after epochs 1, N + 1, 2N + 1, ... and the
         last (NOAH's ``val_interval`` rule), for the history only: nothing here reads it."""
-        c = self.cfg
-        torch.manual_seed(self.seed)
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        epochs, bs, n = int(c["epochs"]), int(c["batch_size"]), len(train)
-        steps = math.ceil(n / bs)
-        opt = self._optimizer()
-        sched = make_scheduler(opt, c, epochs, steps)
-        per_step = c.get("schedule_unit", "epoch") == "step"
-        selection = Selection(select, patience, min_rel_delta)
-        eval_every = max(1, int(c.get("eval_every", 1)))
-        result = FitResult(epochs=0, best_epoch=0)
-        best_state = None
+        loop = self.start(train, val, select=select, patience=patience, min_rel_delta=min_rel_delta, desc=desc,
+                          tag=tag, stamp=stamp, test=test, test_eval_every=test_eval_every)
         ckpt_path = self.checkpoint_dir / f"{tag}.safetensors" if self.checkpoint_dir and self.checkpoint_every else None
-        saved = self._resume(ckpt_path, stamp, opt, gen)
-        if saved is not None:
-            selection.load_state_dict(saved["selection"])
-            best_state, result.history, result.epochs = saved["best"], saved["history"], saved["epoch"]
-            result.seconds = saved["seconds"]
-            for entry in result.history:  # a new run directory gets the earlier segments' epochs too
-                self._emit(tag, entry)
-        if self.frozen_features:
-            inputs, forward = self._features(train), self.model.head
-        else:
-            inputs, forward = self._to_device(train.images), self.forward
-        labels = torch.from_numpy(np.asarray(train.labels)).to(self.device)
-        shuffle = bool(c.get("shuffle", True))
-
-        bar = self._progress(epochs * steps, desc)
-        bar.update(result.epochs * steps)
-        for epoch in range(result.epochs + 1, epochs + 1):
-            t0 = time.perf_counter()
-            if per_step:
-                sched.step_update((epoch - 1) * steps)
-            else:
-                sched.step(epoch_schedule_t(epoch))
-            entry = dict(epoch=epoch, lr=opt.param_groups[-1]["lr"])  # the adapter's (else the head's)
-            order = torch.randperm(n, generator=gen).to(self.device) if shuffle else torch.arange(n, device=self.device)
-            loss_sum, correct = self._train_epoch(forward, inputs, labels, order, opt,
-                                                  sched if per_step else None, (epoch - 1) * steps, bar)
-            train_loss = float(loss_sum) / n
-            if not math.isfinite(train_loss):
-                bar.close()
-                if ckpt_path:
-                    ckpt_path.unlink(missing_ok=True)
-                raise DivergedError(
-                    f"the training loss became {train_loss} in epoch {epoch}; the run diverged. "
-                    f"Lower the learning rate (trainer.lr_adapter={c['lr_adapter']}, trainer.lr_head={c['lr_head']})",
-                    seconds=result.seconds + time.perf_counter() - t0, history=result.history)
-            entry.update(train_loss=train_loss, train_acc=float(correct) * 100.0 / n)
-            if val is not None and (epoch % eval_every == 0 or epoch == epochs):
-                pred = self.predict(val, progress=False)
-                entry.update(val_acc=pred.acc, val_loss=self.val_loss(pred))
-                if selection.update(epoch, entry["val_acc"], entry["val_loss"]):
-                    best_state = self.trainable_state()
-            entry["seconds"] = time.perf_counter() - t0
-            if test is not None and test_eval_every and ((epoch - 1) % test_eval_every == 0 or epoch == epochs):
-                entry["test_acc"] = self.predict(test, progress=False).acc  # not training time
-            result.seconds += entry["seconds"]
-            result.epochs = epoch
-            result.history.append(entry)
-            self._emit(tag, entry)
-            bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k != "epoch"}, refresh=False)
-            if ckpt_path and epoch % self.checkpoint_every == 0 and epoch < epochs and not selection.should_stop:
-                self._save_checkpoint(ckpt_path, opt, sched, gen, best_state, dict(
-                    epoch=epoch, stamp=stamp, selection=selection.state_dict(), history=result.history,
-                    seconds=result.seconds))
-            if selection.should_stop:
-                log.info("early stopping after epoch %d (best epoch %d)", epoch, selection.best_epoch)
-                break
-        bar.close()
+        saved = checkpoint.load(ckpt_path) if ckpt_path else None
+        if saved is not None and not loop.restore(saved, ckpt_path):
+            ckpt_path.unlink(missing_ok=True)
+        try:
+            while not loop.finished and not loop.stalled:
+                loop.step()
+                if ckpt_path and loop.epoch % self.checkpoint_every == 0 and not loop.finished and not loop.stalled:
+                    self._save_checkpoint(ckpt_path, loop)
+            if loop.stalled:
+                log.info("early stopping after epoch %d (best epoch %d)", loop.epoch, loop.selection.best_epoch)
+        except DivergedError:
+            if ckpt_path:
+                ckpt_path.unlink(missing_ok=True)
+            raise
         if ckpt_path:
             ckpt_path.unlink(missing_ok=True)
-        if best_state is not None:
-            self.load_trainable_state(best_state)
-        result.best_epoch = selection.best_epoch if best_state is not None else result.epochs
-        result.val_acc, result.val_loss = selection.val_acc, selection.val_loss
-        return result
+        return loop.close()
 
     def _train_epoch(self, forward, inputs, labels, order, opt, step_sched, first_step: int, bar):
         """One pass over ``order``; returns the summed loss and the number correct (on the device).
@@ -438,33 +399,8 @@ class Trainer:
         if self.on_epoch is not None:
             self.on_epoch(tag, entry)
 
-    def _resume(self, path: Path | None, stamp: Any, opt, gen) -> dict | None:
-        """Load the checkpoint at ``path`` into the model, optimiser and RNGs; None when there is
-        none, or when it was stamped for another point (then it is discarded, with a log line)."""
-        saved = checkpoint.load(path) if path else None
-        if saved is None:
-            return None
-        if "selection" not in saved:
-            log.warning("discarding checkpoint %s: written by an older version; training from the start", path)
-            path.unlink(missing_ok=True)
-            return None
-        if saved.get("stamp") != json.loads(json.dumps(stamp)):
-            log.warning("discarding checkpoint %s: it was saved for %s, not %s; training from the start",
-                        path, saved.get("stamp"), stamp)
-            path.unlink(missing_ok=True)
-            return None
-        self.load_trainable_state(saved["trainable"])
-        opt.load_state_dict(saved["optimizer"])
-        gen.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        if saved["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(saved["cuda_rng"])
-        log.info("resuming %s from its checkpoint after epoch %d (%s)", path.stem, saved["epoch"], path)
-        return saved
-
-    def _save_checkpoint(self, path: Path, opt, sched, gen, best_state, info: dict) -> None:
-        checkpoint.save(path, trainable=self.trainable_state(), best=best_state, optimizer=opt.state_dict(),
-                        scheduler={}, generator=gen.get_state(), info=info)
+    def _save_checkpoint(self, path: Path, loop: "FitLoop") -> None:
+        checkpoint.save(path, loop.state())
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -504,3 +440,147 @@ class Trainer:
                 adapters.unmerge(self.model)
         return Predictions(torch.cat(probs), labels, torch.cat(samples, 1) if samples else None,
                            seconds=time.perf_counter() - t0)
+
+
+class FitLoop:
+    """One fit of a ``Trainer``, one epoch per ``step``: the epoch loop's state (optimiser,
+    schedule, data order, RNG, ``Selection``, history) and how to checkpoint and restore it.
+
+    Each loop owns its random state: ``step`` trains with the loop's own torch RNG (and CUDA's),
+    so fits stepped in lockstep (a joint grid) train exactly as each would alone. ``finished``:
+    every epoch has run; ``stalled``: the selection's patience has run out (``Trainer.fit`` stops
+    there; a joint grid stops when every candidate has stalled). ``close`` keeps the best epoch's
+    weights (by the selection) and returns the ``FitResult``."""
+
+    def __init__(self, trainer: Trainer, train: Split, val: Split | None, *, select: str | None,
+                 patience: int | None, min_rel_delta: float, desc: str, tag: str, stamp: Any,
+                 test: Split | None, test_eval_every: int) -> None:
+        self.trainer, self.val, self.test, self.test_eval_every = trainer, val, test, int(test_eval_every or 0)
+        self.tag, self.stamp = tag, stamp
+        c, t = trainer.cfg, trainer
+        self.epochs, self.bs, self.n = int(c["epochs"]), int(c["batch_size"]), len(train)
+        # drop_last: the last incomplete batch is left out of every epoch (NOAH's DataLoader)
+        self.steps = self.n // self.bs if c.get("drop_last", False) else math.ceil(self.n / self.bs)
+        if self.steps == 0:
+            raise TrainerConfigError(f"trainer.drop_last=true with trainer.batch_size={self.bs} and {self.n} training "
+                                     "images leaves no batch; lower the batch size or set trainer.drop_last=false")
+        self.used = min(self.n, self.steps * self.bs)  # images trained on per epoch
+        self.opt = t._optimizer()
+        self.sched = make_scheduler(self.opt, c, self.epochs, self.steps)
+        self.per_step = c.get("schedule_unit", "epoch") == "step"
+        self.selection = Selection(select, patience, min_rel_delta)
+        self.eval_every = max(1, int(c.get("eval_every", 1)))
+        self.shuffle = bool(c.get("shuffle", True))
+        self.result = FitResult(epochs=0, best_epoch=0)
+        self.best_state: dict[str, torch.Tensor] | None = None
+        if t.frozen_features:
+            self.inputs, self.forward = t._features(train), t.model.head
+        else:
+            self.inputs, self.forward = t._to_device(train.images), t.forward
+        self.labels = torch.from_numpy(np.asarray(train.labels)).to(t.device)
+        torch.manual_seed(t.seed)
+        self.gen = torch.Generator(device="cpu").manual_seed(t.seed)
+        self.rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state() if t.device.type == "cuda" else None
+        self.bar = t._progress(self.epochs * self.steps, desc)
+
+    @property
+    def epoch(self) -> int:
+        return self.result.epochs
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.epochs
+
+    @property
+    def stalled(self) -> bool:
+        return self.selection.should_stop
+
+    def step(self) -> dict[str, Any]:
+        """Train the next epoch (and score it); returns its history entry. Raises
+        ``DivergedError`` when the training loss is not finite."""
+        t, epoch, steps = self.trainer, self.epoch + 1, self.steps
+        torch.set_rng_state(self.rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng)
+        t0 = time.perf_counter()
+        if self.per_step:
+            self.sched.step_update((epoch - 1) * steps)
+        else:
+            self.sched.step(epoch_schedule_t(epoch))
+        entry = dict(epoch=epoch, lr=self.opt.param_groups[-1]["lr"])  # the adapter's (else the head's)
+        order = (torch.randperm(self.n, generator=self.gen).to(t.device) if self.shuffle
+                 else torch.arange(self.n, device=t.device))[: self.used]
+        loss_sum, correct = t._train_epoch(self.forward, self.inputs, self.labels, order, self.opt,
+                                           self.sched if self.per_step else None, (epoch - 1) * steps, self.bar)
+        train_loss = float(loss_sum) / self.used
+        if not math.isfinite(train_loss):
+            self.bar.close()
+            c = t.cfg
+            raise DivergedError(
+                f"the training loss became {train_loss} in epoch {epoch}; the run diverged. "
+                f"Lower the learning rate (trainer.lr_adapter={c['lr_adapter']}, trainer.lr_head={c['lr_head']})",
+                seconds=self.result.seconds + time.perf_counter() - t0, history=self.result.history)
+        entry.update(train_loss=train_loss, train_acc=float(correct) * 100.0 / self.used)
+        if self.val is not None and (epoch % self.eval_every == 0 or epoch == self.epochs):
+            pred = t.predict(self.val, progress=False)
+            entry.update(val_acc=pred.acc, val_loss=t.val_loss(pred))
+            if self.selection.update(epoch, entry["val_acc"], entry["val_loss"]):
+                self.best_state = t.trainable_state()
+        entry["seconds"] = time.perf_counter() - t0
+        every = self.test_eval_every
+        if self.test is not None and every and ((epoch - 1) % every == 0 or epoch == self.epochs):
+            entry["test_acc"] = t.predict(self.test, progress=False).acc  # not training time
+        self.rng = torch.get_rng_state()
+        if self.cuda_rng is not None:
+            self.cuda_rng = torch.cuda.get_rng_state()
+        self.result.seconds += entry["seconds"]
+        self.result.epochs = epoch
+        self.result.history.append(entry)
+        t._emit(self.tag, entry)
+        self.bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k != "epoch"}, refresh=False)
+        return entry
+
+    def state(self) -> dict[str, Any]:
+        """What ``checkpoint.save`` writes and ``restore`` reads back."""
+        return dict(trainable=self.trainer.trainable_state(), best=self.best_state, optimizer=self.opt.state_dict(),
+                    generator=self.gen.get_state(), torch_rng=self.rng, cuda_rng=self.cuda_rng,
+                    info=dict(epoch=self.epoch, stamp=self.stamp, selection=self.selection.state_dict(),
+                              history=self.result.history, seconds=self.result.seconds))
+
+    def restore(self, saved: Mapping[str, Any], where: Any = "checkpoint") -> bool:
+        """Continue from ``saved`` (a ``checkpoint.load`` result) unless it was written by an older
+        version or stamped for another point: then False, with a log line, and nothing changes.
+        The restored epochs are replayed to the trainer's ``on_epoch`` hook."""
+        t = self.trainer
+        if "selection" not in saved:
+            log.warning("discarding checkpoint %s: written by an older version; training from the start", where)
+            return False
+        if saved.get("stamp") != json.loads(json.dumps(self.stamp)):
+            log.warning("discarding checkpoint %s: it was saved for %s, not %s; training from the start",
+                        where, saved.get("stamp"), self.stamp)
+            return False
+        t.load_trainable_state(saved["trainable"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.gen.set_state(saved["generator"])
+        self.rng = saved["torch_rng"]
+        if saved.get("cuda_rng") is not None and self.cuda_rng is not None:
+            self.cuda_rng = saved["cuda_rng"]
+        self.selection.load_state_dict(saved["selection"])
+        self.best_state, self.result.history, self.result.epochs = saved["best"], saved["history"], saved["epoch"]
+        self.result.seconds = saved["seconds"]
+        for entry in self.result.history:  # a new run directory gets the earlier segments' epochs too
+            t._emit(self.tag, entry)
+        self.bar.update(self.epoch * self.steps)
+        log.info("resuming %s from its checkpoint after epoch %d (%s)", self.tag, self.epoch, where)
+        return True
+
+    def close(self, keep_best: bool = True) -> FitResult:
+        """End the fit: load the best epoch's weights (``keep_best``) and return the result."""
+        self.bar.close()
+        kept = keep_best and self.best_state is not None
+        if kept:
+            self.trainer.load_trainable_state(self.best_state)
+        self.result.best_epoch = self.selection.best_epoch if self.best_state is not None else self.result.epochs
+        self.result.val_acc, self.result.val_loss = self.selection.val_acc, self.selection.val_loss
+        return self.result

@@ -129,10 +129,15 @@ def test_missing_data_dir_says_how_to_prepare(cli, tmp_path):
 
 def test_folder_data_end_to_end(cli, tmp_path):
     root = make_folder_tree(tmp_path / "vtab-1k", "cifar", n_per_split=12, num_classes=100, size=32)
-    p = cli("adapter=vera", "task=cifar100", "data.source=folder", f"data.dir={root}", "backbone=vit_tiny_random",
+    args = ("adapter=vera", "task=cifar100", "data.source=folder", f"data.dir={root}", "backbone=vit_tiny_random",
             "trainer.epochs=1", "runtime.progress=false")
+    # the default recipe drops the last incomplete batch (NOAH): 24 images in batches of 64 leave none
+    p = cli(*args)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "trainer.drop_last=true with trainer.batch_size=64 and 24 training images leaves no batch" in p.stderr
+    p = cli(*args, "trainer.batch_size=8")
     assert p.returncode == 0, p.stderr
-    (row,) = rows(tmp_path / "results" / "results.csv")
+    row = rows(tmp_path / "results" / "results.csv")[-1]
     assert row["status"] == "ok" and row["task"] == "cifar100" and row["data_source"] == "folder"
     assert row["protocol"] == "vtab"
 

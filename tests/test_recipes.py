@@ -67,6 +67,7 @@ def test_pvera_paper_pvera_resolves_to_the_papers_recipe():
     p = c["protocol"]
     assert (p["name"], p["metric"], p["patience"], p["min_rel_delta"]) == ("pvera_paper", "loss", 20, 0.001)
     assert p["final_on"] is None and p["select_on"] == "train800" and p["checkpoint"] == "best"
+    assert p["grid_mode"] == "joint"  # the candidates train in lockstep, as in the paper's code
     assert p["grid"] == {"trainer.lr_adapter": [1e-3, 1e-4, 1e-5]}
     assert c["recipe"]["name"] == "pvera_paper"
 
@@ -203,3 +204,12 @@ def test_resize_is_part_of_the_resume_key():
     b = config_hash(compose("config", overrides=["task=demo", "data.resize=bicubic"]))
     c = config_hash(compose("config", overrides=["task=demo", "data.resize=bilinear"]))
     assert len({a, b, c}) == 3
+
+
+@pytest.mark.parametrize("recipe,value", [("noah", True), ("default", True), ("pvera_paper", False),
+                                          ("pvera_paper_exact", False)])
+def test_last_batch_and_bias_decay_follow_the_source(recipe, value):
+    # NOAH: DataLoader(drop_last=True) and timm's create_optimizer (no decay on biases, 1-D tensors);
+    # the PVeRA code: neither
+    t = job(f"recipe={recipe}", "adapter=lora", "task=cifar100")["trainer"]
+    assert (t["drop_last"], t["wd_skip_1d"]) == (value, value)

@@ -55,9 +55,9 @@ def test_preempted_fit_resumes_where_it_stopped(tmp_path, monkeypatch):
     interrupted = make(checkpoint_dir=tmp_path, checkpoint_every=1)
     real_save = Trainer._save_checkpoint
 
-    def save_then_die(self, path, opt, sched, gen, best, info):
-        real_save(self, path, opt, sched, gen, best, info)
-        if info["epoch"] == 2:
+    def save_then_die(self, path, loop):
+        real_save(self, path, loop)
+        if loop.epoch == 2:
             raise KeyboardInterrupt  # the job is preempted right after its epoch-2 checkpoint
 
     monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_die)
@@ -256,8 +256,8 @@ def test_a_checkpoint_stamped_for_another_point_is_discarded(tmp_path, caplog):
     other = make(checkpoint_dir=tmp_path, checkpoint_every=1)
     real_save = Trainer._save_checkpoint
 
-    def save_then_die(self, path, opt, sched, gen, best, info):
-        real_save(self, path, opt, sched, gen, best, info)
+    def save_then_die(self, path, loop):
+        real_save(self, path, loop)
         raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as mp:
@@ -281,9 +281,9 @@ def test_resumed_fit_counts_the_seconds_of_every_segment(tmp_path):
     ref = slow(make()).fit(split(), split(16, 1), select="loss")
     real_save = Trainer._save_checkpoint
 
-    def save_then_die(self, path, opt, sched, gen, best, info):
-        real_save(self, path, opt, sched, gen, best, info)
-        if info["epoch"] == 2:
+    def save_then_die(self, path, loop):
+        real_save(self, path, loop)
+        if loop.epoch == 2:
             raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as mp:
@@ -311,3 +311,35 @@ def test_a_bad_trainer_setting_is_one_clear_error(bad, match):
 
     with pytest.raises(TrainerConfigError, match=match):
         make("lora", settings=bad)
+
+
+def test_drop_last_leaves_out_the_incomplete_batch():
+    seen = []
+    t = make("lora", settings=dict(drop_last=True, epochs=2))
+    t.model.head.register_forward_hook(lambda m, i, o: seen.append(len(o)) if m.training else None)
+    fit = t.fit(split(20))  # batch 8: two batches of 8 per epoch, the last 4 images left out
+    assert seen == [8, 8, 8, 8] and len(fit.history) == 2
+    seen.clear()
+    make_all = make("lora", settings=dict(epochs=1))
+    make_all.model.head.register_forward_hook(lambda m, i, o: seen.append(len(o)) if m.training else None)
+    make_all.fit(split(20))
+    assert seen == [8, 8, 4]
+    with pytest.raises(ValueError, match=r"drop_last=true with trainer.batch_size=8 and 5 training images"):
+        make("lora", settings=dict(drop_last=True)).fit(split(5))
+
+
+def test_wd_skip_1d_exempts_biases_and_vectors_from_weight_decay():
+    def decay_of(trainer):
+        opt = trainer._optimizer()
+        by_param = {id(p): (g["weight_decay"], g["lr"]) for g in opt.param_groups for p in g["params"]}
+        return {n: by_param[id(p)] for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+    lr = dict(lr_head=1e-2, lr_adapter=1e-3, wd_head=0.5, wd_adapter=0.25)
+    plain = decay_of(make("pvera", settings=lr))
+    skip = decay_of(make("pvera", settings=dict(lr, wd_skip_1d=True)))
+    assert plain.keys() == skip.keys() and any(n.endswith("lambda_d") for n in skip)
+    for n, (wd, rate) in skip.items():
+        p = dict(make("pvera").model.named_parameters())[n]
+        head = n.startswith("head.")
+        assert rate == (1e-2 if head else 1e-3) and plain[n] == ((0.5 if head else 0.25), rate)
+        assert wd == (0.0 if p.ndim <= 1 or n.endswith(".bias") else (0.5 if head else 0.25)), n
