@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import adapters, loggers, metrics, results, tasks
+from . import adapters, loggers, metrics, results, schema, tasks
 from .adapters import AdapterOptionError, UnknownAdapterError
 from .backbones import BackboneError, Classifier, create_backbone, input_size
 from .data import DataError, load_split
@@ -41,23 +41,72 @@ log = logging.getLogger("pvera_bench")
 USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, AdapterOptionError, ProtocolError,
                ConfigError, loggers.LoggerError)
 
-# Settings that change a run's numbers: the resume key, with trainer.precision resolved (auto ->
-# bf16 on CUDA, fp32 on CPU), the data's fingerprint and the data options that shape the images.
-# (runtime.*, data.dir, data.cache_dir, results_csv and force do not; nor does the code identity,
-# which every row records in `versions`.)
-RESULT_KEYS = ("task", "adapter", "backbone", "trainer", "protocol", "seed", "ood_task", "recipe")
+# The resume key is exactly what changes a run's numbers (README, "The results CSV"): the groups
+# below as schema.key_view leaves them (labels such as protocol.name and backbone.name, and options
+# the chosen mode does not read, left out), trainer.precision resolved (auto -> bf16 on CUDA, fp32 on
+# CPU), the backbone's weights by content (backbone_fingerprint, not the checkpoint's path), the
+# device's type and runtime.compile, the data options that shape the images, the resolved data
+# source and the fingerprint of every split read. Not in it: the recipe's name (its values are in
+# the groups it sets), the rest of runtime (threads, batch size of evaluation, progress bars,
+# checkpoints), data.dir / data.cache_dir, results_csv, force, logger, and the code identity
+# (every row records it in `versions`).
+RESULT_KEYS = ("task", "adapter", "backbone", "trainer", "protocol", "seed", "ood_task")
 DATA_KEYS_NOT_IN_KEY = ("dir", "cache_dir", "source")  # the source is in the key resolved, per task
 
 
 def resume_key(cfg: DictConfig) -> dict[str, Any]:
-    """Everything that changes a run's numbers, resolved (see RESULT_KEYS)."""
+    """Everything that changes a run's numbers, and nothing else (see RESULT_KEYS)."""
     c = OmegaConf.to_container(cfg, resolve=True)
-    key = {k: c.get(k) for k in RESULT_KEYS}
+    view = schema.key_view(c)
+    key = {k: view.get(k) for k in RESULT_KEYS}
     key["trainer"] = dict(key["trainer"] or {}, precision=resolved_precision(cfg))
+    key["backbone"] = dict(key["backbone"] or {}, checkpoint=None, weights=backbone_fingerprint(c.get("backbone") or {}))
+    rt = c.get("runtime") or {}
+    key["runtime"] = {"device": resolve_device(rt.get("device")).type, "compile": bool(rt.get("compile"))}
     key["data"] = {k: v for k, v in (c.get("data") or {}).items() if k not in DATA_KEYS_NOT_IN_KEY}
     key["data_source"] = data_source(cfg.task, cfg)
-    key["data_fingerprint"] = data_fingerprint(cfg)
+    key["data_fingerprint"] = data_fingerprint(cfg, view["protocol"])
     return key
+
+
+def backbone_fingerprint(bb: dict[str, Any]) -> str | None:
+    """The identity of the backbone's weights: ``sha256:<hex>`` of a local ``checkpoint`` file (so
+    a replaced file is another key, a moved one is not); for hub weights :func:`hub_revision`;
+    None for random weights (``model``, ``kwargs`` and ``init_seed`` say all)."""
+    if bb.get("checkpoint"):
+        path = Path(os.path.expanduser(str(bb["checkpoint"])))
+        try:
+            st = path.stat()
+        except OSError:
+            return "missing"  # the run fails on it with the full message
+        return "sha256:" + _file_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if not bb.get("pretrained") or bb.get("random_weights"):
+        return None
+    return hub_revision(str(bb.get("model")))
+
+
+@functools.lru_cache(maxsize=8)  # keyed by size and mtime too: a file replaced in-process is read again
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hub_revision(model_name: str) -> str | None:
+    """``hub:<repo>[@<revision>]``: the Hugging Face Hub weights timm loads for ``model_name`` (its
+    ``hf_hub_id``, which carries the revision when timm pins one; the tag is in the model name);
+    None for a model without hub weights. (Not the commit of a cached snapshot: it is unknown
+    before the first download, and a run that downloads must not get another key than its rerun.)"""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        pcfg = get_pretrained_cfg(model_name)
+    except Exception:  # noqa: BLE001 - an unknown model: the run fails on it with the full message
+        return None
+    repo = getattr(pcfg, "hf_hub_id", None) if pcfg is not None else None
+    return f"hub:{repo}" if repo else None
 
 
 def _digest(obj: Any) -> str:
@@ -84,10 +133,12 @@ def data_source(task, cfg: DictConfig) -> str:
     return resolve_source(task, cfg.data.source)
 
 
-def data_fingerprint(cfg: DictConfig) -> dict[str, str]:
-    """The source fingerprint of every split the protocol reads (and the ood task's test split)."""
-    p = cfg.protocol
-    splits = sorted({s for s in (p.select_on, p.get("val_split"), p.get("final_on"), p.test_split) if s})
+def data_fingerprint(cfg: DictConfig, protocol: dict[str, Any] | None = None) -> dict[str, str]:
+    """The source fingerprint of every split the protocol reads (and the ood task's test split);
+    ``protocol`` as schema.key_view leaves it (without the selection splits of a protocol that
+    selects nothing), else ``cfg.protocol``."""
+    p = protocol if protocol is not None else OmegaConf.to_container(cfg.protocol, resolve=True)
+    splits = sorted({s for s in (p.get("select_on"), p.get("val_split"), p.get("final_on"), p.get("test_split")) if s})
     task = OmegaConf.to_container(cfg.task, resolve=True)
     out = {f"{task['name']}/{s}": _split_fingerprint(task, s, data_source(task, cfg), cfg.data.get("dir")) for s in splits}
     other = ood_task_config(cfg) if cfg.get("ood_task") and cfg.ood_task in tasks.task_configs() else None

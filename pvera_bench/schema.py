@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
@@ -37,7 +38,7 @@ class Rule:
     """How one option is checked: its type (``int``, ``float``, ``str``, ``bool``, ``list``,
     ``dict``), bounds, choices, whether it may be null and whether it may be absent."""
 
-    type: type
+    type: type | tuple  # a tuple: any of these types (an ``int | str`` annotation)
     ge: float | None = None
     gt: float | None = None
     lt: float | None = None
@@ -46,13 +47,27 @@ class Rule:
     nullable: bool = False
     required: bool = True
     length: int | None = None  # lists: exact length
+    pattern: str | None = None  # strings: a regular expression the whole value must match ...
+    means: str | None = None  # ... and how allowed() describes it
+    label: bool = False  # a name only: it changes no number, so the resume key leaves it out (key_view)
+    used_when: Callable[[Mapping[str, Any]], bool] | None = field(default=None, compare=False)
+    # ^ given the whole resolved config: whether this option is read at all (the key leaves it out otherwise)
+
+    def _each(self) -> list["Rule"]:
+        return [Rule(type=t, ge=self.ge, gt=self.gt, lt=self.lt, le=self.le, length=self.length) for t in self.type]
 
     def allowed(self) -> str:
-        if self.choices is not None:
+        if isinstance(self.type, tuple):
+            what = " or ".join(r.allowed() for r in self._each()) if self.choices is None else \
+                "one of " + ", ".join(map(str, self.choices))
+            return what + (" or null" if self.nullable else "")
+        if self.means is not None:
+            what = self.means
+        elif self.choices is not None:
             what = "one of " + ", ".join(map(str, self.choices))
         else:
             what = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-                    list: "a list", dict: "a mapping"}[self.type]
+                    list: "a list", dict: "a mapping", object: "any value"}[self.type]
             if self.type is list and self.length is not None:
                 what = f"a list of {self.length} numbers"
             bounds = [f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<", self.lt), ("<=", self.le))
@@ -64,6 +79,8 @@ class Rule:
     def ok(self, v: Any) -> bool:
         if v is None:
             return self.nullable
+        if isinstance(self.type, tuple):
+            return any(r.ok(v) for r in self._each()) and (self.choices is None or v in self.choices)
         if self.type is bool:
             good = isinstance(v, bool)
         elif self.type is int:
@@ -73,11 +90,15 @@ class Rule:
         elif self.type is list:
             good = isinstance(v, (list, tuple)) and (self.length is None or len(v) == self.length) and all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        elif self.type is object:
+            good = True
         else:
             good = isinstance(v, self.type)
         if not good:
             return False
         if self.choices is not None and v not in self.choices:
+            return False
+        if self.pattern is not None and not re.fullmatch(self.pattern, v):
             return False
         if self.type in (int, float, list):  # a list's bounds hold for each of its numbers
             for x in (v if self.type is list else [v]):
@@ -93,6 +114,34 @@ def rule(**kw: Any) -> Any:
     return field(default=None, metadata={"rule": Rule(**kw)})
 
 
+# When an option is read at all (``Rule.used_when``, given the whole resolved config): the resume key
+# leaves out an option no grid point reads (see key_view).
+
+def _points(c: Mapping[str, Any]) -> int:
+    n = 1
+    for values in flatten_dotted((c.get("protocol") or {}).get("grid") or {}).values():
+        n *= len(values) if isinstance(values, (list, tuple)) else 1
+    return n
+
+
+def selects(c: Mapping[str, Any]) -> bool:
+    """Whether the protocol trains candidates on ``select_on`` and scores them on ``val_split``:
+    with one grid point and a ``final_on`` split it trains the final model directly."""
+    return _points(c) > 1 or not c["protocol"].get("final_on")
+
+
+def _keeps_best(c: Mapping[str, Any]) -> bool:
+    return selects(c) and c["protocol"].get("checkpoint") == "best"
+
+
+def _warms_up(c: Mapping[str, Any]) -> bool:
+    return float(c["trainer"].get("warmup_epochs") or 0) > 0
+
+
+def _trains_adapter(c: Mapping[str, Any]) -> bool:
+    return adapter_trains(c["adapter"]["name"])
+
+
 @dataclass
 class TrainerConfig:
     """``configs/trainer/*.yaml``: what train.Trainer reads."""
@@ -100,20 +149,21 @@ class TrainerConfig:
     epochs: int = rule(type=int, ge=1)
     batch_size: int = rule(type=int, ge=1)
     lr_head: float = rule(type=float, gt=0)
-    lr_adapter: float = rule(type=float, gt=0)
+    lr_adapter: float = rule(type=float, gt=0, used_when=_trains_adapter)
     wd_head: float = rule(type=float, ge=0)
-    wd_adapter: float = rule(type=float, ge=0)
+    wd_adapter: float = rule(type=float, ge=0, used_when=_trains_adapter)
     wd_skip_1d: bool = rule(type=bool, required=False)
     warmup_epochs: float = rule(type=float, ge=0)
-    warmup_lr: float = rule(type=float, ge=0, required=False)
-    min_lr: float = rule(type=float, ge=0, required=False)
+    warmup_lr: float = rule(type=float, ge=0, required=False, used_when=_warms_up)
+    min_lr: float = rule(type=float, ge=0, required=False, used_when=lambda c: c["trainer"].get("schedule") == "cosine")
     schedule: str = rule(type=str, choices=("cosine", "constant"))
-    schedule_unit: str = rule(type=str, choices=("epoch", "step"), required=False)
+    schedule_unit: str = rule(type=str, choices=("epoch", "step"), required=False,
+                              used_when=lambda c: c["trainer"].get("schedule") == "cosine" or _warms_up(c))
     label_smoothing: float = rule(type=float, ge=0, lt=1, required=False)
     softmax_before_loss: bool = rule(type=bool, required=False)
     shuffle: bool = rule(type=bool)
     drop_last: bool = rule(type=bool, required=False)
-    eval_every: int = rule(type=int, ge=1)
+    eval_every: int = rule(type=int, ge=1, used_when=selects)  # the final fit scores no validation split
     precision: str = rule(type=str, choices=("auto", "bf16", "fp32"))
 
 
@@ -121,17 +171,17 @@ class TrainerConfig:
 class ProtocolConfig:
     """``configs/protocol/*.yaml``: what protocols.run_protocol reads."""
 
-    name: str = rule(type=str)
-    select_on: str = rule(type=str, choices=SPLITS)
-    val_split: str = rule(type=str, choices=SPLITS, nullable=True)
+    name: str = rule(type=str, label=True)
+    select_on: str = rule(type=str, choices=SPLITS, used_when=selects)
+    val_split: str = rule(type=str, choices=SPLITS, nullable=True, used_when=selects)
     final_on: str = rule(type=str, choices=SPLITS, nullable=True)
     test_split: str = rule(type=str, choices=SPLITS)
-    metric: str = rule(type=str, choices=("acc", "loss"))
-    checkpoint: str = rule(type=str, choices=("best", "last"))
-    patience: int = rule(type=int, ge=1, nullable=True)
-    min_rel_delta: float = rule(type=float, ge=0)
+    metric: str = rule(type=str, choices=("acc", "loss"), used_when=lambda c: _keeps_best(c) or _points(c) > 1)
+    checkpoint: str = rule(type=str, choices=("best", "last"), used_when=selects)
+    patience: int = rule(type=int, ge=1, nullable=True, used_when=_keeps_best)
+    min_rel_delta: float = rule(type=float, ge=0, used_when=_keeps_best)
     grid: dict = rule(type=dict, required=False)
-    grid_mode: str = rule(type=str, choices=("separate", "joint"), required=False)
+    grid_mode: str = rule(type=str, choices=("separate", "joint"), required=False, used_when=lambda c: _points(c) > 1)
     test_eval_every: int = rule(type=int, ge=0, required=False)
 
 
@@ -149,10 +199,10 @@ class DataConfig:
 class BackboneConfig:
     """``configs/backbone/*.yaml``: what backbones.create_backbone reads."""
 
-    name: str = rule(type=str)
+    name: str = rule(type=str, label=True)
     model: str = rule(type=str)
     pretrained: bool = rule(type=bool)
-    checkpoint: str = rule(type=str, nullable=True)
+    checkpoint: str = rule(type=str, nullable=True)  # in the key as its content's hash (run.backbone_fingerprint)
     random_weights: bool = rule(type=bool, required=False)
     init_seed: int = rule(type=int, required=False)
     kwargs: dict = rule(type=dict, nullable=True, required=False)
@@ -161,8 +211,26 @@ class BackboneConfig:
     std: list = rule(type=list, length=3, gt=0, nullable=True, required=False)
 
 
+DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
+
+
+@dataclass
+class RuntimeConfig:
+    """``configs/runtime/*.yaml``: how a run executes (run.execute, train.Trainer). Of these, the
+    device's type (not its index) and ``compile`` change numbers and are in the resume key
+    (run.resume_key); the rest change none."""
+
+    device: str = rule(type=str, pattern=DEVICE, means="auto, cpu, cuda, cuda:N or mps")
+    threads: int = rule(type=int, ge=1, nullable=True)
+    progress: bool = rule(type=bool)
+    eval_batch_size: int = rule(type=int, ge=1)
+    compile: bool = rule(type=bool)
+    checkpoint_dir: str = rule(type=str, nullable=True)
+    checkpoint_every: int = rule(type=int, ge=0)
+
+
 GROUPS: dict[str, type] = {"trainer": TrainerConfig, "protocol": ProtocolConfig, "data": DataConfig,
-                           "backbone": BackboneConfig}
+                           "backbone": BackboneConfig, "runtime": RuntimeConfig}
 
 # Bounds of adapter options by name, whichever adapter takes them (types come from apply()).
 ADAPTER_OPTION_RULES: dict[str, dict[str, Any]] = {
@@ -204,27 +272,41 @@ def check_present(group: str, values: Mapping[str, Any], schema: type) -> None:
 
 # -- adapters: the schema is the apply() signature -------------------------------------------------
 
+NO_DEFAULT = inspect.Parameter.empty  # an option without a default: the config must give it
+
+
 def _annotation_rule(name: str, ann: Any, default: Any) -> Rule:
+    """The Rule of option ``name`` from its annotation and default (``NO_DEFAULT``: none, so it is
+    required and null only where the annotation allows it)."""
     bounds = ADAPTER_OPTION_RULES.get(name, {})
+    required = default is NO_DEFAULT
     nullable = default is None
-    args = typing.get_args(ann)
     if typing.get_origin(ann) is typing.Union or type(ann).__name__ == "UnionType":
-        nullable = nullable or type(None) in args
-        rest = [a for a in args if a is not type(None)]
-        ann = rest[0] if len(rest) == 1 else ann
         args = typing.get_args(ann)
+        nullable = nullable or type(None) in args
+        rest = tuple(a for a in args if a is not type(None))
+        if len(rest) > 1:  # int | str: any of them (each plain; a Literal member gives its values' type)
+            types = tuple(dict.fromkeys(type(typing.get_args(a)[0]) if typing.get_origin(a) is typing.Literal else a
+                                        for a in rest))
+            if all(t in (int, float, str, bool) for t in types):
+                return Rule(type=types, nullable=nullable, required=required,
+                            **({k: v for k, v in bounds.items()} if set(types) <= {int, float} else {}))
+            return Rule(type=object, nullable=nullable, required=required)
+        ann = rest[0]
+    args = typing.get_args(ann)
     if typing.get_origin(ann) is typing.Literal:
-        return Rule(type=type(args[0]), choices=tuple(args), nullable=nullable)
+        return Rule(type=type(args[0]), choices=tuple(args), nullable=nullable, required=required)
     if ann in (int, float, str, bool):
-        return Rule(type=ann, nullable=nullable, **bounds)
-    if (ann is inspect.Parameter.empty or isinstance(ann, str)) and default is not None:  # the default's type
-        t = float if isinstance(default, float) else type(default)
-        return Rule(type=t, nullable=nullable, **(bounds if t in (int, float) else {}))
-    return Rule(type=object, nullable=True)
+        return Rule(type=ann, nullable=nullable, required=required, **bounds)
+    if (ann is inspect.Parameter.empty or isinstance(ann, str)) and default not in (None, NO_DEFAULT):
+        t = float if isinstance(default, float) else type(default)  # unannotated: the default's type
+        return Rule(type=t, nullable=nullable, required=required, **(bounds if t in (int, float) else {}))
+    return Rule(type=object, nullable=nullable, required=required)
 
 
 def adapter_schema(fn: Callable[..., Any]) -> dict[str, tuple[Rule, Any]]:
-    """``{option: (Rule, default)}`` from an adapter's ``apply(model, **options)`` signature."""
+    """``{option: (Rule, default)}`` from an adapter's ``apply(model, **options)`` signature
+    (default ``NO_DEFAULT`` for an option without one)."""
     sig = inspect.signature(fn)
     try:
         hints = typing.get_type_hints(fn)
@@ -234,8 +316,7 @@ def adapter_schema(fn: Callable[..., Any]) -> dict[str, tuple[Rule, Any]]:
     for i, (name, p) in enumerate(sig.parameters.items()):
         if i == 0 or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        default = None if p.default is p.empty else p.default
-        out[name] = (_annotation_rule(name, hints.get(name, p.annotation), default), default)
+        out[name] = (_annotation_rule(name, hints.get(name, p.annotation), p.default), p.default)
     return out
 
 
@@ -261,6 +342,10 @@ def check_adapter(values: Mapping[str, Any]) -> None:
             raise ConfigError(f"adapter.name={_fmt(name)} is invalid: allowed {', '.join(adapters.available())}")
         fn = adapters.get(name)
         schema, constants = adapter_schema(fn), vars(inspect.getmodule(fn))
+    for k, (r, _) in schema.items():
+        if r.required and k not in values:
+            raise ConfigError(f"adapter.{k} is missing: adapter {name} needs it ({r.allowed()}); "
+                              f"add it to configs/adapter/{name}.yaml or pass adapter.{k}=VALUE")
     for k, v in values.items():
         if k == "name":
             continue
@@ -271,7 +356,7 @@ def check_adapter(values: Mapping[str, Any]) -> None:
         if r.type is str and r.choices is None:
             choices = _choice_note(k, constants)
             if choices:
-                r = Rule(type=str, choices=choices, nullable=r.nullable)
+                r = Rule(type=str, choices=choices, nullable=r.nullable, required=r.required)
         _check(f"adapter.{k}", v, r, f" for adapter {name}")
 
 
@@ -329,17 +414,11 @@ def _static_annotation(node: Any) -> Any:
         return _NAMES[node.id]
     if isinstance(node, ast.Constant) and node.value is None:
         return type(None)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        return typing.Optional[_static_annotation(node.left if not _is_none(node.left) else node.right)]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):  # a | b | None: the Union of both sides
+        return typing.Union[_static_annotation(node.left), _static_annotation(node.right)]
     if isinstance(node, ast.Subscript) and getattr(node.value, "id", getattr(node.value, "attr", None)) == "Literal":
         return typing.Literal[ast.literal_eval(node.slice)]
     raise ValueError("unsupported annotation")
-
-
-def _is_none(node: Any) -> bool:
-    import ast
-
-    return isinstance(node, ast.Constant) and node.value is None
 
 
 def _static_signature(fn: Any) -> dict[str, tuple[Rule, Any]] | None:
@@ -349,11 +428,11 @@ def _static_signature(fn: Any) -> dict[str, tuple[Rule, Any]] | None:
     if args.posonlyargs or args.kwonlyargs or args.vararg or args.kwarg:
         return None
     params = args.args[1:]
-    defaults = [None] * (len(args.args) - len(args.defaults)) + list(args.defaults)
+    defaults = [NO_DEFAULT] * (len(args.args) - len(args.defaults)) + list(args.defaults)
     out = {}
     try:
         for p, d in zip(params, defaults[1:]):
-            default = None if d is None else ast.literal_eval(d)
+            default = NO_DEFAULT if d is NO_DEFAULT else ast.literal_eval(d)
             out[p.arg] = (_annotation_rule(p.arg, _static_annotation(p.annotation), default), default)
     except ValueError:
         return None
@@ -368,7 +447,7 @@ def trains_adapter_tensors(name: str) -> bool:
     from . import adapters
 
     vit = VisionTransformer(img_size=8, patch_size=8, embed_dim=8, depth=1, num_heads=1, num_classes=0)
-    defaults = {k: d for k, (_, d) in adapter_schema(adapters.get(name)).items() if d is not None}
+    defaults = {k: d for k, (_, d) in adapter_schema(adapters.get(name)).items() if d not in (None, NO_DEFAULT)}
     try:
         adapters.apply(vit, name, **defaults)
     except Exception:  # noqa: BLE001 - an adapter that cannot be probed this small: assume it trains
@@ -416,6 +495,26 @@ def check_config(c: Mapping[str, Any]) -> None:
         _check("seed", c["seed"], Rule(type=int, ge=0))
     if "force" in c:
         _check("force", c["force"], Rule(type=bool))
+    check_combinations(c)
+
+
+def check_combinations(c: Mapping[str, Any]) -> None:
+    """Options valid alone that do nothing, or something else than they say, together."""
+    p, t = c["protocol"], c["trainer"]
+    if p.get("patience") is not None and p.get("checkpoint") != "best":
+        raise ConfigError(f"protocol.patience={_fmt(p['patience'])} stops a fit early on its validation score, which "
+                          f"checkpoint={_fmt(p.get('checkpoint'))} does not keep; set protocol.patience=null or "
+                          f"protocol.checkpoint=best")
+    w = t.get("warmup_epochs")
+    if t.get("schedule_unit", "epoch") == "epoch" and isinstance(w, float) and not w.is_integer():
+        raise ConfigError(f"trainer.warmup_epochs={w:g} is not a whole number of epochs, and trainer.schedule_unit=epoch "
+                          f"steps the learning rate once per epoch; give a whole number or set trainer.schedule_unit=step")
+    if int(p.get("test_eval_every") or 0) and not p.get("final_on"):
+        raise ConfigError(f"protocol.test_eval_every={p['test_eval_every']} scores the test split during the final fit, "
+                          f"and protocol {p.get('name')!r} has none (final_on is null); set protocol.test_eval_every=0")
+    if p.get("grid_mode") == "joint" and _points(c) > 1 and p.get("checkpoint") != "best":
+        raise ConfigError("protocol.grid_mode=joint keeps each candidate's best epoch by its validation score and "
+                          "needs protocol.checkpoint=best; set it, or protocol.grid_mode=separate")
 
 
 def _get(c: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
@@ -481,3 +580,64 @@ def validate(cfg: Any) -> None:
     c = _container(cfg)
     check_config(c)
     check_grid(c)
+
+
+# -- what changes a number: the view of the config the resume key hashes ---------------------------
+
+def adapter_constants(name: str) -> Mapping[str, Any]:
+    """The literal module constants of adapter ``name``'s module (read from the source, or imported)."""
+    static = static_adapter_schemas()
+    if name in static:
+        return static[name][1]
+    from . import adapters
+
+    return vars(inspect.getmodule(adapters.get(name)))
+
+
+def _point_configs(c: Mapping[str, Any]) -> list[dict]:
+    """``c`` with each grid point's values applied (``[c]`` without a grid)."""
+    import copy
+    import itertools
+
+    grid = {k: v for k, v in flatten_dotted((c.get("protocol") or {}).get("grid") or {}).items()
+            if isinstance(v, (list, tuple)) and v}
+    out = []
+    for values in itertools.product(*grid.values()):
+        point = copy.deepcopy(dict(c))
+        for k, v in zip(grid, values):
+            if _get(point, k)[0]:
+                _set(point, k, v)
+        out.append(point)
+    return out
+
+
+def _adapter_option_used(option: str, adapter: Mapping[str, Any]) -> bool:
+    """An adapter declares options that only some values of another option read, in its module:
+    ``OPTIONS_USED_ONLY_WHEN = {"mc_samples": {"inference": ["mc"]}}``."""
+    when = (adapter_constants(adapter["name"]).get("OPTIONS_USED_ONLY_WHEN") or {}).get(option)
+    return when is None or all(adapter.get(k) in tuple(v) for k, v in when.items())
+
+
+def key_view(c: Mapping[str, Any]) -> dict:
+    """The resolved config ``c`` without what changes no number: the options marked ``label``
+    (``protocol.name``, ``backbone.name``), the options no grid point reads (a Rule's
+    ``used_when``: ``trainer.min_lr`` under ``schedule=constant``, the selection options of a
+    protocol that selects nothing, ...) and the adapter options its module declares unread
+    (``OPTIONS_USED_ONLY_WHEN``: PVeRA's ``mc_samples`` unless ``inference=mc``). The groups
+    ``trainer``, ``protocol``, ``backbone`` and ``adapter`` are filtered; the rest is copied."""
+    import copy
+
+    out = copy.deepcopy(dict(c))
+    points = _point_configs(c)
+    for group, schema in GROUPS.items():
+        if not isinstance(out.get(group), dict):
+            continue
+        for f in fields(schema):
+            r = f.metadata["rule"]
+            if f.name in out[group] and (r.label or (r.used_when is not None and not any(r.used_when(p) for p in points))):
+                del out[group][f.name]
+    if isinstance(out.get("adapter"), dict):
+        for k in list(out["adapter"]):
+            if k != "name" and not any(_adapter_option_used(k, p["adapter"]) for p in points):
+                del out["adapter"][k]
+    return out

@@ -50,8 +50,11 @@ def test_the_key_covers_data_options_and_the_data_fingerprint(tmp_path):
 
     run_mod._cached_fingerprint.cache_clear()
     h1 = config_hash(c)
-    assert set(resume_key(c)["data_fingerprint"]) == {"cifar100/train800", "cifar100/val200",
-                                                       "cifar100/train800val200", "cifar100/test"}
+    # vtab without a grid trains on train800val200 directly: only the splits it reads are in the key
+    assert set(resume_key(c)["data_fingerprint"]) == {"cifar100/train800val200", "cifar100/test"}
+    grid = cfg("task=cifar100", "data.source=folder", f"data.dir={root}", "++protocol.grid={trainer.lr_head:[0.1,0.2]}")
+    assert set(resume_key(grid)["data_fingerprint"]) == {"cifar100/train800", "cifar100/val200",
+                                                          "cifar100/train800val200", "cifar100/test"}
     img = next((root / "cifar" / "images" / "test").iterdir())
     os.utime(img, ns=(1, 1))  # the same names, another file: another key
     run_mod._cached_fingerprint.cache_clear()

@@ -6,7 +6,9 @@
 
 Adding an adapter means adding one module here that decorates its ``apply`` function with
 ``@register("name")`` (modules in this package are imported automatically) and one config
-file ``configs/adapter/<name>.yaml``.
+file ``configs/adapter/<name>.yaml``. An option that only some values of another option read
+is declared in the module as ``OPTIONS_USED_ONLY_WHEN = {"option": {"other": [values]}}`` (a
+literal): the resume key leaves it out otherwise (``schema.key_view``).
 """
 
 from __future__ import annotations

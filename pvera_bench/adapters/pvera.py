@@ -21,6 +21,9 @@ from .qkv import SharedProjections, replace_qkv, share
 from .vera import VeraQV, check_vera_options, projection_generator
 
 INFERENCE_MODES = ("mean", "fixed", "mc")
+# Options that change no number unless another option has one of the listed values (the resume key
+# leaves them out otherwise: schema.key_view).
+OPTIONS_USED_ONLY_WHEN = {"mc_samples": {"inference": ["mc"]}}
 
 
 class _SampleKL(torch.autograd.Function):
