@@ -8,8 +8,8 @@ with one ``os.write`` on a descriptor opened with ``O_APPEND``, then fsyncs: not
 file is read back or rewritten, so a concurrent writer can never lose a recorded row. The writer
 also holds ``<csv>.lock`` (``filelock``) where locks work; on filesystems whose locks are per node
 (NFS ``nolock``/``local_lock``, some Lustre setups) the ``O_APPEND`` write alone keeps lines whole.
-A new file gets its header and first row in the same write, created with ``O_EXCL`` so that only
-one writer creates it. Header upgrade: a file whose header lacks one of :data:`COLUMNS` (written by
+A new file gets its header and first row in one file written beside it and hard-linked into
+place, so that it appears whole and only one writer creates it, locks or not (see ``_create``). Header upgrade: a file whose header lacks one of :data:`COLUMNS` (written by
 an older version) or a column the row fills is rewritten ONCE, under the lock, to a temporary file
 renamed over it (old rows keep their cells, new cells empty, unknown columns kept); every later
 append is a plain ``O_APPEND`` write. Do that first append after an upgrade while no other node is
@@ -124,14 +124,48 @@ def append(path: str | os.PathLike, row: Mapping[str, Any]) -> None:
 
 
 def _create(path: Path, cells: dict[str, str]) -> bool:
-    """Write header and first row in one write to a new (or empty) file; False if it has lines."""
+    """Create the file with its header and first row; False if another writer has created it.
+
+    The file is written beside ``path`` and hard-linked to it (``link`` fails when ``path``
+    exists): it appears whole or not at all, so two writers without a shared lock can never both
+    write a header (creating an empty file first and writing into it leaves a moment in which a
+    second writer sees it empty). An existing EMPTY file (made by hand, or by an older version) is
+    replaced while it is still empty; two writers racing on such a file can make one of their two
+    rows the loser of the rename (its ``record.json`` keeps it: ``results rebuild``), never two
+    headers. Where hard links are not supported the file is created with ``O_EXCL`` instead."""
     data = _encode(list(COLUMNS) + [c for c in cells if c not in COLUMNS], [cells], header=True).encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        try:
+            os.fchmod(fd, _new_file_mode())
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links here (some network or FUSE filesystems)
+            return _create_excl(path, data)
+        try:
+            empty = path.stat().st_size == 0
+        except FileNotFoundError:  # removed just now: try once more from the start
+            return _create(path, cells)
+        if not empty:
+            return False
+        os.replace(tmp, path)
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _create_excl(path: Path, data: bytes) -> bool:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
     except FileExistsError:
-        if path.stat().st_size:
-            return False
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        return False
     try:
         _write_all(fd, data)
     finally:
@@ -252,10 +286,24 @@ def _run_dir_exists(run_dir: str, csv_path: Path) -> bool:
     return p.is_dir() or (not p.is_absolute() and (csv_path.parent.parent / p).is_dir())
 
 
+def latest_by_key(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The last row (in file order: appends land in the order runs ended) of each ``config_hash``;
+    a row without one stands for itself. A failed run that a later run of the same settings
+    superseded is thereby history, not a problem."""
+    last: dict[Any, dict[str, str]] = {}
+    for i, r in enumerate(rows):
+        last.pop(r.get("config_hash") or ("row", i), None)  # re-insert: dict order = order of the latest rows
+        last[r.get("config_hash") or ("row", i)] = r
+    return list(last.values())
+
+
 def check(path: str | os.PathLike) -> list[str]:
-    """Problems in the CSV at ``path``, one line each (empty when there are none)."""
+    """Problems in the CSV at ``path``, one line each (empty when there are none). Each settings key
+    is judged by its latest row (:func:`latest_by_key`): a failed row followed by an ``ok`` row of
+    the same key is no problem; an ``ok`` row followed by a failed one (a forced rerun) is."""
     path = Path(path)
     rows = read(path)
+    latest = latest_by_key(rows)
     problems: list[str] = []
     counts: dict[tuple, int] = {}
     ok_by_key: dict[str, list[dict]] = {}
@@ -271,16 +319,16 @@ def check(path: str | os.PathLike) -> list[str]:
             dirs = ", ".join(sorted({r.get("run_dir") or "?" for r in rs}))
             problems.append(f"duplicate setting: {len(rs)} ok rows for config_hash {key} "
                             f"({rs[0].get('adapter')} {rs[0].get('task')} seed {rs[0].get('seed')}): {dirs}")
-    for r in rows:
+    for r in latest:
         if r.get("status") != "ok":
             problems.append(f"failed run: {r.get('adapter')} {r.get('task')} seed {r.get('seed')} in "
                             f"{r.get('run_dir') or '?'}: {r.get('error') or r.get('status') or 'no status'}")
-    for r in rows:
+    for r in latest:
         if r.get("run_dir") and not _run_dir_exists(r["run_dir"], path):
             problems.append(f"missing run directory: {r['run_dir']} ({r.get('adapter')} {r.get('task')} "
                             f"seed {r.get('seed')})")
     cells: dict[tuple, set[str]] = {}
-    for r in rows:
+    for r in latest:
         if r.get("status") != "ok":
             continue
         setting = r.get("setting") or "|".join(str(r.get(k, "")) for k in ("adapter", "adapter_options", "backbone", "protocol"))

@@ -172,3 +172,58 @@ def test_code_identity():
     assert results.code_identity('{"pvera-bench": "0.2.0", "pvera-bench-commit": "0123456789abcdef", '
                                  '"pvera-bench-dirty": false}') == "0.2.0+g0123456789ab"
     assert results.code_identity('{"pvera-bench": "0.2.0"}') == "0.2.0" and results.code_identity("") == ""
+
+
+def test_check_judges_each_key_by_its_latest_row(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "results.csv"
+    failed = _record(tmp_path / "runs" / "f", timestamp="t1", status="failed", error="DataError: no data")
+    results.append(path, failed)
+    assert [p.split(":")[0] for p in results.check(path)] == ["failed run"]
+    results.append(path, _record(tmp_path / "runs" / "ok", timestamp="t2"))  # the same key, rerun: ok
+    assert results.check(path) == []
+    results.append(path, _record(tmp_path / "runs" / "forced", timestamp="t3", status="failed", error="boom"))
+    problems = results.check(path)  # a forced rerun that failed is the key's latest word
+    assert len(problems) == 1 and problems[0].startswith("failed run") and "boom" in problems[0]
+    rows = results.read(path)
+    assert [r["timestamp"] for r in results.latest_by_key(rows)] == ["t3"]
+    other = dict(rows[0], config_hash="", timestamp="t4")  # no key: a row stands for itself
+    assert [r["timestamp"] for r in results.latest_by_key(rows + [other, dict(other, timestamp="t5")])] == ["t3", "t4", "t5"]
+
+
+_SECOND_WRITER = """
+import contextlib, sys
+from pvera_bench import results
+results._lock = lambda p: contextlib.nullcontext()
+results.append(sys.argv[1], {"task": "second", "status": "ok"})
+"""
+
+
+def test_two_unlocked_writers_creating_a_csv_write_one_header(tmp_path, monkeypatch):
+    """Writer A is interrupted while it writes the new file's first bytes; writer B, another process
+    without a lock, appends then; A goes on. (Creating the file empty with O_EXCL and writing into it
+    gave two headers here: B saw the empty file and wrote its own.)"""
+    import contextlib
+    import subprocess
+    import sys
+
+    path = tmp_path / "results.csv"
+    monkeypatch.setattr(results, "_lock", lambda p: contextlib.nullcontext())
+    real_write, calls = results._write_all, []
+
+    def interrupted(fd, data):
+        if not calls:
+            calls.append(1)
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+            subprocess.run([sys.executable, "-c", _SECOND_WRITER, str(path)], check=True, env=env, timeout=120)
+        real_write(fd, data)
+
+    monkeypatch.setattr(results, "_write_all", interrupted)
+    results.append(path, {"task": "first", "status": "ok"})
+    assert calls and path.read_text().count("timestamp,task,") == 1
+    assert sorted(r["task"] for r in results.read(path)) == ["first", "second"]
+    assert not list(tmp_path.glob(".results.csv.*"))
+    path.write_text("")  # an existing empty file: replaced whole
+    monkeypatch.setattr(results, "_write_all", real_write)
+    results.append(path, {"task": "third", "status": "ok"})
+    assert path.read_text().count("timestamp,task,") == 1 and [r["task"] for r in results.read(path)] == ["third"]
