@@ -2,9 +2,11 @@
 
 SLURM accepts a job no node of its partition can ever run and leaves it PENDING
 ``(PartitionConfig)`` or ``(Resources)`` forever, while the sweep waits silently. The
-:class:`SlurmCheck` Hydra callback reads the partition (``scontrol show partition``, ``sinfo``)
-before any job is submitted and stops with one line that names the request that does not fit:
-the partition name, the time limit, GPUs, CPUs or memory.
+:class:`SlurmCheck` Hydra callback reads the partitions (``scontrol --all show partition``, so
+hidden ones too, and ``sinfo --all``) before any job is submitted and stops with one line that
+names the request that does not fit: the partition name, the time limit, GPUs, CPUs or memory. A
+comma-separated ``partition=gpu,cpu`` (SLURM starts the job in whichever can first) passes when
+any of them can run it.
 """
 
 from __future__ import annotations
@@ -90,33 +92,44 @@ def _fields(text: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", text))
 
 
+def parse_partitions(text: str) -> list[dict[str, str]]:
+    """The fields of each partition in ``scontrol --oneliner show partition`` output (one line each)."""
+    return [f for f in map(_fields, text.splitlines()) if "PartitionName" in f]
+
+
 def partitions() -> tuple[list[str], str | None]:
-    """The partition names of the cluster and the default one (None when none is)."""
-    p = _run("scontrol", "show", "partition", "--oneliner")
+    """The partition names of the cluster, hidden ones included (``scontrol --all``), and the
+    default one (None when none is)."""
+    fields = _partition_fields()
+    return [f["PartitionName"] for f in fields], next((f["PartitionName"] for f in fields if f.get("Default") == "YES"),
+                                                      None)
+
+
+def _partition_fields() -> list[dict[str, str]]:
+    p = _run("scontrol", "--all", "--oneliner", "show", "partition")
     if p.returncode != 0:
         raise SlurmError(f"cannot read SLURM's partitions ({' '.join(p.stderr.split()) or 'scontrol failed'}); "
                          "is this a SLURM login node?")
-    names, default = [], None
-    for line in p.stdout.splitlines():
-        f = _fields(line)
-        if "PartitionName" in f:
-            names.append(f["PartitionName"])
-            if f.get("Default") == "YES":
-                default = f["PartitionName"]
-    return names, default
+    return parse_partitions(p.stdout)
 
 
-def read_partition(name: str) -> Partition:
-    p = _run("scontrol", "show", "partition", name, "--oneliner")
-    f = _fields(p.stdout) if p.returncode == 0 else {}
-    if f.get("PartitionName") != name:
-        raise SlurmError(f"no partition {name!r}")
-    part = Partition(name, parse_time(f.get("MaxTime", "UNLIMITED")), f.get("State", "UP"))
-    out = _run("sinfo", "--noheader", "--Node", "--partition", name, "--format", "%N|%c|%m|%G")
-    for line in out.stdout.splitlines():
-        node, cpus, mem, gres = line.split("|", 3)
-        part.nodes.append(Node(node.strip(), int(cpus), int(mem.rstrip("+")), gres_gpus(gres)))
+def partition_of(f: dict[str, str], sinfo_text: str) -> Partition:
+    """A :class:`Partition` from its scontrol fields and ``sinfo --Node --format %N|%c|%m|%G`` lines."""
+    part = Partition(f["PartitionName"], parse_time(f.get("MaxTime", "UNLIMITED")), f.get("State", "UP"))
+    for line in sinfo_text.splitlines():
+        if line.strip():
+            node, cpus, mem, gres = line.split("|", 3)
+            part.nodes.append(Node(node.strip(), int(cpus), int(mem.rstrip("+")), gres_gpus(gres)))
     return part
+
+
+def read_partition(name: str, fields: dict[str, str] | None = None) -> Partition:
+    if fields is None:
+        fields = next((f for f in _partition_fields() if f["PartitionName"] == name), None)
+        if fields is None:
+            raise SlurmError(f"no partition {name!r}")
+    out = _run("sinfo", "--all", "--noheader", "--Node", "--partition", name, "--format", "%N|%c|%m|%G")
+    return partition_of(fields, out.stdout)
 
 
 def request_of(launcher: DictConfig | dict) -> Request:
@@ -177,20 +190,37 @@ def problems(req: Request, part: Partition) -> list[str]:
     return out
 
 
+def requested_partitions(req: Request, names: list[str], default: str | None) -> list[str]:
+    """The partitions a job may run in: ``partition=gpu,cpu`` (SLURM starts it in whichever can
+    first) or the default one; a SlurmError names one that does not exist."""
+    wanted = [n.strip() for n in (req.partition or "").split(",") if n.strip()] or ([default] if default else [])
+    if not wanted:
+        raise SlurmError(f"this cluster has no default partition; set hydra.launcher.partition to one of: "
+                         f"{', '.join(names)}")
+    for name in wanted:
+        if name not in names:
+            raise SlurmError(f"SLURM has no partition {name!r}; set hydra.launcher.partition to one of (or a "
+                             f"comma-separated list of): {', '.join(names)}")
+    return wanted
+
+
+def fit_problems(req: Request, parts: list[Partition]) -> list[str]:
+    """Empty when some partition of ``parts`` can run ``req``; else why none can (each one's reasons)."""
+    found = [problems(req, part) for part in parts]
+    return [] if any(not f for f in found) else [p for f in found for p in f]
+
+
 def check(launcher: DictConfig | dict) -> Request:
-    """Raise :class:`SlurmError` unless SLURM can run a job of ``launcher`` (hydra.launcher)."""
+    """Raise :class:`SlurmError` unless SLURM can run a job of ``launcher`` (hydra.launcher) in one
+    of the partitions it names (hidden partitions included)."""
     if shutil.which("sinfo") is None or shutil.which("scontrol") is None:
         raise SlurmError("hydra/launcher=slurm_* submits with sbatch, but SLURM's commands (sinfo, scontrol, sbatch) "
                          "are not on PATH; run the sweep on a SLURM login node")
     req = request_of(launcher)
-    names, default = partitions()
-    name = req.partition or default
-    if name is None:
-        raise SlurmError(f"this cluster has no default partition; set hydra.launcher.partition to one of: "
-                         f"{', '.join(names)}")
-    if name not in names:
-        raise SlurmError(f"SLURM has no partition {name!r}; set hydra.launcher.partition to one of: {', '.join(names)}")
-    found = problems(req, read_partition(name))
+    fields = {f["PartitionName"]: f for f in _partition_fields()}
+    default = next((n for n, f in fields.items() if f.get("Default") == "YES"), None)
+    wanted = requested_partitions(req, list(fields), default)
+    found = fit_problems(req, [read_partition(n, fields[n]) for n in wanted])
     if found:
         raise SlurmError("SLURM cannot run these jobs as requested: " + "; ".join(found))
     return req

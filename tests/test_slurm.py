@@ -10,7 +10,9 @@ from hydra import compose, initialize_config_dir
 
 from pvera_bench.paths import config_dir
 from pvera_bench.run import cpu_threads
-from pvera_bench.slurm import Node, Partition, Request, gres_gpus, parse_time, problems, request_of
+from pvera_bench import slurm
+from pvera_bench.slurm import (Node, Partition, Request, SlurmError, fit_problems, gres_gpus, parse_partitions,
+                               parse_time, partition_of, problems, request_of, requested_partitions)
 
 
 def launcher(name: str, *overrides: str):
@@ -93,3 +95,67 @@ def test_checkpoint_directory_goes_with_its_last_checkpoint(cli, tmp_path):
             "runtime.checkpoint_every=1", "runtime.progress=false")
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "checkpoints").is_dir() and list((tmp_path / "checkpoints").iterdir()) == []
+
+
+# ``scontrol --all --oneliner show partition`` as SLURM 22.05 (Debian bookworm) prints it: one line per
+# partition; a hidden partition is listed only with --all. TRES holds commas and '=' inside its value.
+SCONTROL = (
+    "PartitionName=batch AllowGroups=ALL AllowAccounts=ALL AllowQos=ALL AllocNodes=ALL Default=YES QoS=N/A "
+    "DefaultTime=NONE DisableRootJobs=NO ExclusiveUser=NO GraceTime=0 Hidden=NO MaxNodes=UNLIMITED "
+    "MaxTime=08:00:00 MinNodes=0 LLN=NO MaxCPUsPerNode=UNLIMITED Nodes=c[1-2] PriorityJobFactor=1 "
+    "PriorityTier=1 RootOnly=NO ReqResv=NO OverSubscribe=NO OverTimeLimit=NONE PreemptMode=OFF State=UP "
+    "TotalCPUs=16 TotalNodes=2 SelectTypeParameters=NONE JobDefaults=(null) DefMemPerNode=UNLIMITED "
+    "MaxMemPerNode=UNLIMITED TRES=cpu=16,mem=31000M,node=2,billing=16\n"
+    "PartitionName=gpu AllowGroups=ALL AllowAccounts=ALL AllowQos=ALL AllocNodes=ALL Default=NO QoS=N/A "
+    "DefaultTime=NONE DisableRootJobs=NO ExclusiveUser=NO GraceTime=0 Hidden=YES MaxNodes=UNLIMITED "
+    "MaxTime=1-00:00:00 MinNodes=0 LLN=NO MaxCPUsPerNode=UNLIMITED Nodes=g1 PriorityJobFactor=1 PriorityTier=1 "
+    "RootOnly=NO ReqResv=NO OverSubscribe=NO OverTimeLimit=NONE PreemptMode=OFF State=UP TotalCPUs=32 "
+    "TotalNodes=1 SelectTypeParameters=NONE JobDefaults=(null) DefMemPerNode=UNLIMITED MaxMemPerNode=UNLIMITED "
+    "TRES=cpu=32,mem=250000M,node=1,billing=32,gres/gpu=4\n")
+SINFO = {"batch": "c1|8|15500|(null)\nc2|8|15500|(null)\n", "gpu": "g1|32|250000+|gpu:a100:4(S:0-1)\n"}
+
+
+def test_partitions_parse_real_scontrol_output_with_hidden_ones():
+    fields = parse_partitions(SCONTROL)
+    assert [f["PartitionName"] for f in fields] == ["batch", "gpu"]
+    assert fields[1]["Hidden"] == "YES" and fields[0]["TRES"] == "cpu=16,mem=31000M,node=2,billing=16"
+    gpu = partition_of(fields[1], SINFO["gpu"])
+    assert (gpu.max_time_min, gpu.state, gpu.nodes) == (1440, "UP", [Node("g1", 32, 250000, 4)])
+
+
+def test_comma_separated_partitions_pass_when_one_can_run_the_job():
+    fields = {f["PartitionName"]: f for f in parse_partitions(SCONTROL)}
+    parts = {n: partition_of(f, SINFO[n]) for n, f in fields.items()}
+    gpu_job = Request("gpu,batch", 60, 8, 8 * 1024, 1)
+    assert requested_partitions(gpu_job, list(fields), "batch") == ["gpu", "batch"]
+    assert fit_problems(gpu_job, [parts["gpu"], parts["batch"]]) == []  # gpu can run it; batch cannot
+    assert fit_problems(gpu_job, [parts["batch"]]) != []
+    assert requested_partitions(Request(None, 1, 1, None, 0), list(fields), "batch") == ["batch"]
+    with pytest.raises(SlurmError, match="no partition 'gpux'"):
+        requested_partitions(Request("batch,gpux", 1, 1, None, 0), list(fields), "batch")
+    both = fit_problems(Request("batch,gpu", 2000, 1, None, 0), [parts["batch"], parts["gpu"]])
+    assert both == ["hydra.launcher.timeout_min=2000 exceeds the time limit of partition 'batch' (480 min)",
+                    "hydra.launcher.timeout_min=2000 exceeds the time limit of partition 'gpu' (1440 min)"]
+
+
+def test_check_asks_scontrol_and_sinfo_for_hidden_partitions(monkeypatch):
+    """As SLURM does, the stand-in lists the hidden partition only when asked with --all."""
+    import subprocess
+
+    calls = []
+
+    def run(*cmd):
+        calls.append(cmd)
+        if cmd[0] == "scontrol":
+            text = SCONTROL if "--all" in cmd else SCONTROL.splitlines(keepends=True)[0]
+        else:
+            part = cmd[cmd.index("--partition") + 1]
+            text = SINFO[part] if ("--all" in cmd or part == "batch") else ""
+        return subprocess.CompletedProcess(cmd, 0, text, "")
+
+    monkeypatch.setattr(slurm, "_run", run)
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: f"/usr/bin/{name}")
+    req = slurm.check({"partition": "gpu,batch", "timeout_min": 60, "gpus_per_node": 1, "cpus_per_task": 8})
+    assert req.gpus == 1 and [c[0] for c in calls] == ["scontrol", "sinfo", "sinfo"]
+    with pytest.raises(SlurmError, match="1 GPUs per node requested, but the largest node of partition 'batch'"):
+        slurm.check({"partition": "batch", "timeout_min": 60, "gpus_per_node": 1})

@@ -128,6 +128,7 @@ MinJobAge=600
 JobRequeue=0
 NodeName={host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={mem_mb} State=UNKNOWN
 PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=8:00:00 State=UP
+PartitionName=hidden Nodes={host} Hidden=YES MaxTime=1:00:00 State=UP
 """)
         self._spawn([self._bin("munged"), "--foreground", "--force", f"--key-file={key}", f"--socket={self.socket}",
                      f"--pid-file={r}/munge/munged.pid", f"--log-file={r}/munge/munged.log",
@@ -184,6 +185,11 @@ def test_check_reports_requests_the_partition_cannot_run(cluster, cli):
             check({"partition": PARTITION, "timeout_min": 10, "cpus_per_task": 2, "tasks_per_node": 2})
         with pytest.raises(SlurmError, match="timeout_min=481 exceeds the time limit of partition 'batch' \\(480 min\\)"):
             check({"partition": PARTITION, "timeout_min": 481})
+        # a hidden partition is seen; a comma-separated list passes when one of its partitions can run the job
+        assert check({"partition": "hidden", "timeout_min": 30}).partition == "hidden"
+        assert check({"partition": f"hidden,{PARTITION}", "timeout_min": 120}).time_min == 120
+        with pytest.raises(SlurmError, match="timeout_min=120 exceeds the time limit of partition 'hidden' \\(60 min\\)"):
+            check({"partition": "hidden", "timeout_min": 120})
     # the command line: one line, exit 2, before anything is submitted (slurm_gpu on a node without GPUs)
     t = time.monotonic()
     p = cli("-m", "hydra/launcher=slurm_gpu", f"hydra.launcher.partition={PARTITION}", "adapter=lora",
@@ -193,7 +199,8 @@ def test_check_reports_requests_the_partition_cannot_run(cluster, cli):
     assert len(p.stderr.strip().splitlines()) == 1 and time.monotonic() - t < 60
     p = cli("-m", "hydra/launcher=slurm_cpu", "hydra.launcher.partition=gpu", "adapter=lora", "task=demo",
             env=cluster.client_env)
-    assert p.returncode == 2 and "SLURM has no partition 'gpu'; set hydra.launcher.partition to one of: batch" in p.stderr
+    assert p.returncode == 2 and "SLURM has no partition 'gpu'; set hydra.launcher.partition to one of (or a comma-separated list " \
+        "of): batch, hidden" in p.stderr
     assert cluster.run("squeue", "--noheader").stdout.strip() == ""  # nothing was submitted
 
 
