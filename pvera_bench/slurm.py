@@ -3,7 +3,7 @@
 SLURM accepts a job no node of its partition can ever run and leaves it PENDING
 ``(PartitionConfig)`` or ``(Resources)`` forever, while the sweep waits silently. The
 :class:`SlurmCheck` Hydra callback reads the partitions (``scontrol --all show partition``, so
-hidden ones too, and ``sinfo --all``) before any job is submitted and stops with one line that
+hidden ones too; ``sinfo --partition``, which shows a hidden partition named) before any job is submitted and stops with one line that
 names the request that does not fit: the partition name, the time limit, GPUs, CPUs or memory. A
 comma-separated ``partition=gpu,cpu`` (SLURM starts the job in whichever can first) passes when
 any of them can run it.
@@ -128,7 +128,7 @@ def read_partition(name: str, fields: dict[str, str] | None = None) -> Partition
         fields = next((f for f in _partition_fields() if f["PartitionName"] == name), None)
         if fields is None:
             raise SlurmError(f"no partition {name!r}")
-    out = _run("sinfo", "--all", "--noheader", "--Node", "--partition", name, "--format", "%N|%c|%m|%G")
+    out = _run("sinfo", "--noheader", "--Node", "--partition", name, "--format", "%N|%c|%m|%G")  # -p shows hidden ones
     return partition_of(fields, out.stdout)
 
 

@@ -153,3 +153,86 @@ def test_literal_choices_of_each_adapter_option_match_what_apply_accepts():
         assert choices[name]["activation"] == set(bottleneck.ACTIVATIONS), name
         assert choices[name]["init"] == set(bottleneck.INITS), name
     assert choices["bottleneck"]["placement"] == set(bottleneck.PLACEMENTS)
+
+
+@pytest.mark.parametrize("overrides,expect", [
+    (["runtime.device=gpu"], ["runtime.device='gpu'", "auto, cpu, cuda, cuda:N or mps"]),
+    (["runtime.device=cuda:x"], ["runtime.device='cuda:x'", "cuda:N"]),
+    (["runtime.eval_batch_size=0"], ["runtime.eval_batch_size=0", "integer >= 1"]),
+    (["runtime.threads=0"], ["runtime.threads=0", ">= 1 or null"]),
+    (["runtime.compile=yes"], ["runtime.compile='yes'", "true or false"]),
+    (["runtime.checkpoint_every=-1"], ["runtime.checkpoint_every=-1", ">= 0"]),
+    (["+runtime.devices=cpu"], ["runtime.devices='cpu'", "not a runtime option", "device"]),
+    (["protocol=holdout", "protocol.checkpoint=last", "protocol.patience=5"],
+     ["protocol.patience=5", "checkpoint='last'", "protocol.patience=null or protocol.checkpoint=best"]),
+    (["trainer.warmup_epochs=2.5"], ["trainer.warmup_epochs=2.5", "whole number", "schedule_unit=step"]),
+    (["protocol=holdout", "protocol.test_eval_every=2"], ["protocol.test_eval_every=2", "final_on is null"]),
+    (["protocol.grid_mode=joint", "++protocol.grid={trainer.lr_head:[0.1,0.2]}"],
+     ["grid_mode=joint", "protocol.checkpoint=best"]),
+])
+def test_runtime_and_combinations_are_refused_before_loading(overrides, expect):
+    msg = error(*overrides)
+    for part in expect:
+        assert part in msg, msg
+
+
+def test_valid_runtime_and_combinations_pass():
+    for ok in (["runtime.device=cuda:1"], ["runtime.device=mps", "runtime.threads=4"], ["runtime.device=cpu"],
+               ["trainer.warmup_epochs=2.5", "++trainer.schedule_unit=step"], ["trainer.warmup_epochs=2.0"],
+               ["protocol=holdout", "protocol.patience=5"],  # checkpoint: best
+               ["protocol.grid_mode=joint"]):  # one point: the grid mode is not read
+        validate(cfg(*ok))
+
+
+def test_cli_refuses_a_bad_device_in_one_line_within_seconds(cli, tmp_path):
+    import time
+
+    for bad in (["runtime.device=gpu"], ["trainer.precision=auto", "runtime.device=gpu"]):
+        t = time.monotonic()
+        p = cli("adapter=lora", "task=demo", "backbone=vit_tiny_random", *bad)
+        took = time.monotonic() - t
+        assert p.returncode == 2, p.stderr
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert lines == ["pvera-bench: error: runtime.device='gpu' is invalid: allowed auto, cpu, cuda, cuda:N or mps"]
+        assert took < 10, took
+    assert not (tmp_path / "results").exists()
+
+
+def test_option_reader_handles_unions_and_options_without_defaults():
+    def apply(model, need: int, free, size: int | str = 4, mode: typing.Literal["a", "b"] | int = "a",
+              opt: float | None = None):
+        pass
+
+    sch = schema.adapter_schema(apply)
+    size = sch["size"][0]
+    assert size.ok(3) and size.ok("x") and not size.ok(None) and not size.ok(2.5) and not size.ok(True)
+    assert size.allowed() == "an integer or a string"
+    assert sch["mode"][0].ok("b") and sch["mode"][0].ok(7) and not sch["mode"][0].ok(None)
+    need = sch["need"][0]
+    assert need.required and not need.ok(None) and need.ok(3) and sch["need"][1] is schema.NO_DEFAULT
+    assert sch["free"][0].required and not sch["free"][0].ok(None) and sch["free"][0].ok("anything")
+    assert sch["opt"][0].ok(None) and sch["opt"][0].ok(1.5) and not sch["opt"][0].required
+    # the source reader (no torch import) reads the same unions
+    import ast
+    import textwrap
+
+    src = textwrap.dedent('''
+        def apply(model, need: int, size: int | str = 4, opt: float | None = None, w: int | None = 64):
+            pass
+    ''')
+    static = schema._static_signature(ast.parse(src).body[0])
+    assert static["size"][0].type == (int, str) and not static["size"][0].nullable
+    assert static["need"][0].required and not static["need"][0].ok(None)
+    assert static["opt"][0].nullable and static["w"][0].type is int and static["w"][0].nullable
+
+
+def test_a_required_adapter_option_missing_from_the_config_is_named(monkeypatch):
+    def apply(model, r: int, alpha: float = 1.0):
+        pass
+
+    monkeypatch.setitem(schema.static_adapter_schemas(), "needy", (schema.adapter_schema(apply), {}))
+    with pytest.raises(ConfigError, match="adapter.r is missing: adapter needy needs it"):
+        schema.check_adapter({"name": "needy", "alpha": 2.0})
+    with pytest.raises(ConfigError, match="adapter.r=null is invalid"):
+        schema.check_adapter({"name": "needy", "r": None})
+    schema.check_adapter({"name": "needy", "r": 4})

@@ -139,7 +139,9 @@ def test_comma_separated_partitions_pass_when_one_can_run_the_job():
 
 
 def test_check_asks_scontrol_and_sinfo_for_hidden_partitions(monkeypatch):
-    """As SLURM does, the stand-in lists the hidden partition only when asked with --all."""
+    """As SLURM 22.05 does (tests/test_slurm_cluster.py runs the real one), the stand-in lists a hidden
+    partition in scontrol only with --all; sinfo shows a partition named with --partition, and
+    refuses --all with --partition."""
     import subprocess
 
     calls = []
@@ -149,8 +151,9 @@ def test_check_asks_scontrol_and_sinfo_for_hidden_partitions(monkeypatch):
         if cmd[0] == "scontrol":
             text = SCONTROL if "--all" in cmd else SCONTROL.splitlines(keepends=True)[0]
         else:
-            part = cmd[cmd.index("--partition") + 1]
-            text = SINFO[part] if ("--all" in cmd or part == "batch") else ""
+            if "--all" in cmd:
+                return subprocess.CompletedProcess(cmd, 1, "", "sinfo: error: Conflicting options, -a and -p")
+            text = SINFO[cmd[cmd.index("--partition") + 1]]
         return subprocess.CompletedProcess(cmd, 0, text, "")
 
     monkeypatch.setattr(slurm, "_run", run)

@@ -14,8 +14,9 @@ The setting key is made from the CSV's own columns, tolerating files that lack t
 * the grid itself (the keys and values of ``grid_scores``' points).
 
 The CSV's ``setting`` column (a hash that includes the task) is not needed; when present, a cell
-whose runs carry several of its values is reported. ``versions`` (JSON, may hold ``commit`` and
-``dirty``) gives each run's code identity; cells that mix code identities are reported.
+whose runs carry several of its values is reported. ``versions`` (JSON: the package version, and
+``pvera-bench-commit`` / ``pvera-bench-dirty`` when it ran from a git checkout) gives each run's
+code identity; cells that mix code identities are reported with the identities they mix.
 """
 
 from __future__ import annotations
@@ -115,17 +116,11 @@ def setting_id(setting: dict) -> str:
 
 
 def code_identity(versions: str) -> str:
-    """``<version>@<commit>[+dirty]`` from a ``versions`` cell (empty when it says nothing)."""
-    v = _json(versions)
-    if not isinstance(v, dict):
-        return "" if v is None else str(v)
-    ident = str(v.get("pvera-bench") or v.get("pvera_bench") or "")
-    commit = v.get("commit")
-    if commit:
-        ident += f"@{str(commit)[:10]}"
-    if v.get("dirty"):
-        ident += "+dirty"
-    return ident
+    """The code identity of a ``versions`` cell as runs write it (``results.code_identity``: the
+    package version, ``+g<commit>`` and ``.dirty`` from ``pvera-bench-commit`` / ``pvera-bench-dirty``)."""
+    from ..results import code_identity as identity
+
+    return identity(versions)
 
 
 def load_runs(path: str | Path, metric_col: str = "test_acc", filters: dict[str, set[str] | None] | None = None,

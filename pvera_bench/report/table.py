@@ -85,7 +85,8 @@ def build_table(runs: pd.DataFrame, settings: dict[str, dict], all_tasks: bool =
         row["params_adapter"] = float(params.median()) if len(params) else math.nan
         row["_params_min"] = float(params.min()) if len(params) else math.nan
         row["_params_max"] = float(params.max()) if len(params) else math.nan
-        row["_mixed_code"] = [t for t, c in sub.groupby("task")["code"] if c.nunique() > 1]
+        row["_mixed_code"] = [(t, sorted(set(c) - {""}) + (["unknown"] if "" in set(c) else []))
+                              for t, c in sub.groupby("task")["code"] if c.nunique() > 1]
         rows.append(row)
     cols = csv_columns(vtab, extra)
     table = pd.DataFrame(rows, columns=cols + ["_params_min", "_params_max", "_mixed_code"])
@@ -189,9 +190,9 @@ def legend(metric: Metric, runs: pd.DataFrame, table: pd.DataFrame, all_tasks: b
     if len(shared):
         lines.append("Rows sharing an adapter name are different settings, labelled by what differs: "
                      + ", ".join(shared["label"]) + "; each averages only its own seeds.")
-    mixed = [f"{r['label']} / {t}" for _, r in table.iterrows() for t in r["_mixed_code"]]
+    mixed = [f"{r['label']} / {t} ({', '.join(codes)})" for _, r in table.iterrows() for t, codes in r["_mixed_code"]]
     if mixed:
-        lines.append("Cells that mix code versions (`versions` differs between their seeds): " + ", ".join(mixed)
+        lines.append("Cells that mix code versions (`versions` differs between their seeds): " + "; ".join(mixed)
                      + ". Their seeds ran different code; see `code_versions` in --format csv.")
     lines.append("params_adapter: trainable adapter parameters (median over the row's runs; min–max when they differ).")
     return lines
