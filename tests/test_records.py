@@ -172,3 +172,76 @@ def test_tfds_fingerprint_has_the_version_and_the_files_sizes(tmp_path):
     with open(shard, "ab") as f:  # the same version re-prepared into other files
         f.write(b"\0")
     assert TfdsReader(task, "test", str(tmp_path)).fingerprint != r.fingerprint
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return config_hash(cfg(*a)) == config_hash(cfg(*b))
+
+
+FP32 = ("trainer.precision=fp32",)
+
+
+@pytest.mark.parametrize("a,b,same", [
+    # runtime: the device's type and compile change numbers; its index and the rest do not
+    (("runtime.device=cpu",), ("runtime.device=cuda",), False),
+    (("runtime.device=cuda",), ("runtime.device=cuda:1",), True),
+    (("runtime.compile=false",), ("runtime.compile=true",), False),
+    (("runtime.eval_batch_size=16",), ("runtime.eval_batch_size=64",), True),
+    (("runtime.threads=1",), ("runtime.threads=4",), True),
+    (("runtime.progress=false",), ("runtime.checkpoint_every=3", "runtime.checkpoint_dir=/x"), True),
+    # names whose settings are in the key
+    (("protocol=holdout",), ("protocol=holdout", "protocol.name=mine"), True),
+    (("protocol=holdout",), ("protocol=holdout", "protocol.metric=loss"), False),
+    (("recipe.name=default",), ("recipe.name=my_copy",), True),
+    (("recipe=default",), ("recipe=pvera_paper",), False),
+    (("backbone.name=vit_b16",), ("backbone.name=renamed",), True),
+    # adapter options the chosen mode does not read (declared by the adapter module)
+    (("adapter=pvera", "adapter.mc_samples=4"), ("adapter=pvera", "adapter.mc_samples=8"), True),
+    (("adapter=pvera", "adapter.inference=mc", "adapter.mc_samples=4"),
+     ("adapter=pvera", "adapter.inference=mc", "adapter.mc_samples=8"), False),
+    (("adapter=pvera", "adapter.mc_samples=4", "++protocol.grid={adapter.inference:[mean,mc]}"),
+     ("adapter=pvera", "adapter.mc_samples=8", "++protocol.grid={adapter.inference:[mean,mc]}"), False),
+    (("adapter=pvera", "adapter.inference=mean"), ("adapter=pvera", "adapter.inference=fixed"), False),
+    # trainer options their mode does not read
+    (("++trainer.schedule=constant", "trainer.min_lr=1e-5"), ("++trainer.schedule=constant", "trainer.min_lr=1e-3"), True),
+    (("trainer.min_lr=1e-5",), ("trainer.min_lr=1e-3",), False),
+    (("trainer.warmup_epochs=0", "trainer.warmup_lr=1e-6"), ("trainer.warmup_epochs=0", "trainer.warmup_lr=1e-3"), True),
+    (("trainer.warmup_lr=1e-6",), ("trainer.warmup_lr=1e-3",), False),
+    (("adapter=linear_probe", "trainer.lr_adapter=1e-3"), ("adapter=linear_probe", "trainer.lr_adapter=1e-2"), True),
+    (("adapter=lora", "trainer.lr_adapter=1e-3"), ("adapter=lora", "trainer.lr_adapter=1e-2"), False),
+    # vtab without a grid trains the final model directly: the selection options are not read
+    (("protocol=vtab", "protocol.metric=acc", "trainer.eval_every=1"),
+     ("protocol=vtab", "protocol.metric=loss", "trainer.eval_every=3"), True),
+    (("protocol=holdout", "trainer.eval_every=1"), ("protocol=holdout", "trainer.eval_every=3"), False),
+    (("protocol=holdout", "protocol.min_rel_delta=0.0"), ("protocol=holdout", "protocol.min_rel_delta=0.01"), False),
+    (("protocol=vtab", "protocol.grid_mode=separate"), ("protocol=vtab", "protocol.grid_mode=joint"), True),
+])
+def test_the_key_holds_what_changes_a_number_and_no_label(a, b, same):
+    assert _same(FP32 + a, FP32 + b) == same
+
+
+def test_the_key_and_the_row_keep_the_names_readable():
+    key = resume_key(cfg("protocol=holdout", "runtime.device=cpu"))
+    assert key["runtime"] == {"device": "cpu", "compile": False}
+    assert "name" not in key["protocol"] and "name" not in key["backbone"] and "recipe" not in key
+    assert key["adapter"]["name"] == "pvera" and "mc_samples" not in key["adapter"]
+
+
+def test_the_key_identifies_a_local_checkpoint_by_its_content(tmp_path):
+    import shutil
+
+    from pvera_bench import run as run_mod
+
+    w = tmp_path / "w.bin"
+    w.write_bytes(b"weights one")
+    base = ("backbone=vit_tiny_random", f"backbone.checkpoint={w}")
+    h1 = config_hash(cfg(*base))
+    assert resume_key(cfg(*base))["backbone"]["weights"].startswith("sha256:")
+    shutil.copy(w, tmp_path / "moved.bin")
+    assert config_hash(cfg("backbone=vit_tiny_random", f"backbone.checkpoint={tmp_path / 'moved.bin'}")) == h1
+    w.write_bytes(b"weights two")  # replaced in place, same path
+    os.utime(w, ns=(5, 5))
+    assert config_hash(cfg(*base)) != h1
+    assert resume_key(cfg("task=demo"))["backbone"]["weights"] == "hub:timm/vit_base_patch16_224.orig_in21k"
+    assert resume_key(cfg("backbone=vit_tiny_random"))["backbone"]["weights"] is None
+    run_mod._file_sha256.cache_clear()
