@@ -44,8 +44,9 @@ def test_adapter_configs_match_the_registry():
 
 def test_resume_key_ignores_runtime_settings():
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        a = compose("config", overrides=["task=demo"])
-        b = compose("config", overrides=["task=demo", "runtime.device=cpu", "results_csv=x.csv", "data.dir=/d"])
+        a = compose("config", overrides=["task=demo", "runtime.device=cpu"])
+        b = compose("config", overrides=["task=demo", "runtime.device=cpu", "results_csv=x.csv", "data.dir=/d",
+                                         "runtime.threads=3", "runtime.eval_batch_size=8"])
         c = compose("config", overrides=["task=demo", "trainer.lr_adapter=0.5"])
         d = compose("config", overrides=["task=demo", "seed=1"])
     assert config_hash(a) == config_hash(b)
@@ -100,7 +101,7 @@ def test_run_writes_a_row_and_its_record(cli, tmp_path):
 def test_resume_skips_recorded_runs_and_force_reruns(cli, tmp_path):
     csv = tmp_path / "results" / "results.csv"
     assert cli("adapter=ia3", *FAST).returncode == 0
-    p = cli("adapter=ia3", *FAST, "runtime.device=cpu")  # runtime settings do not change the key
+    p = cli("adapter=ia3", *FAST, "runtime.eval_batch_size=7")  # this runtime setting does not change the key
     assert p.returncode == 0 and "skipped" in p.stderr + p.stdout
     assert len(rows(csv)) == 1
     assert cli("adapter=ia3", *FAST, "force=true").returncode == 0

@@ -245,3 +245,54 @@ def test_the_key_identifies_a_local_checkpoint_by_its_content(tmp_path):
     assert resume_key(cfg("task=demo"))["backbone"]["weights"] == "hub:timm/vit_base_patch16_224.orig_in21k"
     assert resume_key(cfg("backbone=vit_tiny_random"))["backbone"]["weights"] is None
     run_mod._file_sha256.cache_clear()
+
+
+@pytest.mark.slow
+def test_real_runs_name_their_commits_and_a_replaced_checkpoint_reruns(cli, tmp_path):
+    """Rows made by real runs: the report's and `results check`'s mixed-code notes read the code
+    identity they carry; a backbone.checkpoint file replaced by other weights is not skipped."""
+    if not (REPO / ".git").exists():
+        pytest.skip("the package does not run from a git checkout: rows carry no commit")
+    import torch
+    from safetensors.torch import save_file
+
+    from pvera_bench.backbones import create_backbone
+
+    tiny = dict(model="vit_tiny_patch16_224", pretrained=False,
+                kwargs=dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=2))
+
+    def weights(seed: int, path: Path) -> None:
+        torch.manual_seed(seed)
+        save_file({k: v.contiguous() for k, v in create_backbone(tiny).state_dict().items()}, str(path))
+
+    w = tmp_path / "w.safetensors"
+    weights(1, w)
+    args = ["adapter=ia3", *FAST, f"backbone.checkpoint={w}"]
+    csv = tmp_path / "results" / "results.csv"
+    for seed in (0, 1):
+        p = cli(*args, f"seed={seed}")
+        assert p.returncode == 0, p.stderr[-2000:]
+    rows = results.read(csv)
+    v = json.loads(rows[1]["versions"])
+    head = v["pvera-bench-commit"]  # what a real run writes
+    assert len(head) == 40 and isinstance(v["pvera-bench-dirty"], bool)
+    other = "0123456789abcdef0123456789abcdef01234567"
+    lines = csv.read_text().splitlines(keepends=True)
+    assert lines[2].count(head) == 1
+    csv.write_text("".join(lines[:2] + [lines[2].replace(head, other)]))  # seed 1 "ran" another commit
+    p = cli("report", "--results", str(csv))
+    assert p.returncode == 0, p.stderr
+    note = next(ln for ln in p.stdout.splitlines() if "mix code versions" in ln)
+    assert f"ia3 / demo (" in note and f"+g{head[:12]}" in note and f"+g{other[:12]}" in note, note
+    p = cli("results", "check", "--results", str(csv))
+    assert f"+g{head[:12]}" in p.stdout and f"+g{other[:12]}" in p.stdout, p.stdout
+    # the same weights under another path: skipped; the file replaced by other weights: trained again
+    moved = tmp_path / "moved.safetensors"
+    moved.write_bytes(w.read_bytes())
+    p = cli("adapter=ia3", *FAST, f"backbone.checkpoint={moved}", "seed=0")
+    assert p.returncode == 0 and "skipped" in p.stderr + p.stdout and len(results.read(csv)) == 2
+    weights(2, w)
+    p = cli(*args, "seed=0")
+    assert p.returncode == 0 and "skipped" not in p.stderr + p.stdout, p.stderr[-2000:]
+    rows = results.read(csv)
+    assert len(rows) == 3 and rows[2]["status"] == "ok" and rows[2]["config_hash"] != rows[0]["config_hash"]
