@@ -134,3 +134,36 @@ def test_summarize_keys_and_values():
     # the evaluator keeps only each sample's top-1 predictions: same interval
     preds = sample_probs.argmax(-1)
     assert metrics.summarize(sample_probs.mean(0), labels, samples=preds) == out
+
+
+def test_auroc_takes_the_in_distribution_side_as_positive():
+    """Known answers: in-distribution scores first; higher means more in-distribution."""
+    assert metrics.auroc([0.9, 0.4], [0.5, 0.1]) == pytest.approx(3 / 4)  # 3 of 4 (in, out) pairs ordered
+    assert metrics.auroc([0.5, 0.1], [0.9, 0.4]) == pytest.approx(1 / 4)  # the sides swapped: 1 - 3/4
+    confident = torch.tensor([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05]])
+    flat = torch.full((3, 3), 1 / 3)
+    s_in, s_out = metrics.ood_scores(confident), metrics.ood_scores(flat)
+    assert metrics.auroc(s_in["msp"], s_out["msp"]) == 1.0  # confident test images read as in-distribution
+    assert metrics.auroc(s_in["entropy"], s_out["entropy"]) == 1.0
+
+
+def test_the_run_scores_its_own_test_split_as_in_distribution():
+    """run.ood_scores: this run's test predictions are the positive side, the other task's the negative;
+    a model confident on its own test images and flat on the other task's scores 1.0, not 0.0."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from pvera_bench import run as run_mod, tasks
+
+    other = tasks.task_configs()["demo"]
+
+    class FlatOnOther:
+        def predict(self, split):
+            return SimpleNamespace(probs=torch.full((len(split), 10), 0.1), sample_preds=None)
+
+    cfg = OmegaConf.create({"data": {"source": "tfds", "dir": None}})
+    preds = SimpleNamespace(probs=torch.eye(10)[torch.arange(20) % 10] * 0.9 + 0.01, sample_preds=None)
+    row = run_mod.ood_scores(other, cfg, FlatOnOther(), preds, dict(data_dir=None, img_size=8, cache_dir=None,
+                                                                    resize="bilinear"))
+    assert row == {"ood_task": "demo", "ood_auroc": 1.0}

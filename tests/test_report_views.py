@@ -253,3 +253,35 @@ def test_metric_registry_is_the_one_list():
         assert m.column in results.COLUMNS
     assert metric_registry.by_column("test_nll").higher_is_better is False
     assert report.build_parser().parse_args(["--metric", "acc_max"]).metric == "acc_max"
+
+
+# ------------------------------------------------------------------------------ metric directions
+# Known answers, written here and not read from the registry: which way each metric is better.
+BETTER = {"acc": "higher", "acc_max": "higher", "val_acc": "higher", "nll": "lower", "ece": "lower",
+          "brier": "lower", "auroc": "higher"}
+
+
+def test_every_metric_has_a_known_direction():
+    assert set(BETTER) == set(metric_registry.METRICS)
+
+
+@pytest.mark.parametrize("name", sorted(BETTER))
+def test_compare_and_ranks_score_each_metric_in_its_direction(capsys, tmp_path, name):
+    """``big`` has the larger value on every task (by 0.5 to 1.5); ``small`` the smaller."""
+    col = metric_registry.METRICS[name].column
+    rows = []
+    for i, t in enumerate(["caltech101", "cifar100", "dtd"]):
+        for seed in (0, 1):
+            low = 0.2 + 0.1 * i + 0.01 * seed  # a fraction, a percent or nats: any scale is fine here
+            for adapter, value in (("small", low), ("big", low + 0.5 + 0.5 * i)):
+                rows.append(dict(run(adapter, t, seed, 50.0), **{col: value}))
+    path = write_csv(tmp_path / "r.csv", rows)
+    df, _ = csv_of(capsys, ["--results", str(path), "--metric", name, "--compare", "big", "small"])
+    over = df[df["task"] == "(over tasks)"].iloc[0]
+    assert over["diff"] == pytest.approx(1.0)  # big - small, whatever the direction
+    wins = (3, 0, 0) if BETTER[name] == "higher" else (0, 0, 3)
+    assert (over["wins"], over["ties"], over["losses"]) == wins
+    ranks, _ = csv_of(capsys, ["--results", str(path), "--metric", name, "--ranks"])
+    by = ranks.set_index("label")["average_rank"]
+    best = "big" if BETTER[name] == "higher" else "small"
+    assert by[best] == 1.0 and by[({"big", "small"} - {best}).pop()] == 2.0
