@@ -9,9 +9,17 @@
   and :data:`ADAPTER_OPTION_RULES` bounds options by name (a rank or width is >= 1 whichever
   adapter has it). A new keyword argument of an ``apply()`` is picked up without an edit here;
   ``tests/test_schema.py`` checks that every ``configs/adapter/*.yaml`` value matches its default.
-- **trainer, protocol, data, backbone**: the dataclasses below. A key that is not a field is an
-  error (a typo must not be ignored); a field with ``required=False`` may be absent (a config
+- **Adapters' signatures**: unions (``int | str``) accept any of their types; an option without a
+  default is required and accepts null only where its annotation says ``| None``.
+- **trainer, protocol, data, backbone, runtime**: the dataclasses below. A key that is not a field
+  is an error (a typo must not be ignored); a field with ``required=False`` may be absent (a config
   written before that key existed: the code that reads it supplies the default).
+- **Combinations** (:func:`check_combinations`): options valid alone that together would do
+  nothing or something else than they say (``patience`` without ``checkpoint: best``, a fractional
+  ``warmup_epochs`` stepped per epoch, ...).
+- **The resume key** (:func:`key_view`): a Rule's ``label`` (a name only) and ``used_when`` (when
+  the option is read at all) say what the key leaves out; adapters declare theirs in
+  ``OPTIONS_USED_ONLY_WHEN``.
 - **protocol.grid**: every key must exist in the config, every list must be non-empty, every
   point must give a valid config, and a key the adapter ignores (``trainer.lr_adapter`` for an
   adapter without trainable tensors) is an error.

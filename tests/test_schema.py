@@ -28,7 +28,7 @@ def error(*overrides: str) -> str:
     return msg
 
 
-@pytest.mark.parametrize("group", ["adapter", "backbone", "protocol", "trainer", "data", "experiment"])
+@pytest.mark.parametrize("group", ["adapter", "backbone", "protocol", "trainer", "data", "experiment", "runtime", "recipe"])
 def test_every_shipped_config_is_valid(group):
     for option in group_options(group):
         validate(cfg(f"{group}={option}"))
