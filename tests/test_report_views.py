@@ -64,14 +64,16 @@ def test_trainer_recipe_grid_and_task_filled_options_in_the_setting(capsys, tmp_
 
 
 def test_cells_that_mix_code_versions_are_said(capsys, tmp_path):
-    v1 = json.dumps({"pvera-bench": "0.1.0", "commit": "abc1234def9", "dirty": False})
-    v2 = json.dumps({"pvera-bench": "0.1.0", "commit": "0123456789ab", "dirty": True})
+    # the keys runs write (run.versions; tests/test_records.py feeds rows of real runs)
+    v1 = json.dumps({"pvera-bench": "0.1.0", "pvera-bench-commit": "abc1234def9abc1234def9", "pvera-bench-dirty": False})
+    v2 = json.dumps({"pvera-bench": "0.1.0", "pvera-bench-commit": "0123456789ab0123", "pvera-bench-dirty": True})
     path = write_csv(tmp_path / "r.csv", [run("vera", "dtd", 0, 60.0, versions=v1), run("vera", "dtd", 1, 61.0, versions=v2),
                                           run("vera", "svhn", 0, 60.0, versions=v1)])
     rc, md, _ = main_out(capsys, ["--results", str(path)])
-    assert rc == 0 and "Cells that mix code versions (`versions` differs between their seeds): vera / dtd." in md
+    assert rc == 0 and ("Cells that mix code versions (`versions` differs between their seeds): vera / dtd "
+                        "(0.1.0+g0123456789ab.dirty, 0.1.0+gabc1234def9a).") in md
     df, _ = csv_of(capsys, ["--results", str(path)])
-    assert df["code_versions"].tolist() == ["0.1.0@0123456789+dirty;0.1.0@abc1234def"]
+    assert df["code_versions"].tolist() == ["0.1.0+g0123456789ab.dirty;0.1.0+gabc1234def9a"]
 
 
 def test_tables_fit_their_content(capsys, tmp_path):
