@@ -404,9 +404,15 @@ class Trainer:
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def predict(self, split: Split, *, progress: bool = True) -> Predictions:
+    def predict(self, split: Split, *, stream: str = "eval", progress: bool = True) -> Predictions:
         """The predictive distribution on ``split``: mergeable adapters are merged for the pass,
-        stochastic ones (PVeRA in ``mc`` mode) average ``k`` samples drawn in one batched pass."""
+        stochastic ones (PVeRA in ``mc`` mode) average ``k`` samples drawn in one batched pass.
+
+        The pass runs on its own random stream, seeded from the run's seed and ``stream`` (which
+        names the split and the pass, e.g. ``val/select-0/3``): it never reads or advances the
+        global generators training draws from, and a stochastic adapter's noise is drawn per
+        example (``adapters.example_noise``), so the predictions depend neither on what ran
+        before nor on ``eval_batch_size``."""
         t0 = time.perf_counter()
         labels = torch.from_numpy(np.asarray(split.labels)).long()
         if self.frozen_features:
@@ -416,20 +422,25 @@ class Trainer:
             return Predictions(probs, labels, seconds=time.perf_counter() - t0)
         self.model.eval()
         k = adapters.eval_samples(self.model)
+        seed = adapters.stream_seed(self.seed, stream)
         merged = adapters.fully_mergeable(self.model) and adapters.merge(self.model) > 0
         bs = max(1, int(self.cfg.get("eval_batch_size", 256)) // k)
         probs, samples = [], []
+        cuda = self.device.type == "cuda"
+        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if cuda else []
         try:
-            with self._autocast():
+            with torch.random.fork_rng(devices=devices), self._autocast():
+                torch.manual_seed(seed)  # anything else that samples in evaluation: this pass's stream too
                 bar = self._progress(math.ceil(len(split) / bs), "eval") if progress else None
                 for i in range(0, len(split), bs):
                     x = self._to_device(split.images[i : i + bs])
-                    if k > 1:
-                        p = self.forward(x.repeat(k, 1, 1, 1)).float().softmax(-1).unflatten(0, (k, len(x)))
-                        samples.append(p.argmax(-1).cpu())
-                        p = p.mean(0)
-                    else:
-                        p = self.forward(x).float().softmax(-1)
+                    with adapters.example_noise(self.model, seed, range(i, i + len(x)), k, self.device):
+                        if k > 1:
+                            p = self.forward(x.repeat(k, 1, 1, 1)).float().softmax(-1).unflatten(0, (k, len(x)))
+                            samples.append(p.argmax(-1).cpu())
+                            p = p.mean(0)
+                        else:
+                            p = self.forward(x).float().softmax(-1)
                     probs.append(p.cpu())
                     if bar is not None:
                         bar.update(1)
@@ -523,14 +534,14 @@ class FitLoop:
                 seconds=self.result.seconds + time.perf_counter() - t0, history=self.result.history)
         entry.update(train_loss=train_loss, train_acc=float(correct) * 100.0 / self.used)
         if self.val is not None and (epoch % self.eval_every == 0 or epoch == self.epochs):
-            pred = t.predict(self.val, progress=False)
+            pred = t.predict(self.val, stream=f"val/{self.tag}/{epoch}", progress=False)
             entry.update(val_acc=pred.acc, val_loss=t.val_loss(pred))
             if self.selection.update(epoch, entry["val_acc"], entry["val_loss"]):
                 self.best_state = t.trainable_state()
         entry["seconds"] = time.perf_counter() - t0
         every = self.test_eval_every
         if self.test is not None and every and ((epoch - 1) % every == 0 or epoch == self.epochs):
-            entry["test_acc"] = t.predict(self.test, progress=False).acc  # not training time
+            entry["test_acc"] = t.predict(self.test, stream=f"test/{self.tag}/{epoch}", progress=False).acc
         self.rng = torch.get_rng_state()
         if self.cuda_rng is not None:
             self.cuda_rng = torch.cuda.get_rng_state()

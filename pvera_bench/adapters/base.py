@@ -9,7 +9,9 @@ exactly the adapter's own tensors require grad.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import hashlib
+import json
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -112,9 +114,40 @@ class AdapterLayer(nn.Module):
         if self.merged and self.training:
             raise RuntimeError("adapter is merged into the frozen weights; unmerge before training")
 
+    # -- evaluation noise (stochastic layers only) -------------------------------------------
+    eval_noise: "ExampleNoise | None" = None  # set by ``adapters.example_noise`` for one batch
+
     # -- extra loss terms (PVeRA's KL) -------------------------------------------------------
     def aux_loss(self) -> torch.Tensor | None:
         return None
+
+
+def stream_seed(*parts) -> int:
+    """A 63-bit seed from ``parts`` (JSON-encodable): the same parts give the same seed in every
+    process and on every platform."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class ExampleNoise:
+    """The noise of one evaluation batch, drawn per example: example ``index[b]`` has its own
+    generator, seeded from the pass's ``seed`` and the example's index in its split, and each
+    stochastic layer, in forward order, draws ``samples`` noise tensors from it. So an example's
+    noise depends on the pass and the example only, not on the batch it shares or the batch size.
+    Rows are laid out as the evaluator repeats its batch: row ``s * B + b`` is sample ``s`` of
+    example ``b``."""
+
+    def __init__(self, seed: int, index: Iterable[int], samples: int, device: torch.device) -> None:
+        self.samples = int(samples)
+        self.gens = [torch.Generator(device=device).manual_seed(stream_seed(seed, int(i))) for i in index]
+
+    def draw(self, like: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped and typed like ``like`` (rows: samples x examples)."""
+        if len(like) != self.samples * len(self.gens):
+            raise ValueError(f"expected {self.samples} x {len(self.gens)} rows, got {len(like)}")
+        shape = (self.samples, *like.shape[1:])
+        per_example = [torch.randn(shape, generator=g, device=like.device) for g in self.gens]
+        return torch.stack(per_example, 1).flatten(0, 1).to(like.dtype)
 
 
 def adapter_layers(model: nn.Module) -> Iterator[AdapterLayer]:
