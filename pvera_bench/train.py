@@ -229,22 +229,18 @@ class Trainer:
     ``CrossEntropyLoss`` is applied to those probabilities, in training and in the validation loss
     that selects; only for an exact reproduction. ``predict``'s probabilities are the model's own.
 
-    With ``checkpoint_dir`` and ``checkpoint_every`` (epochs), ``fit`` saves its state every that
-    many epochs and a new trainer with the same settings resumes from it (a preempted job);
-    ``compile`` wraps the model in ``torch.compile``, with eager fallback. After each epoch
+    ``fit(..., checkpoint=PATH, every=N)`` saves the fit's state there every N epochs and a new
+    trainer with the same settings resumes from it (a preempted job); ``compile`` wraps the model in ``torch.compile``, with eager fallback. After each epoch
     ``on_epoch(tag, entry)`` gets the fit's tag and a dict with epoch, lr, train_loss, train_acc,
     seconds and, when evaluated, val_acc, val_loss, test_acc.
     """
 
-    def __init__(self, model: Classifier, cfg: Mapping, device: torch.device, seed: int = 0,
-                 checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, compile: bool = False,
+    def __init__(self, model: Classifier, cfg: Mapping, device: torch.device, seed: int = 0, compile: bool = False,
                  on_epoch: Callable[[str, dict], None] | None = None) -> None:
         check_settings(cfg)
         self.model = model.to(device)
         self.forward = CompiledOrEager(model) if compile else model
         self.cfg = cfg
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        self.checkpoint_every = int(checkpoint_every or 0)
         self.on_epoch = on_epoch
         self.device = device
         self.seed = int(seed)
@@ -340,33 +336,18 @@ class Trainer:
 
     def fit(self, train: Split, val: Split | None = None, *, select: str | None = None,
             patience: int | None = None, min_rel_delta: float = 0.0, desc: str = "train",
-            tag: str = "fit", stamp: Any = None, test: Split | None = None, test_eval_every: int = 0) -> FitResult:
+            tag: str = "fit", stamp: Any = None, test: Split | None = None, test_eval_every: int = 0,
+            checkpoint: Path | None = None, every: int = 0) -> FitResult:
         """Train for ``cfg.epochs`` epochs. With ``val`` and ``select`` (``acc`` or ``loss``), the
         best epoch's weights are kept and ``patience`` stops early, by ``Selection``'s rule.
-        ``tag`` names this fit's checkpoint; ``stamp`` (JSON, e.g. the grid point) is written into
-        it, and a checkpoint with another stamp is discarded. With ``test`` and
-        ``test_eval_every`` = N the test split is scored after epochs 1, N + 1, 2N + 1, ... and the
-        last (NOAH's ``val_interval`` rule), for the history only: nothing here reads it."""
+        ``tag`` names this fit; ``stamp`` (JSON, e.g. the grid point) is written into its
+        checkpoint (``FitLoop.run``), and a checkpoint with another stamp is discarded. With
+        ``test`` and ``test_eval_every`` = N the test split is scored after epochs 1, N + 1,
+        2N + 1, ... and the last (NOAH's ``val_interval`` rule), for the history only: nothing
+        here reads it."""
         loop = self.start(train, val, select=select, patience=patience, min_rel_delta=min_rel_delta, desc=desc,
                           tag=tag, stamp=stamp, test=test, test_eval_every=test_eval_every)
-        ckpt_path = self.checkpoint_dir / f"{tag}.safetensors" if self.checkpoint_dir and self.checkpoint_every else None
-        saved = checkpoint.load(ckpt_path) if ckpt_path else None
-        if saved is not None and not loop.restore(saved, ckpt_path):
-            ckpt_path.unlink(missing_ok=True)
-        try:
-            while not loop.finished and not loop.stalled:
-                loop.step()
-                if ckpt_path and loop.epoch % self.checkpoint_every == 0 and not loop.finished and not loop.stalled:
-                    self._save_checkpoint(ckpt_path, loop)
-            if loop.stalled:
-                log.info("early stopping after epoch %d (best epoch %d)", loop.epoch, loop.selection.best_epoch)
-        except DivergedError:
-            if ckpt_path:
-                ckpt_path.unlink(missing_ok=True)
-            raise
-        if ckpt_path:
-            ckpt_path.unlink(missing_ok=True)
-        return loop.close()
+        return loop.run(checkpoint, every)
 
     def _train_epoch(self, forward, inputs, labels, order, opt, step_sched, first_step: int, bar):
         """One pass over ``order``; returns the summed loss and the number correct (on the device).
@@ -398,9 +379,6 @@ class Trainer:
     def _emit(self, tag: str, entry: dict) -> None:
         if self.on_epoch is not None:
             self.on_epoch(tag, entry)
-
-    def _save_checkpoint(self, path: Path, loop: "FitLoop") -> None:
-        checkpoint.save(path, loop.state())
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -551,6 +529,22 @@ class FitLoop:
         t._emit(self.tag, entry)
         self.bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k != "epoch"}, refresh=False)
         return entry
+
+    def run(self, path: Path | None = None, every: int = 0) -> FitResult:
+        """Step to the end (or until stalled) and ``close``. With ``path`` and ``every`` > 0 the
+        loop resumes from the checkpoint at ``path`` and saves one there every ``every`` epochs
+        (never after the last); the file is left for its owner (``checkpoint.RunState``) to
+        remove once what the fit produced is saved."""
+        saved = checkpoint.load(path) if path is not None and every else None
+        if saved is not None and not self.restore(saved, path):
+            path.unlink(missing_ok=True)
+        while not self.finished and not self.stalled:
+            self.step()
+            if path is not None and every and self.epoch % every == 0 and not self.finished and not self.stalled:
+                checkpoint.save(path, self.state())
+        if self.stalled:
+            log.info("early stopping after epoch %d (best epoch %d)", self.epoch, self.selection.best_epoch)
+        return self.close()
 
     def state(self) -> dict[str, Any]:
         """What ``checkpoint.save`` writes and ``restore`` reads back."""

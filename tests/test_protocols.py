@@ -10,7 +10,8 @@ import torch
 from pvera_bench import adapters
 from pvera_bench.backbones import Classifier
 from pvera_bench.data import Split
-from pvera_bench.protocols import ProtocolError, grid_points, run_protocol
+from pvera_bench.checkpoint import RunState
+from pvera_bench.protocols import Candidate, ProtocolError, grid_points, run_protocol
 from pvera_bench.train import DivergedError, Trainer
 
 from conftest import tiny_vit
@@ -40,13 +41,17 @@ class Spy:
         self.events.append(("load", name))
         return self.splits[name]
 
-    def build(self, point):
+    @property
+    def state(self):
+        return RunState(self.checkpoint_dir, every=1)
+
+    def build(self, cand):
         torch.manual_seed(0)
         bb = tiny_vit()
         adapters.apply(bb, "lora", r=2, alpha=2)
+        point = cand.point
         settings = dict(SETTINGS, **{k.split(".", 1)[1]: v for k, v in point.items()})
-        trainer = Trainer(Classifier(bb, 3), settings, torch.device("cpu"), checkpoint_dir=self.checkpoint_dir,
-                          checkpoint_every=1 if self.checkpoint_dir else 0)
+        trainer = Trainer(Classifier(bb, 3), settings, torch.device("cpu"))
         spy = self
         fit = trainer.fit
 
@@ -122,7 +127,7 @@ def test_a_test_curve_needs_a_final_fit():
 
 def both_lrs(spy):
     """``build`` for a grid over ``lr``: the head's and the adapter's learning rate together."""
-    return lambda point: spy.build({"trainer.lr_head": point["lr"], "trainer.lr_adapter": point["lr"]})
+    return lambda c: spy.build(Candidate(c.index, {"trainer.lr_head": c.point["lr"], "trainer.lr_adapter": c.point["lr"]}))
 
 
 def test_a_diverging_candidate_is_recorded_and_scored_worst():
@@ -140,11 +145,11 @@ def test_the_run_fails_only_when_every_candidate_diverges():
 
 
 def die_on(name):
-    """``Trainer._save_checkpoint`` that saves, then kills the job when it saved ``name``."""
-    real = Trainer._save_checkpoint
+    """``checkpoint.save`` that saves, then kills the job when it saved ``name``."""
+    real = checkpoint.save
 
-    def save(self, path, *a):
-        real(self, path, *a)
+    def save(path, *a):
+        real(path, *a)
         if path.name == name:
             raise KeyboardInterrupt
     return save
@@ -155,17 +160,19 @@ def test_a_grid_killed_in_its_final_fit_resumes_without_training_a_candidate_aga
              grid={"trainer.lr_adapter": [1e-2, 1e-4]})
     ref = run_protocol(p, Spy().build, Spy().load)
     with monkeypatch.context() as m:
-        m.setattr(Trainer, "_save_checkpoint", die_on("final.safetensors"))
+        m.setattr(checkpoint, "save", die_on("final.safetensors"))
         with pytest.raises(KeyboardInterrupt):
-            run_protocol(p, Spy(tmp_path).build, Spy().load, state_dir=tmp_path)
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["final.safetensors", "select-0.json", "select-1.json"]
+            run_protocol(p, Spy(tmp_path).build, Spy().load, state=Spy(tmp_path).state)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["candidate-0.json", "candidate-1.json", "final.safetensors"]
     spy = Spy(tmp_path)
-    out = run_protocol(p, spy.build, spy.load, state_dir=tmp_path)
+    out = run_protocol(p, spy.build, spy.load, state=spy.state)
     assert [e for e in spy.events if e[0] == "fit"] == [("fit", ref.chosen)]  # the final fit, resumed
     assert [e for e in spy.events if e[0] == "load"] == [("load", "train800val200"), ("load", "test")]
     assert out.chosen == ref.chosen and out.grid_scores == ref.grid_scores
     assert torch.equal(out.test.probs, ref.test.probs)
-    assert list(tmp_path.iterdir()) == []  # nothing left once the run is done
+    # the final model is committed; its fit's checkpoint is gone. The run clears the rest after its row.
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["candidate-0.json", "candidate-1.json", "model.json",
+                                                         "model.safetensors"]
 
 
 def killed_at_test(spy):
@@ -183,12 +190,13 @@ def test_a_holdout_grid_resumed_after_its_candidates_keeps_the_chosen_weights(tm
     spy = Spy(tmp_path)
 
     with pytest.raises(KeyboardInterrupt):
-        run_protocol(p, spy.build, killed_at_test(spy), state_dir=tmp_path)
+        run_protocol(p, spy.build, killed_at_test(spy), state=spy.state)
     kept = sorted(f.name for f in tmp_path.iterdir())
     i = [s["point"] for s in ref.grid_scores].index(ref.chosen)
-    assert kept == sorted(["select-0.json", "select-1.json", f"select-{i}.best.safetensors"])
+    assert kept == sorted(["candidate-0.json", "candidate-1.json", f"candidate-{i}.safetensors", "model.json",
+                           "model.safetensors"])
     again = Spy(tmp_path)
-    out = run_protocol(p, again.build, again.load, state_dir=tmp_path)
+    out = run_protocol(p, again.build, again.load, state=again.state)
     assert again.events == [("load", "test")]  # no split but the test split, no fit
     assert out.chosen == ref.chosen and out.fit.best_epoch == ref.fit.best_epoch
     assert torch.equal(out.test.probs, ref.test.probs)
@@ -254,12 +262,20 @@ from pvera_bench.protocols import GridSelection  # noqa: E402
 from pvera_bench.train import Selection  # noqa: E402
 
 
+def new_grid(n, metric, patience, min_rel_delta):
+    return GridSelection([Selection(metric, patience, min_rel_delta) for _ in range(n)], min_rel_delta)
+
+
 def drive_grid(grid, losses, start=1):
-    """Feed per-candidate ``losses`` (lists of equal length, epochs 1, 2, ...) until the grid stops;
-    returns (stop epoch or None, [(epoch, chosen) at every move of the grid's best])."""
+    """Feed per-candidate ``losses`` (lists of equal length, epochs 1, 2, ...) to the candidates'
+    selections until the grid stops; returns (stop epoch or None, [(epoch, chosen) at every move
+    of the grid's best])."""
     moves = []
     for epoch, row in enumerate(zip(*losses), start=start):
-        if grid.update(epoch, {i: (0.0, loss) for i, loss in enumerate(row) if i in grid.live}):
+        for i, loss in enumerate(row):
+            if i in grid.live:
+                grid.candidates[i].update(epoch, 0.0, loss)
+        if grid.update(epoch):
             moves.append((epoch, grid.chosen))
         if grid.should_stop:
             return epoch, moves
@@ -275,7 +291,7 @@ def test_a_joint_grid_stops_only_when_every_candidate_has_stalled():
     alone = Selection("loss", patience=3, min_rel_delta=0.0)
     stop_alone = next(e for e, loss in enumerate(a, start=1) if (alone.update(e, 0.0, loss), alone.should_stop)[1])
     assert stop_alone == 5
-    grid = GridSelection(2, "loss", patience=3, min_rel_delta=0.0)
+    grid = new_grid(2, "loss", patience=3, min_rel_delta=0.0)
     stop, moves = drive_grid(grid, [a, b])
     assert stop == 10 and [c.best_epoch for c in grid.candidates] == [6, 7]
     assert moves == [(1, 0), (2, 0), (6, 0)] and (grid.chosen, grid.epoch) == (0, 6)
@@ -286,16 +302,16 @@ def test_the_grid_best_moves_only_on_a_relative_gain_above_the_threshold():
     # only 0.5% below the grid's best (1.0), so A stays chosen; 0.99 at epoch 3 is not even B's own
     # best (0.5% below 0.995); 0.985 at epoch 4 is (1.005% below 0.995), and 1.5% below the grid's
     # best: B is chosen, with its weights of epoch 4.
-    grid = GridSelection(2, "loss", patience=50, min_rel_delta=0.01)
+    grid = new_grid(2, "loss", patience=50, min_rel_delta=0.01)
     _, moves = drive_grid(grid, [[1.0] * 5, [1.2, 0.995, 0.99, 0.985, 0.99]])
     assert moves == [(1, 0), (4, 1)] and grid.candidates[1].best_epoch == 4
-    grid = GridSelection(2, "loss", patience=50, min_rel_delta=0.01)
+    grid = new_grid(2, "loss", patience=50, min_rel_delta=0.01)
     _, moves = drive_grid(grid, [[1.0] * 3, [1.2, 0.995, 0.99]])
     assert moves == [(1, 0)] and grid.chosen == 0 and grid.candidates[1].val_loss < grid.candidates[0].val_loss
 
 
 def test_a_diverged_candidate_leaves_the_grid_and_the_choice():
-    grid = GridSelection(3, "loss", patience=2, min_rel_delta=0.0)
+    grid = new_grid(3, "loss", patience=2, min_rel_delta=0.0)
     drive_grid(grid, [[1.0, 0.5], [0.9, 0.8], [0.95, 0.7]])
     assert grid.chosen == 0
     grid.drop(0)  # candidate 0 diverges in epoch 3: the best live one at its own best epoch
@@ -307,13 +323,12 @@ def test_a_diverged_candidate_leaves_the_grid_and_the_choice():
 def pvera_build(spy, **settings):
     """``build`` with PVeRA, whose training samples noise: a candidate stepped in lockstep with
     others must draw exactly the noise it draws alone."""
-    def build(point):
+    def build(cand):
         torch.manual_seed(0)
         bb = tiny_vit()
         adapters.apply(bb, "pvera", r=4, projection_seed=0)
-        cfg = dict(SETTINGS, **settings, **{k.split(".", 1)[1]: v for k, v in point.items()})
-        return Trainer(Classifier(bb, 3), cfg, torch.device("cpu"), checkpoint_dir=spy.checkpoint_dir,
-                       checkpoint_every=1 if spy.checkpoint_dir else 0, on_epoch=spy.epoch)
+        cfg = dict(SETTINGS, **settings, **{k.split(".", 1)[1]: v for k, v in cand.point.items()})
+        return Trainer(Classifier(bb, 3), cfg, torch.device("cpu"), on_epoch=spy.epoch)
     return build
 
 
@@ -368,21 +383,23 @@ def test_a_joint_grid_killed_mid_training_resumes_from_its_round(tmp_path, monke
 
     def save_then_die(path, parts, extra, info):
         real(path, parts, extra, info)
-        if info["grid"]["candidates"][0]["epoch"] == 2:
+        if parts[0]["info"]["epoch"] == 2:
             raise KeyboardInterrupt
     with monkeypatch.context() as m:
         m.setattr(checkpoint, "save_joint", save_then_die)
         with pytest.raises(KeyboardInterrupt):
-            run_protocol(p, pvera_build(EpochSpy(tmp_path), epochs=4), Spy().load, state_dir=tmp_path)
+            run_protocol(p, pvera_build(EpochSpy(tmp_path), epochs=4), Spy().load, state=Spy(tmp_path).state)
     assert [f.name for f in tmp_path.iterdir()] == ["select-joint.safetensors"]
     spy = EpochSpy(tmp_path)
-    out = run_protocol(p, pvera_build(spy, epochs=4), spy.load, state_dir=tmp_path)
+    out = run_protocol(p, pvera_build(spy, epochs=4), spy.load, state=spy.state)
     trained = [e[:2] for e in spy.epochs]
     assert trained[:4] == [("select-0", 1), ("select-0", 2), ("select-1", 1), ("select-1", 2)]  # replayed
     assert trained[4:] == [("select-0", 3), ("select-1", 3), ("select-0", 4), ("select-1", 4)]  # trained
     assert out.chosen == ref.chosen and out.grid_scores == ref.grid_scores
     assert torch.equal(out.test.probs, ref.test.probs)
-    assert list(tmp_path.iterdir()) == []
+    # committed: the grid (one record), the kept weights and the final model; the round file is gone
+    assert sorted(f.name for f in tmp_path.iterdir()) == [f"candidate-{out.candidate.index}.safetensors",
+                                                         "joint-grid.json", "model.json", "model.safetensors"]
 
 
 def test_a_joint_grid_resumed_after_it_finished_trains_nothing(tmp_path):
@@ -390,22 +407,22 @@ def test_a_joint_grid_resumed_after_it_finished_trains_nothing(tmp_path):
     spy = EpochSpy(tmp_path)
 
     with pytest.raises(KeyboardInterrupt):
-        run_protocol(JOINT, pvera_build(spy, epochs=2), killed_at_test(spy), state_dir=tmp_path)
+        run_protocol(JOINT, pvera_build(spy, epochs=2), killed_at_test(spy), state=spy.state)
     again = EpochSpy(tmp_path)
-    out = run_protocol(JOINT, pvera_build(again, epochs=2), again.load, state_dir=tmp_path)
+    out = run_protocol(JOINT, pvera_build(again, epochs=2), again.load, state=again.state)
     assert again.events == [("load", "test")]
     assert out.chosen == ref.chosen and torch.equal(out.test.probs, ref.test.probs)
 
 
 def test_a_diverging_candidate_leaves_a_joint_grid():
     spy = EpochSpy()
-    out = run_protocol(dict(JOINT, grid={"lr": [1e30, 1e-2]}), lambda pt: pvera_build(spy, epochs=2)(
-        {"trainer.lr_head": pt["lr"], "trainer.lr_adapter": pt["lr"]}), spy.load)
+    lrs = lambda c: pvera_build(spy, epochs=2)(Candidate(c.index, {"trainer.lr_head": c.point["lr"],  # noqa: E731
+                                                                 "trainer.lr_adapter": c.point["lr"]}))
+    out = run_protocol(dict(JOINT, grid={"lr": [1e30, 1e-2]}), lrs, spy.load)
     assert out.chosen == {"lr": 1e-2} and out.grid_scores[0] == {"point": {"lr": 1e30}, "status": "diverged", "epoch": 1}
     assert out.grid_scores[1]["epochs"] == 2
     with pytest.raises(DivergedError, match=r"every candidate diverged \(2 of 2\)"):
-        run_protocol(dict(JOINT, grid={"lr": [1e30, 1e31]}), lambda pt: pvera_build(spy, epochs=2)(
-            {"trainer.lr_head": pt["lr"], "trainer.lr_adapter": pt["lr"]}), spy.load)
+        run_protocol(dict(JOINT, grid={"lr": [1e30, 1e31]}), lrs, spy.load)
 
 
 def test_a_joint_grid_needs_the_best_checkpoint():
