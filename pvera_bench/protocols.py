@@ -398,6 +398,9 @@ def run_protocol(p: Mapping[str, Any], build: Build, load: Load, *, state: RunSt
             fit, weights, test_split = final_fit(chosen, p, build, load, state, test_every)
         else:
             fit, weights = chosen.result, state.candidate_weights(chosen.index)
+            if weights is None:
+                raise ProtocolError(f"the weights of the chosen candidate {chosen.point} are missing from {state.dir}; "
+                                    "delete that directory to run the grid again")
         state.commit_model(dict(chosen=chosen.to_json(), candidates=[c.to_json() for c in cands],
                                 fit=_json(dataclasses.asdict(fit))), weights)
 

@@ -233,7 +233,7 @@ def test_cli_grid_killed_during_the_final_fit_resumes_without_training_a_candida
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     (state,) = ck.iterdir()
-    assert {f.name for f in state.iterdir()} >= {"select-0.json", "select-1.json", "final.safetensors"}
+    assert {f.name for f in state.iterdir()} >= {"candidate-0.json", "candidate-1.json", "final.safetensors"}
     again = subprocess.run(pvera_bench_cmd(*args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     out = again.stdout + again.stderr
@@ -425,6 +425,130 @@ def test_a_diverging_candidate_leaves_a_joint_grid():
         run_protocol(dict(JOINT, grid={"lr": [1e30, 1e31]}), lrs, spy.load)
 
 
+def test_a_joint_grid_scored_every_other_epoch_runs_to_its_end():
+    # trainer.eval_every=2: candidates are scored after epochs 2 and 4 (and the last) only; the grid
+    # reads their selections then, and keeps an epoch that was scored
+    spy = EpochSpy()
+    out = run_protocol(JOINT, pvera_build(spy, epochs=4, eval_every=2), spy.load)
+    assert [e[1] for e in spy.epochs if e[3] is not None] == [2, 2, 4, 4]
+    assert out.fit.best_epoch in (2, 4) and all(s["epochs"] == 4 for s in out.grid_scores)
+
+
 def test_a_joint_grid_needs_the_best_checkpoint():
     with pytest.raises(ProtocolError, match="grid_mode=joint .* needs checkpoint: best"):
         run_protocol(dict(JOINT, checkpoint="last"), None, None)
+
+
+# -- end to end: a run killed (SIGKILL) at every stage, restarted each time ----------------------
+CHILD = r'''
+"""pvera-bench, killed (SIGKILL, no clean-up) at the stage named by $KILL_AT; prints each
+epoch it trains ("TRAINED <fit> <epoch>")."""
+import os, signal, sys
+from pvera_bench import checkpoint, results, train
+from pvera_bench.checkpoint import RunState
+
+def die():
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+step = train.FitLoop.step
+def trained(self):
+    entry = step(self)
+    print("TRAINED", self.tag, entry["epoch"], flush=True)
+    return entry
+train.FitLoop.step = trained
+kind, _, arg = os.environ.get("KILL_AT", "").partition(":")
+if kind == "save":  # right after the checkpoint <file> of epoch 1
+    save = checkpoint.save
+    def save_then_die(path, state):
+        save(path, state)
+        if path.name == arg and state["info"]["epoch"] == 1:
+            die()
+    checkpoint.save = save_then_die
+elif kind == "round":  # right after a joint grid's round file of epoch 1
+    save_joint = checkpoint.save_joint
+    def round_then_die(path, parts, extra, info):
+        save_joint(path, parts, extra, info)
+        die()
+    checkpoint.save_joint = round_then_die
+elif kind == "commit":  # right after the run state's file <arg>.json is written
+    put = RunState.put_json
+    def put_then_die(self, name, obj):
+        put(self, name, obj)
+        if name == arg:
+            die()
+    RunState.put_json = put_then_die
+elif kind == "predict":  # in the evaluation pass whose stream starts with <arg>
+    predict = train.Trainer.predict
+    def predict_or_die(self, split, *, stream="eval", progress=True):
+        if stream.startswith(arg):
+            die()
+        return predict(self, split, stream=stream, progress=progress)
+    train.Trainer.predict = predict_or_die
+elif kind == "append":  # record.json written, the CSV row not yet
+    results.append = lambda *a, **k: die()
+from pvera_bench.cli import main
+sys.exit(main())
+'''
+
+
+def run_killed_at(tmp_path, stages, args, env):
+    """Run ``args`` killed at each of ``stages`` in turn, then to its end; returns every
+    (fit, epoch) trained across the processes and the last process's output."""
+    import subprocess
+    import sys
+
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    trained, out = [], ""
+    for stage in [*stages, ""]:
+        p = subprocess.run([sys.executable, str(child), *args], cwd=tmp_path, env=dict(env, KILL_AT=stage),
+                           capture_output=True, text=True, timeout=600)
+        assert p.returncode == (-9 if stage else 0), (stage, p.returncode, p.stderr[-3000:])
+        trained += [tuple(line.split()[1:]) for line in p.stdout.splitlines() if line.startswith("TRAINED")]
+        out = p.stdout + p.stderr
+    return sorted(trained), out
+
+
+def kill_env(cache_dir):
+    import os
+
+    return dict(os.environ, HF_HUB_OFFLINE="1", PVERA_BENCH_CACHE=str(cache_dir), OMP_NUM_THREADS="1",
+                PYTHONUNBUFFERED="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+
+
+KILL_BASE = ["adapter=pvera", "adapter.inference=mc", "adapter.mc_samples=4", "adapter.r=8", "task=demo",
+             "backbone=vit_tiny_random", "trainer.epochs=2", "trainer.batch_size=64", "trainer.warmup_epochs=0",
+             "runtime.progress=false", "runtime.threads=1", "runtime.checkpoint_every=1", "ood_task=demo",
+             "++protocol.grid={trainer.lr_adapter:[3e-3,1e-2]}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,stages", [
+    ("separate", ["save:select-0.safetensors", "save:final.safetensors", "predict:test", "predict:ood/", "append"]),
+    ("joint", ["round", "commit:joint-grid", "save:final.safetensors", "commit:model", "predict:ood/"]),
+])
+def test_a_run_killed_at_every_stage_trains_nothing_twice_and_records_the_uninterrupted_numbers(
+        tmp_path, cache_dir, mode, stages):
+    from pvera_bench import results
+
+    env = kill_env(cache_dir)
+    args = [*KILL_BASE, "protocol=vtab", f"protocol.grid_mode={mode}"]
+    if mode == "joint":  # the PVeRA code's rule: each candidate's best epoch by the validation loss
+        args += ["protocol.checkpoint=best", "protocol.metric=loss"]
+    (tmp_path / "ref").mkdir()
+    ref_trained, _ = run_killed_at(tmp_path / "ref", [], [*args, "results_csv=ref.csv"], env)
+    trained, out = run_killed_at(tmp_path, stages, [*args, "results_csv=killed.csv"], env)
+    assert len(ref_trained) == 6  # two candidates and the final fit, two epochs each
+    assert trained == ref_trained  # every epoch of every fit trained once, across all the processes
+    assert ("appending it" in out) == (stages[-1] == "append")  # the last restart only appended the row
+    (a,), (b,) = results.read(tmp_path / "killed.csv"), results.read(tmp_path / "ref" / "ref.csv")
+    assert a["status"] == b["status"] == "ok"
+    for col in ("test_acc", "test_nll", "test_ece", "ood_auroc", "chosen", "grid_scores", "epochs", "best_epoch",
+                "val_acc", "val_loss"):
+        assert a[col] == b[col], col
+    pa, pb = (np.load(Path(r["run_dir"]) / "predictions.npz")["probs"] for r in (a, b))
+    assert np.array_equal(pa, pb)
+    assert not list((tmp_path / "checkpoints").iterdir())  # no state left behind
+    # one run recorded (restarts that only appended leave a copy marked skipped): rebuild adds nothing
+    assert results.rebuild([tmp_path / "outputs"], tmp_path / "killed.csv") == (1, 0)
