@@ -60,6 +60,9 @@ def _pack(state: dict[str, Any], prefix: str = "") -> tuple[dict[str, torch.Tens
 def _unpack(tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "") -> dict[str, Any]:
     mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     meta = dict(meta)
+    missing = [k for k in ("epoch", "stamp", "selection", "history", "seconds") if k not in meta]
+    if missing:  # written by an older version: not resumed (``load`` says so)
+        raise KeyError(missing[0])
     optimizer = _unflatten_optimizer(mine, meta.pop("optimizer"))
     return dict(
         meta,

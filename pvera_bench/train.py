@@ -554,14 +554,11 @@ class FitLoop:
                               history=self.result.history, seconds=self.result.seconds))
 
     def restore(self, saved: Mapping[str, Any], where: Any = "checkpoint") -> bool:
-        """Continue from ``saved`` (a ``checkpoint.load`` result) unless it was written by an older
-        version or stamped for another point: then False, with a log line, and nothing changes.
+        """Continue from ``saved`` (a ``checkpoint.load`` result) unless it was stamped for another
+        point: then False, with a log line, and nothing changes.
         The restored epochs are replayed to the trainer's ``on_epoch`` hook."""
         t = self.trainer
-        if "selection" not in saved:
-            log.warning("discarding checkpoint %s: written by an older version; training from the start", where)
-            return False
-        if saved.get("stamp") != json.loads(json.dumps(self.stamp)):
+        if saved["stamp"] != json.loads(json.dumps(self.stamp)):
             log.warning("discarding checkpoint %s: it was saved for %s, not %s; training from the start",
                         where, saved.get("stamp"), self.stamp)
             return False

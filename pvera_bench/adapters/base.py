@@ -138,13 +138,20 @@ class ExampleNoise:
     example ``b``."""
 
     def __init__(self, seed: int, index: Iterable[int], samples: int, device: torch.device) -> None:
-        self.samples = int(samples)
-        self.gens = [torch.Generator(device=device).manual_seed(stream_seed(seed, int(i))) for i in index]
+        self.seed, self.index, self.samples, self.device = seed, list(index), int(samples), device
+        self._gens: list[torch.Generator] | None = None  # made at the first draw (none in a deterministic mode)
+
+    @property
+    def gens(self) -> list[torch.Generator]:
+        if self._gens is None:
+            self._gens = [torch.Generator(device=self.device).manual_seed(stream_seed(self.seed, i))
+                          for i in self.index]
+        return self._gens
 
     def draw(self, like: torch.Tensor) -> torch.Tensor:
         """Standard normal noise shaped and typed like ``like`` (rows: samples x examples)."""
-        if len(like) != self.samples * len(self.gens):
-            raise ValueError(f"expected {self.samples} x {len(self.gens)} rows, got {len(like)}")
+        if len(like) != self.samples * len(self.index):
+            raise ValueError(f"expected {self.samples} x {len(self.index)} rows, got {len(like)}")
         shape = (self.samples, *like.shape[1:])
         per_example = [torch.randn(shape, generator=g, device=like.device) for g in self.gens]
         return torch.stack(per_example, 1).flatten(0, 1).to(like.dtype)
