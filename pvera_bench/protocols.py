@@ -270,6 +270,7 @@ def joint_grid(points: list[dict[str, Any]], p: Mapping[str, Any], build: Build,
         cands = [Candidate.from_json(c) for c in done]
         for c in cands:
             _replay(on_epoch, c.tag, c.fit)
+        state.drop("select-joint.safetensors")  # killed between the commit and this
         return cands, next(c for c in cands if c.kept_epoch is not None)
     train, val = load(p["select_on"]), load(p["val_split"])
     kw = {k: v for k, v in fit_kw.items() if k != "metric"}
