@@ -413,10 +413,10 @@ class Trainer:
                 for i in range(0, len(split), bs):
                     x = self._to_device(split.images[i : i + bs])
                     with adapters.example_noise(self.model, seed, range(i, i + len(x)), k, self.device):
-                        if k > 1:
-                            p = self.forward(x.repeat(k, 1, 1, 1)).float().softmax(-1).unflatten(0, (k, len(x)))
-                            samples.append(p.argmax(-1).cpu())
-                            p = p.mean(0)
+                        if k > 1:  # each example's k samples in consecutive rows
+                            p = self.forward(x.repeat_interleave(k, 0)).float().softmax(-1).unflatten(0, (len(x), k))
+                            samples.append(p.argmax(-1).T.cpu())
+                            p = p.mean(1)
                         else:
                             p = self.forward(x).float().softmax(-1)
                     probs.append(p.cpu())

@@ -134,8 +134,8 @@ class ExampleNoise:
     generator, seeded from the pass's ``seed`` and the example's index in its split, and each
     stochastic layer, in forward order, draws ``samples`` noise tensors from it. So an example's
     noise depends on the pass and the example only, not on the batch it shares or the batch size.
-    Rows are laid out as the evaluator repeats its batch: row ``s * B + b`` is sample ``s`` of
-    example ``b``."""
+    Rows are laid out as the evaluator repeats its batch (``repeat_interleave``): row
+    ``b * samples + s`` is sample ``s`` of example ``b``."""
 
     def __init__(self, seed: int, index: Iterable[int], samples: int, device: torch.device) -> None:
         self.seed, self.index, self.samples, self.device = seed, list(index), int(samples), device
@@ -152,9 +152,11 @@ class ExampleNoise:
         """Standard normal noise shaped and typed like ``like`` (rows: samples x examples)."""
         if len(like) != self.samples * len(self.index):
             raise ValueError(f"expected {self.samples} x {len(self.index)} rows, got {len(like)}")
-        shape = (self.samples, *like.shape[1:])
-        per_example = [torch.randn(shape, generator=g, device=like.device) for g in self.gens]
-        return torch.stack(per_example, 1).flatten(0, 1).to(like.dtype)
+        out = torch.empty(like.shape, device=like.device, dtype=torch.float32)
+        k = self.samples
+        for b, g in enumerate(self.gens):  # example b's rows are contiguous: filled in place, no copy
+            out[b * k : (b + 1) * k].normal_(generator=g)
+        return out.to(like.dtype)
 
 
 def adapter_layers(model: nn.Module) -> Iterator[AdapterLayer]:
