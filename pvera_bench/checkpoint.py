@@ -1,8 +1,10 @@
-"""Training checkpoints for preempted jobs: tensors in safetensors, everything else in JSON.
+"""A run's state on disk until its row is appended (``RunState``), and the training checkpoints
+in it: tensors in safetensors, everything else in JSON.
 
-No pickles: a checkpoint holds the trainable tensors (adapter and head), the optimizer and
-scheduler state, the RNG states and the epoch loop's bookkeeping, never code. Files are written
-to a temporary name and renamed, so a job killed while saving leaves the previous checkpoint.
+No pickles: a checkpoint holds the trainable tensors (adapter and head), the optimizer state,
+the RNG states and the epoch loop's bookkeeping (the schedule is a function of the epoch), never
+code. Files are written to a temporary name and renamed, so a job killed while saving leaves
+the previous file.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +54,15 @@ def _pack(state: dict[str, Any], prefix: str = "") -> tuple[dict[str, torch.Tens
     tensors[f"{prefix}rng.torch"] = state["torch_rng"].cpu()
     if state.get("cuda_rng") is not None:
         tensors[f"{prefix}rng.cuda"] = state["cuda_rng"].cpu()
-    return tensors, dict(state["info"], optimizer=opt_meta, scheduler={})
+    return tensors, dict(state["info"], optimizer=opt_meta)
 
 
 def _unpack(tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "") -> dict[str, Any]:
     mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     meta = dict(meta)
+    missing = [k for k in ("epoch", "stamp", "selection", "history", "seconds") if k not in meta]
+    if missing:  # written by an older version: not resumed (``load`` says so)
+        raise KeyError(missing[0])
     optimizer = _unflatten_optimizer(mine, meta.pop("optimizer"))
     return dict(
         meta,
@@ -130,3 +136,124 @@ def load_joint(path: Path) -> tuple[dict[int, dict[str, Any]], dict[str, torch.T
         return None
     extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
     return parts, extra, meta
+
+
+class RunState:
+    """Everything one run keeps until its CSV row is appended, owned in one place: the directory
+    ``<runtime.checkpoint_dir>/<run key>/``, removed by ``clear`` only after the row is appended.
+
+    - ``<tag>.safetensors``: an unfinished fit's checkpoint (``fit_path``; only when ``every`` > 0,
+      the epochs between checkpoints), ``select-joint.safetensors``: a joint grid's round;
+    - ``candidate-<i>.json`` (+ ``candidate-<i>.safetensors``, its kept weights): a finished grid
+      candidate (``commit_candidate``);
+    - ``model.json`` + ``model.safetensors``: the protocol's final model, before the test pass
+      (``commit_model``);
+    - ``record.json``: the run's result, before the CSV append (``commit_record``).
+
+    Each ``commit_*`` writes its tensors first and its JSON last, each file atomically: a JSON
+    file present means everything it names is saved. Other parts of the run keep their own files
+    here with ``put_tensors`` / ``put_json`` (same rule). Without a directory (``RunState(None)``)
+    nothing touches the disk: tensors and JSON are kept in memory for the run's lifetime."""
+
+    def __init__(self, directory: str | Path | None, every: int = 0) -> None:
+        self.dir = Path(directory) if directory else None
+        self.every = int(every or 0)
+        self._memory: dict[str, Any] = {}
+
+    # -- generic files ------------------------------------------------------------------------------
+    def _path(self, name: str) -> Path:
+        return self.dir / name
+
+    def put_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        if self.dir is None:
+            self._memory[name + ".safetensors"] = cpu
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._path(name + ".safetensors.tmp")
+        save_file(cpu, str(tmp))
+        os.replace(tmp, self._path(name + ".safetensors"))
+
+    def get_tensors(self, name: str) -> dict[str, torch.Tensor] | None:
+        if self.dir is None:
+            return self._memory.get(name + ".safetensors")
+        path = self._path(name + ".safetensors")
+        return load_file(str(path)) if path.is_file() else None
+
+    def put_json(self, name: str, obj: Any) -> None:
+        if self.dir is None:
+            self._memory[name + ".json"] = json.loads(json.dumps(obj))
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._path(name + ".json.tmp")
+        tmp.write_text(json.dumps(obj))
+        os.replace(tmp, self._path(name + ".json"))
+
+    def get_json(self, name: str) -> Any | None:
+        if self.dir is None:
+            return self._memory.get(name + ".json")
+        path = self._path(name + ".json")
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            log.warning("ignoring unreadable run state %s (%s)", path, e)
+            return None
+
+    def drop(self, name: str) -> None:
+        """Remove file ``name`` (with its suffix), if any."""
+        if self.dir is None:
+            self._memory.pop(name, None)
+        else:
+            self._path(name).unlink(missing_ok=True)
+
+    # -- what the protocol and the run keep ---------------------------------------------------------
+    def fit_path(self, tag: str) -> Path | None:
+        """Where fit ``tag`` checkpoints (None: no checkpoints)."""
+        return self._path(f"{tag}.safetensors") if self.dir is not None and self.every else None
+
+    def candidate(self, i: int, point: Any) -> dict[str, Any] | None:
+        """Candidate ``i``'s committed record, if it was committed for ``point``."""
+        rec = self.get_json(f"candidate-{i}")
+        if rec is not None and rec.get("point") != json.loads(json.dumps(point)):
+            log.warning("ignoring the record of candidate %d: it records %s, not %s", i, rec.get("point"), point)
+            return None
+        return rec
+
+    def commit_candidate(self, i: int, rec: dict[str, Any], weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Candidate ``i`` is finished: its weights (when kept), then its record; its fit's
+        checkpoint is no longer needed."""
+        if weights is not None:
+            self.put_tensors(f"candidate-{i}", weights)
+        self.put_json(f"candidate-{i}", rec)
+        self.drop(f"select-{i}.safetensors")
+
+    def candidate_weights(self, i: int) -> dict[str, torch.Tensor] | None:
+        return self.get_tensors(f"candidate-{i}")
+
+    def drop_candidate_weights(self, i: int) -> None:
+        self.drop(f"candidate-{i}.safetensors")
+
+    def model(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+        """The committed final model: (its JSON info, its trainable weights)."""
+        info = self.get_json("model")
+        weights = self.get_tensors("model") if info is not None else None
+        return (info, weights) if weights is not None else None
+
+    def commit_model(self, info: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
+        self.put_tensors("model", weights)
+        self.put_json("model", info)
+        self.drop("final.safetensors")
+
+    def record(self) -> dict[str, Any] | None:
+        return self.get_json("record")
+
+    def commit_record(self, record: dict[str, Any]) -> None:
+        self.put_json("record", record)
+
+    def clear(self) -> None:
+        """Remove everything: called once the run's row is in the CSV."""
+        self._memory.clear()
+        if self.dir is not None and self.dir.is_dir():
+            shutil.rmtree(self.dir, ignore_errors=True)

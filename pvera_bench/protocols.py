@@ -19,27 +19,31 @@ A protocol is a config (``configs/protocol/*.yaml``) with these keys:
 
 The test split is loaded only after every choice is made; nothing before that sees it.
 
-With a ``state_dir`` the protocol is durable: each finished candidate's scores (and, when the
-chosen model itself is kept, the best candidate's weights) are saved there, so a resumed run
-skips finished candidates; the final fit's checkpoint is stamped with the chosen point. A
-candidate whose loss diverges is recorded as ``diverged`` and scored worst; the run fails only
-when every candidate diverges.
+Everything a protocol keeps on disk goes through the run's ``checkpoint.RunState``: each
+finished candidate is committed (its record and, when the chosen model itself is kept, the best
+candidate's weights), then the final model (its weights and every choice, before the test pass),
+so a run killed at any point resumes without training anything that had finished. A candidate
+whose loss diverges is recorded as ``diverged`` and scored worst; the run fails only when every
+candidate diverges.
+
+The three parts read top to bottom: ``separate_grid``, ``joint_grid`` and ``final_fit``;
+``run_protocol`` chains them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
-import os
+import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from . import checkpoint
+from .checkpoint import RunState
 from .data import Split
 from .schema import flatten_dotted
 from .train import DivergedError, FitResult, Predictions, Selection, Trainer
@@ -62,6 +66,66 @@ def grid_points(grid: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
+def _json(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists, keys strings)."""
+    return json.loads(json.dumps(obj))
+
+
+@dataclass
+class Candidate:
+    """One grid point of a run. ``index`` is its place in the grid (its fit is ``select-<index>``;
+    ``build`` gets the candidate, so a model may depend on it), ``point`` its dotted config
+    values. Once trained: ``status`` ``ok`` or ``diverged``, its ``fit`` (the fit's own selection:
+    best epoch and its scores; a diverged fit's epochs and history), the ``error`` of a diverged
+    one and, for the candidate a joint grid keeps, ``kept_epoch`` (its weights after that epoch)."""
+
+    index: int
+    point: dict[str, Any]
+    status: str = "pending"
+    fit: FitResult | None = None
+    error: str = ""
+    kept_epoch: int | None = None
+
+    @property
+    def tag(self) -> str:
+        return f"select-{self.index}"
+
+    @classmethod
+    def diverged(cls, index: int, point: dict[str, Any], e: DivergedError) -> "Candidate":
+        log.warning("candidate %s diverged (scored worst): %s", point, e)
+        return cls(index, point, "diverged", FitResult(epochs=len(e.history) + 1, best_epoch=0, seconds=e.seconds,
+                                                       history=e.history), error=str(e))
+
+    def score(self, metric: str) -> float:
+        """Higher is better; a diverged candidate is worst."""
+        if self.status != "ok":
+            return -math.inf
+        return self.fit.val_acc if metric == "acc" else -self.fit.val_loss
+
+    @property
+    def result(self) -> FitResult:
+        """The fit of the model this candidate keeps: its selection's, or a joint grid's kept epoch."""
+        if self.kept_epoch is None:
+            return self.fit
+        at = next(e for e in self.fit.history if e["epoch"] == self.kept_epoch)
+        return dataclasses.replace(self.fit, best_epoch=self.kept_epoch, val_acc=at["val_acc"], val_loss=at["val_loss"])
+
+    def grid_score(self) -> dict[str, Any]:
+        """Its entry in ``grid_scores`` (the CSV): its scores, or how it failed."""
+        if self.status != "ok":
+            return dict(point=self.point, status=self.status, epoch=self.fit.epochs)
+        out = dict(point=self.point, status=self.status, val_acc=self.fit.val_acc, val_loss=self.fit.val_loss,
+                   best_epoch=self.fit.best_epoch, epochs=self.fit.epochs)
+        return out if self.kept_epoch is None else dict(out, kept_epoch=self.kept_epoch)
+
+    def to_json(self) -> dict[str, Any]:
+        return _json(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Candidate":
+        return cls(**dict(d, fit=FitResult(**d["fit"]) if d.get("fit") else None))
+
+
 @dataclass
 class Outcome:
     trainer: Trainer
@@ -72,6 +136,7 @@ class Outcome:
     val_loss: float
     grid_scores: list[dict[str, Any]]
     train_seconds: float
+    candidate: Candidate | None = None  # the chosen candidate (its index too)
 
     def record(self) -> dict[str, Any]:
         return dict(
@@ -82,101 +147,32 @@ class Outcome:
         )
 
 
-class CandidateStore:
-    """Finished candidates of a grid, kept in ``state_dir`` (beside the fits' checkpoints):
-    ``select-<i>.json`` holds a candidate's scores and history; ``select-<i>.best.safetensors``
-    the weights of the best candidate so far, when the chosen model is kept as it is. Without a
-    directory it keeps nothing."""
-
-    def __init__(self, state_dir: str | Path | None) -> None:
-        self.dir = Path(state_dir) if state_dir else None
-
-    def _path(self, i: int, suffix: str) -> Path:
-        return self.dir / f"select-{i}{suffix}"
-
-    def get(self, i: int, point: dict[str, Any]) -> dict[str, Any] | None:
-        if self.dir is None or not self._path(i, ".json").is_file():
-            return None
-        try:
-            rec = json.loads(self._path(i, ".json").read_text())
-        except (OSError, ValueError) as e:
-            log.warning("ignoring unreadable candidate record %s (%s)", self._path(i, ".json"), e)
-            return None
-        if rec.get("point") != json.loads(json.dumps(point)):
-            log.warning("ignoring %s: it records %s, not %s", self._path(i, ".json"), rec.get("point"), point)
-            return None
-        return rec
-
-    def put(self, i: int, rec: dict[str, Any]) -> None:
-        if self.dir is None:
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(i, ".json.tmp")
-        tmp.write_text(json.dumps(rec))
-        os.replace(tmp, self._path(i, ".json"))
-
-    def save_weights(self, i: int, state: dict[str, torch.Tensor]) -> None:
-        """Keep candidate ``i``'s weights (the best so far)."""
-        if self.dir is None:
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(i, ".best.safetensors.tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-        os.replace(tmp, self._path(i, ".best.safetensors"))
-
-    def drop_weights(self, i: int) -> None:
-        if self.dir is not None:
-            self._path(i, ".best.safetensors").unlink(missing_ok=True)
-
-    def load_weights(self, i: int) -> dict[str, torch.Tensor] | None:
-        path = self._path(i, ".best.safetensors") if self.dir else None
-        return load_file(str(path)) if path is not None and path.is_file() else None
-
-    def clear(self, n: int) -> None:
-        if self.dir is None:
-            return
-        for i in range(n):
-            for suffix in (".json", ".best.safetensors"):
-                self._path(i, suffix).unlink(missing_ok=True)
-
-
-def _grid_score(rec: Mapping[str, Any]) -> dict[str, Any]:
-    """A candidate's entry in ``grid_scores`` (the CSV): its scores, or how it failed."""
-    if rec["status"] != "ok":
-        return dict(point=rec["point"], status=rec["status"], epoch=rec["epochs"])
-    keys = ("point", "status", "val_acc", "val_loss", "best_epoch", "epochs") + (("kept_epoch",) if "kept_epoch" in rec else ())
-    return {k: rec[k] for k in keys}
-
-
-def _score(rec: Mapping[str, Any], metric: str) -> float:
-    """Higher is better; a diverged candidate is worst."""
-    if rec["status"] != "ok":
-        return float("-inf")
-    return rec["val_acc"] if metric == "acc" else -rec["val_loss"]
+def _best(selections: list[Selection], live: list[int]) -> int:
+    """The live candidate with the best score so far (ties: the first)."""
+    return max(live, key=lambda j: (-math.inf if selections[j].best_score is None else selections[j].best_score, -j))
 
 
 class GridSelection:
     """Which candidate a joint grid keeps, and when it stops, as the PVeRA code decides it
     (leofillioux/pvera utils/train.py): every candidate trains in lockstep and keeps its own
-    ``Selection``; after each epoch the grid's best, the best of the candidates' best scores,
-    moves only when it improves on the grid's previous best by more than ``min_rel_delta``
-    relative to it, and then the candidate holding it, with its weights of that epoch, is the one
-    kept (ties: the first); training stops once every candidate has stalled. ``update`` says
-    whether the grid's best moved (the chosen candidate's weights are the ones to keep)."""
+    ``Selection`` (read here, never copied: each fit's own); after each scored epoch the grid's
+    best, the best of the candidates' best scores, moves only when it improves on the grid's
+    previous best by more than ``min_rel_delta`` relative to it, and then the candidate holding
+    it, with its weights of that epoch, is the one kept (ties: the first); training stops once
+    every candidate has stalled. ``update`` says whether the grid's best moved (the chosen
+    candidate's weights are the ones to keep)."""
 
-    def __init__(self, n: int, metric: str, patience: int | None, min_rel_delta: float) -> None:
-        self.candidates = [Selection(metric, patience, min_rel_delta) for _ in range(n)]
+    def __init__(self, candidates: list[Selection], min_rel_delta: float) -> None:
+        self.candidates = candidates
         self.min_rel_delta = float(min_rel_delta or 0.0)
-        self.live = list(range(n))
+        self.live = list(range(len(candidates)))
         self.best_score: float | None = None
         self.chosen: int | None = None
         self.epoch = 0  # of the last move: the kept weights are the chosen candidate's after this epoch
 
-    def update(self, epoch: int, scores: Mapping[int, tuple[float, float]]) -> bool:
-        """``scores``: candidate -> (val_acc, val_loss) of ``epoch``, for every live candidate."""
-        for i in self.live:
-            self.candidates[i].update(epoch, *scores[i])
-        i = max(self.live, key=lambda j: (self.candidates[j].best_score, -j))
+    def update(self, epoch: int) -> bool:
+        """Call after every live candidate's selection has scored ``epoch``."""
+        i = _best(self.candidates, self.live)
         score = self.candidates[i].best_score
         if self.best_score is None or score - self.best_score > self.min_rel_delta * abs(self.best_score):
             self.best_score, self.chosen, self.epoch = score, i, epoch
@@ -188,7 +184,7 @@ class GridSelection:
         candidate at its own best epoch is chosen instead (its weights are its selection's)."""
         self.live.remove(i)
         if self.chosen == i:
-            self.chosen = max(self.live, key=lambda j: (self.candidates[j].best_score, -j)) if self.live else None
+            self.chosen = _best(self.candidates, self.live) if self.live else None
             self.best_score = self.candidates[self.chosen].best_score if self.live else None
             self.epoch = self.candidates[self.chosen].best_epoch if self.live else 0
 
@@ -197,60 +193,118 @@ class GridSelection:
         return all(self.candidates[i].should_stop for i in self.live)
 
     def state_dict(self) -> dict[str, Any]:
-        return dict(live=self.live, best_score=self.best_score, chosen=self.chosen, epoch=self.epoch,
-                    candidates=[c.state_dict() for c in self.candidates])
+        return dict(live=self.live, best_score=self.best_score, chosen=self.chosen, epoch=self.epoch)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.live, self.best_score, self.chosen, self.epoch = (list(state["live"]), state["best_score"],
                                                                 state["chosen"], state["epoch"])
-        for c, s in zip(self.candidates, state["candidates"]):
-            c.load_state_dict(s)
 
 
-def _run_joint(points: list[dict[str, Any]], p: Mapping[str, Any], build: Callable[[dict[str, Any]], Trainer],
-               load: Callable[[str], Split], fit_kw: Mapping[str, Any],
-               ) -> tuple[list[dict[str, Any]], int, Trainer, FitResult]:
-    """Train every candidate in lockstep and choose by ``GridSelection`` (``grid_mode: joint``).
-    The round's state is checkpointed as one file (``select-joint.safetensors``) every
-    ``checkpoint_every`` epochs. Returns the candidates' records, the chosen index, its trainer
-    (with the kept weights loaded) and its fit."""
+Build = Callable[[Candidate], Trainer]
+Load = Callable[[str], Split]
+OnEpoch = Callable[[str, dict], None] | None
+
+
+def _replay(on_epoch: OnEpoch, tag: str, fit: FitResult | None) -> None:
+    """A fit finished in an earlier run: its epochs to ``on_epoch`` (history.csv of the new run)."""
+    for entry in fit.history if on_epoch is not None and fit is not None else ():
+        on_epoch(tag, entry)
+
+
+def _all_diverged(cands: list[Candidate]) -> DivergedError:
+    last = cands[-1].error
+    n = len(cands)
+    return DivergedError(last if n == 1 else f"every candidate diverged ({n} of {n}); the last: {last}")
+
+
+def separate_grid(points: list[dict[str, Any]], p: Mapping[str, Any], build: Build, load: Load,
+                  fit_kw: Mapping[str, Any], state: RunState, on_epoch: OnEpoch,
+                  keep_weights: bool) -> tuple[list[Candidate], Candidate]:
+    """``grid_mode: separate``: each candidate trains alone, stops on its own; the best score
+    chooses (ties: the first). Each finished candidate is committed to ``state`` (with its
+    weights while it is the best so far, when ``keep_weights``: the chosen model is kept as it is)."""
+    metric = fit_kw["metric"]
+    kw = {k: v for k, v in fit_kw.items() if k != "metric"}
+    cands: list[Candidate] = []
+    best: Candidate | None = None
+    for i, point in enumerate(points):
+        rec = state.candidate(i, point)
+        if rec is not None:
+            c = Candidate.from_json(rec)
+            log.info("candidate %s: finished in an earlier run (%s), not trained again", point, c.status)
+            _replay(on_epoch, c.tag, c.fit)
+        else:
+            c = Candidate(i, point)
+            trainer = build(c)
+            try:
+                c.fit = trainer.fit(load(p["select_on"]), load(p["val_split"]), desc=f"select {point}" if point else "train",
+                                    tag=c.tag, stamp=point, checkpoint=state.fit_path(c.tag), every=state.every, **kw)
+                c.status = "ok"
+                log.info("candidate %s: val_acc %.2f val_loss %.4f", point, c.fit.val_acc, c.fit.val_loss)
+            except DivergedError as e:
+                c = Candidate.diverged(i, point, e)
+            better = c.status == "ok" and (best is None or c.score(metric) > best.score(metric))
+            state.commit_candidate(i, c.to_json(), trainer.trainable_state() if keep_weights and better else None)
+            del trainer
+        if c.status == "ok" and (best is None or c.score(metric) > best.score(metric)):
+            if keep_weights and best is not None:
+                state.drop_candidate_weights(best.index)  # only now, once ``c`` is committed
+            best = c
+        cands.append(c)
+    if best is None:
+        raise _all_diverged(cands)
+    return cands, best
+
+
+def joint_grid(points: list[dict[str, Any]], p: Mapping[str, Any], build: Build, load: Load,
+               fit_kw: Mapping[str, Any], state: RunState, on_epoch: OnEpoch,
+               keep_weights: bool) -> tuple[list[Candidate], Candidate]:
+    """``grid_mode: joint``: every candidate trains in lockstep and ``GridSelection`` chooses.
+    The round is checkpointed as one file (``select-joint.safetensors``: every candidate's fit,
+    the grid's state and the kept weights) every ``state.every`` epochs, so candidates always
+    resume at the same epoch; the finished grid is committed as one record (``joint-grid.json``,
+    with the kept weights when ``keep_weights``), before the round file goes."""
+    done = state.get_json("joint-grid")
+    if done is not None and [c["point"] for c in done] == _json(points):
+        log.info("joint grid: finished in an earlier run, not trained again")
+        cands = [Candidate.from_json(c) for c in done]
+        for c in cands:
+            _replay(on_epoch, c.tag, c.fit)
+        state.drop("select-joint.safetensors")  # killed between the commit and this
+        return cands, next(c for c in cands if c.kept_epoch is not None)
     train, val = load(p["select_on"]), load(p["val_split"])
+    kw = {k: v for k, v in fit_kw.items() if k != "metric"}
 
-    def start() -> tuple[list, list]:
-        trainers = [build(point) for point in points]
-        return trainers, [t.start(train, val, desc=f"select {point}", tag=f"select-{i}", stamp=point, **fit_kw)
-                          for i, (t, point) in enumerate(zip(trainers, points))]
+    def start() -> tuple[list, list, GridSelection]:
+        trainers = [build(Candidate(i, point)) for i, point in enumerate(points)]
+        loops = [t.start(train, val, desc=f"select {point}", tag=f"select-{i}", stamp=point, **kw)
+                 for i, (t, point) in enumerate(zip(trainers, points))]
+        return trainers, loops, GridSelection([loop.selection for loop in loops], fit_kw["min_rel_delta"])
 
-    trainers, loops = start()
-    grid = GridSelection(len(points), fit_kw["select"], fit_kw["patience"], fit_kw["min_rel_delta"])
-    diverged: dict[int, dict[str, Any]] = {}
+    trainers, loops, grid = start()
+    diverged: dict[int, Candidate] = {}
     kept: dict[str, torch.Tensor] | None = None  # the chosen candidate's weights after grid.epoch
-    first = trainers[0]
-    path = first.checkpoint_dir / "select-joint.safetensors" if first.checkpoint_dir and first.checkpoint_every else None
+    path = state.fit_path("select-joint")
     saved = checkpoint.load_joint(path) if path else None
     if saved is not None:
         parts, extra, info = saved
-        if info.get("points") != json.loads(json.dumps(points)) or sorted(parts) != sorted(info["grid"]["live"]):
+        if info.get("points") != _json(points) or sorted(parts) != sorted(info["grid"]["live"]):
             log.warning("discarding checkpoint %s: it was saved for the grid %s, not %s", path, info.get("points"), points)
         elif all(loops[i].restore(parts[i], f"{path} [{i}]") for i in parts):
             grid.load_state_dict(info["grid"])
-            diverged = {int(i): rec for i, rec in info["diverged"].items()}
+            diverged = {int(i): Candidate.from_json(c) for i, c in info["diverged"].items()}
             kept = extra or None
         else:  # restore() said why; start every candidate afresh
-            trainers, loops = start()
+            trainers, loops, grid = start()
     for i in diverged:
         trainers[i] = loops[i] = None
-    every = first.checkpoint_every
     while grid.live and not loops[grid.live[0]].finished and not grid.should_stop:
-        scores = {}
+        scored = False
         for i in list(grid.live):
             try:
-                entry = loops[i].step()
-                scores[i] = (entry["val_acc"], entry["val_loss"])
+                scored = "val_acc" in loops[i].step() or scored  # trainer.eval_every > 1: not every epoch
             except DivergedError as e:
-                diverged[i] = dict(point=points[i], status="diverged", error=str(e), epochs=len(e.history) + 1,
-                                   seconds=e.seconds, history=e.history)
-                log.warning("candidate %s diverged (scored worst): %s", points[i], e)
+                diverged[i] = Candidate.diverged(i, points[i], e)
                 was_chosen = grid.chosen == i
                 trainers[i] = loops[i] = None
                 grid.drop(i)
@@ -259,48 +313,47 @@ def _run_joint(points: list[dict[str, Any]], p: Mapping[str, Any], build: Callab
         if not grid.live:
             break
         epoch = loops[grid.live[0]].epoch
-        if grid.update(epoch, scores):
+        if scored and grid.update(epoch):
             kept = trainers[grid.chosen].trainable_state()
-        if path and epoch % every == 0 and not loops[grid.live[0]].finished and not grid.should_stop:
+        if path and epoch % state.every == 0 and not loops[grid.live[0]].finished and not grid.should_stop:
             checkpoint.save_joint(path, {i: loops[i].state() for i in grid.live}, kept or {},
-                                  dict(points=points, grid=grid.state_dict(), diverged=diverged))
-    if path:
-        path.unlink(missing_ok=True)
+                                  dict(points=points, grid=grid.state_dict(),
+                                       diverged={i: c.to_json() for i, c in diverged.items()}))
     if not grid.live:
-        last = next(reversed(diverged.values()))["error"]
-        raise DivergedError(f"every candidate diverged ({len(points)} of {len(points)}); the last: {last}")
+        raise _all_diverged([diverged[i] for i in sorted(diverged)])
     if grid.should_stop:
         log.info("early stopping after epoch %d: every candidate is %s epochs past its best",
                  loops[grid.live[0]].epoch, fit_kw["patience"])
-    records = []
-    for i, point in enumerate(points):
-        if i in diverged:
-            records.append(diverged[i])
-            continue
-        fit = loops[i].close(keep_best=False)
-        records.append(dict(point=point, status="ok", val_acc=fit.val_acc, val_loss=fit.val_loss,
-                            best_epoch=fit.best_epoch, epochs=fit.epochs, seconds=fit.seconds, history=fit.history))
-    i = grid.chosen
-    trainer = trainers[i]
-    trainer.load_trainable_state(kept)
-    records[i]["kept_epoch"] = grid.epoch
-    return records, i, trainer, _kept_fit(records[i])
+    cands = [diverged[i] if i in diverged else
+             Candidate(i, point, "ok", loops[i].close(keep_best=False)) for i, point in enumerate(points)]
+    chosen = cands[grid.chosen]
+    chosen.kept_epoch = grid.epoch
+    if keep_weights:
+        state.put_tensors(f"candidate-{chosen.index}", kept)
+    state.put_json("joint-grid", [c.to_json() for c in cands])  # the commit: one file, so no half-recorded grid
+    state.drop("select-joint.safetensors")
+    return cands, chosen
 
 
-def _kept_fit(rec: Mapping[str, Any]) -> FitResult:
-    """The fit of a joint grid's chosen candidate: its weights after ``kept_epoch``."""
-    at = next(e for e in rec["history"] if e["epoch"] == rec["kept_epoch"])
-    return FitResult(epochs=rec["epochs"], best_epoch=rec["kept_epoch"], val_acc=at["val_acc"], val_loss=at["val_loss"],
-                     seconds=rec["seconds"], history=rec["history"])
+def final_fit(chosen: Candidate, p: Mapping[str, Any], build: Build, load: Load, state: RunState,
+              test_every: int) -> tuple[FitResult, dict[str, torch.Tensor], Split | None]:
+    """Retrain the chosen candidate on ``final_on`` (its checkpoint is stamped with the point).
+    Returns the fit, the trained weights and the test split when it was scored along the fit."""
+    trainer = build(chosen)
+    final = load(p["final_on"])
+    # every choice is made: the test split may be scored along the final fit
+    test_split = load(p["test_split"]) if test_every else None
+    fit = trainer.fit(final, desc="final", select=None, tag="final", stamp=chosen.point, test=test_split,
+                      test_eval_every=test_every, checkpoint=state.fit_path("final"), every=state.every)
+    return fit, trainer.trainable_state(), test_split
 
 
-def run_protocol(p: Mapping[str, Any], build: Callable[[dict[str, Any]], Trainer],
-                 load: Callable[[str], Split], *, state_dir: str | Path | None = None,
-                 on_epoch: Callable[[str, dict], None] | None = None) -> Outcome:
-    """Run protocol ``p``: ``build(point)`` makes a fresh trainer with the grid values ``point``
-    applied; ``load(split)`` opens a split. ``state_dir`` makes the grid durable (see above);
-    ``on_epoch`` gets the history of candidates finished in an earlier run. Returns the test
-    predictions of the final model."""
+def run_protocol(p: Mapping[str, Any], build: Build, load: Load, *, state: RunState | None = None,
+                 on_epoch: OnEpoch = None) -> Outcome:
+    """Run protocol ``p``: ``build(candidate)`` makes a fresh trainer with the candidate's grid
+    values applied; ``load(split)`` opens a split. ``state`` (the run's ``RunState``) keeps what
+    is finished; ``on_epoch`` gets the history of fits finished in an earlier run. Returns the
+    test predictions of the final model, which is always rebuilt from its committed weights."""
     points = grid_points(p.get("grid"))
     metric, ckpt = p.get("metric", "acc"), p.get("checkpoint", "last")
     if metric not in ("acc", "loss") or ckpt not in ("best", "last"):
@@ -318,99 +371,45 @@ def run_protocol(p: Mapping[str, Any], build: Callable[[dict[str, Any]], Trainer
                             "validation score; it needs checkpoint: best (or set protocol.grid_mode=separate)")
     fit_kw = dict(select=metric if keep_best else None, patience=p.get("patience"),
                   min_rel_delta=float(p.get("min_rel_delta") or 0.0))
-    store = CandidateStore(state_dir)
-    seconds = 0.0
-    chosen, val_acc, val_loss, scores = points[0], float("nan"), float("nan"), []
-    model: tuple[Trainer | None, FitResult, int] | None = None  # the chosen candidate's, without final_on
-
-    if joint:
-        recs = [store.get(i, point) for i, point in enumerate(points)]
-        if all(r is not None for r in recs) and any("kept_epoch" in r for r in recs):
-            log.info("joint grid: finished in an earlier run, not trained again")
-            for i, rec in enumerate(recs):
-                for entry in rec["history"] if on_epoch is not None else ():
-                    on_epoch(f"select-{i}", entry)
-            i = next(j for j, r in enumerate(recs) if "kept_epoch" in r)
-            model = (None, _kept_fit(recs[i]), i)
-        else:
-            recs, i, trainer, fit = _run_joint(points, p, build, load, fit_kw)
-            if not final_on:  # the chosen model itself is kept: its weights must survive a restart
-                store.save_weights(i, trainer.trainable_state())
-            for j, rec in enumerate(recs):
-                store.put(j, rec)
-            model = (trainer, fit, i)
-            del trainer
-        seconds = sum(r["seconds"] for r in recs)
-        scores = [_grid_score(r) for r in recs]
-        chosen, val_acc, val_loss = points[i], model[1].val_acc, model[1].val_loss
-        log.info("chosen on %s (joint grid, weights after epoch %d): %s", p["val_split"], model[1].best_epoch, chosen)
-    elif len(points) > 1 or not final_on:
-        best: tuple[float, dict] | None = None
-        last_error = ""
-        for i, point in enumerate(points):
-            rec, trainer = store.get(i, point), None
-            if rec is not None:
-                log.info("candidate %s: finished in an earlier run (%s), not trained again", point, rec["status"])
-                for entry in rec["history"]:
-                    if on_epoch is not None:
-                        on_epoch(f"select-{i}", entry)
-            else:
-                train, val = load(p["select_on"]), load(p["val_split"])
-                trainer = build(point)
-                try:
-                    fit = trainer.fit(train, val, desc=f"select {point}" if point else "train", tag=f"select-{i}",
-                                      stamp=point, **fit_kw)
-                    rec = dict(point=point, status="ok", val_acc=fit.val_acc, val_loss=fit.val_loss,
-                               best_epoch=fit.best_epoch, epochs=fit.epochs, seconds=fit.seconds, history=fit.history)
-                    log.info("candidate %s: val_acc %.2f val_loss %.4f", point, fit.val_acc, fit.val_loss)
-                except DivergedError as e:
-                    trainer = None
-                    rec = dict(point=point, status="diverged", error=str(e), epochs=len(e.history) + 1,
-                               seconds=e.seconds, history=e.history)
-                    log.warning("candidate %s diverged (scored worst): %s", point, e)
-            seconds += rec["seconds"]
-            last_error = rec.get("error", last_error)
-            scores.append(_grid_score(rec))
-            previous = model[2] if model else None
-            if rec["status"] == "ok" and (best is None or _score(rec, metric) > best[0]):
-                if not final_on:  # the chosen model itself is kept: its weights must survive a restart
-                    if trainer is not None:
-                        store.save_weights(i, trainer.trainable_state())
-                    fit = FitResult(epochs=rec["epochs"], best_epoch=rec["best_epoch"], val_acc=rec["val_acc"],
-                                    val_loss=rec["val_loss"], seconds=rec["seconds"], history=rec["history"])
-                    model = (trainer, fit, i)
-                best = (_score(rec, metric), rec)
-            store.put(i, rec)  # after the weights: a record means everything it needs is saved
-            if model and previous is not None and previous != model[2]:
-                store.drop_weights(previous)  # no longer the best: only now, once ``i``'s record is saved
-            del trainer  # only ``model`` holds a candidate from here on
-        if best is None:
-            raise DivergedError(last_error if len(points) == 1 else
-                                f"every candidate diverged ({len(points)} of {len(points)}); the last: {last_error}")
-        chosen, val_acc, val_loss = best[1]["point"], best[1]["val_acc"], best[1]["val_loss"]
-        log.info("chosen on %s: %s", p["val_split"], chosen)
-
+    state = state if state is not None else RunState(None)
     test_split = None
-    if final_on:
-        model = None  # free the chosen candidate before the final model is built
-        trainer = build(chosen)
-        final = load(final_on)
-        if test_every:  # every choice is made: the test split may be scored along the final fit
-            test_split = load(p["test_split"])
-        fit = trainer.fit(final, desc="final", select=None, tag="final", stamp=chosen, test=test_split,
-                          test_eval_every=test_every)
-        seconds += fit.seconds
-    else:
-        trainer, fit, i = model
-        if trainer is None:  # chosen in an earlier run: rebuild it with the weights it kept
-            weights = store.load_weights(i)
-            if weights is None:
-                raise ProtocolError(f"the weights of the chosen candidate {chosen} are missing from {state_dir}; "
-                                    "delete that directory to run the grid again")
-            trainer = build(chosen)
-            trainer.load_trainable_state({k: v.to(trainer.device) for k, v in weights.items()})
 
+    committed = state.model()
+    if committed is not None:
+        info, weights = committed
+        cands = [Candidate.from_json(c) for c in info["candidates"]]
+        chosen, fit = Candidate.from_json(info["chosen"]), FitResult(**info["fit"])
+        log.info("the final model (%s) was saved by an earlier run: not trained again", chosen.point)
+        for c in cands:
+            _replay(on_epoch, c.tag, c.fit)
+        if final_on:
+            _replay(on_epoch, "final", fit)
+    else:
+        grid_kw = dict(fit_kw, metric=metric)
+        if joint:
+            cands, chosen = joint_grid(points, p, build, load, grid_kw, state, on_epoch, keep_weights=not final_on)
+        elif len(points) > 1 or not final_on:
+            cands, chosen = separate_grid(points, p, build, load, grid_kw, state, on_epoch, keep_weights=not final_on)
+        else:  # one point, retrained on final_on: nothing to choose
+            cands, chosen = [], Candidate(0, points[0])
+        if cands:
+            log.info("chosen on %s%s: %s", p["val_split"],
+                     f" (joint grid, weights after epoch {chosen.kept_epoch})" if joint else "", chosen.point)
+        if final_on:
+            fit, weights, test_split = final_fit(chosen, p, build, load, state, test_every)
+        else:
+            fit, weights = chosen.result, state.candidate_weights(chosen.index)
+            if weights is None:
+                raise ProtocolError(f"the weights of the chosen candidate {chosen.point} are missing from {state.dir}; "
+                                    "delete that directory to run the grid again")
+        state.commit_model(dict(chosen=chosen.to_json(), candidates=[c.to_json() for c in cands],
+                                fit=_json(dataclasses.asdict(fit))), weights)
+
+    seconds = sum(c.fit.seconds for c in cands) + (fit.seconds if final_on else 0.0)
+    trainer = build(chosen)
+    trainer.load_trainable_state({k: v.to(trainer.device) for k, v in weights.items()})
     # Every choice is final: now, and only now (or just before the final fit), the test split is opened.
-    test = trainer.predict(test_split if test_split is not None else load(p["test_split"]))
-    store.clear(len(points))
-    return Outcome(trainer, test, fit, chosen, val_acc, val_loss, scores, seconds)
+    test = trainer.predict(test_split if test_split is not None else load(p["test_split"]), stream="test")
+    val_acc, val_loss = (chosen.result.val_acc, chosen.result.val_loss) if cands else (math.nan, math.nan)
+    return Outcome(trainer, test, fit, chosen.point, val_acc, val_loss, [c.grid_score() for c in cands], seconds,
+                   candidate=chosen)

@@ -31,7 +31,8 @@ from .backbones import BackboneError, Classifier, create_backbone, input_size
 from .data import DataError, load_split
 from .data.core import open_split, resolve_source
 from .metric_registry import format_value
-from .protocols import ProtocolError, run_protocol
+from .checkpoint import RunState
+from .protocols import Candidate, ProtocolError, run_protocol
 from .schema import ConfigError
 from .train import DivergedError, HistoryCSV, Trainer, resolve_device
 
@@ -221,9 +222,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def execute(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict[str, Any]:
-    """Train and test one configuration; returns the result columns of its row. ``on_epoch(tag, entry)``
-    receives each epoch of every fit (the experiment logger), as history.csv does."""
+def run_state(cfg: DictConfig, key: str) -> RunState:
+    """The run's on-disk state: ``<runtime.checkpoint_dir>/<key>/`` (in memory only when
+    ``runtime.checkpoint_dir`` is null), with a fit checkpoint every ``runtime.checkpoint_every`` epochs."""
+    rt = cfg.runtime
+    return RunState(Path(rt.checkpoint_dir) / key if rt.get("checkpoint_dir") else None,
+                    every=int(rt.get("checkpoint_every") or 0))
+
+
+def execute(cfg: DictConfig, run_dir: Path, state: RunState | None = None, on_epoch=None) -> dict[str, Any]:
+    """Train and test one configuration; returns the result columns of its row. ``state`` keeps
+    what is finished (``RunState``); ``on_epoch(tag, entry)`` receives each epoch of every fit
+    (the experiment logger), as history.csv does."""
     rt = cfg.runtime
     threads = cpu_threads(rt.get("threads"))
     if threads:
@@ -246,8 +256,6 @@ def execute(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict[str, Any]:
         history(tag, entry)
         if on_epoch is not None:
             on_epoch(tag, entry)
-    ckpt_dir = Path(rt.checkpoint_dir) / config_hash(cfg) if rt.get("checkpoint_dir") else None
-    ckpt_every = int(rt.get("checkpoint_every") or 0)
 
     def load(split: str):
         if split not in loaded:
@@ -255,8 +263,8 @@ def execute(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict[str, Any]:
             log.info("%s/%s: %d images", task["name"], split, len(loaded[split]))
         return loaded[split]
 
-    def build(point: dict[str, Any]) -> Trainer:
-        c = with_point(cfg, point)
+    def build(candidate: Candidate) -> Trainer:
+        c = with_point(cfg, candidate.point)
         seed_everything(int(cfg.seed))
         bb = copy.deepcopy(backbone)
         adapters.apply(bb, c.adapter.name, **adapter_options(c.adapter))
@@ -264,14 +272,10 @@ def execute(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict[str, Any]:
         settings = dict(OmegaConf.to_container(c.trainer, resolve=True),
                         eval_batch_size=rt.eval_batch_size, progress=rt.progress)
         return Trainer(model, settings, device, seed=int(cfg.seed), compile=bool(rt.get("compile")),
-                       checkpoint_dir=ckpt_dir, checkpoint_every=ckpt_every, on_epoch=epoch_done)
+                       on_epoch=epoch_done)
 
-    try:
-        outcome = run_protocol(OmegaConf.to_container(cfg.protocol, resolve=True), build, load,
-                               state_dir=ckpt_dir if ckpt_every else None, on_epoch=epoch_done)
-    finally:  # the run's checkpoint directory goes with its last checkpoint
-        if ckpt_dir is not None and ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
-            ckpt_dir.rmdir()
+    outcome = run_protocol(OmegaConf.to_container(cfg.protocol, resolve=True), build, load, state=state,
+                           on_epoch=epoch_done)
     model = outcome.trainer.model
     preds = outcome.test
     np.savez_compressed(run_dir / "predictions.npz", probs=preds.probs.numpy().astype(np.float32),
@@ -319,7 +323,7 @@ def ood_scores(other: dict, cfg: DictConfig, trainer: Trainer, preds, data_kw: d
     """AUROC of telling this run's test images from task ``other``'s test images by maximum
     softmax probability (and by predictive entropy when sampling)."""
     name = other["name"]
-    ood = trainer.predict(load_split(other, "test", source=data_source(other, cfg), **data_kw))
+    ood = trainer.predict(load_split(other, "test", source=data_source(other, cfg), **data_kw), stream=f"ood/{name}")
     s_in, s_out = metrics.ood_scores(preds.probs), metrics.ood_scores(ood.probs)
     row = dict(ood_task=name, ood_auroc=metrics.auroc(s_in["msp"], s_out["msp"]))
     if preds.sample_preds is not None:
@@ -338,17 +342,27 @@ def _finish(logger: loggers.Logger, record: dict[str, Any] | None, status: str) 
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) -> dict[str, Any]:
-    """Run ``cfg`` unless an ``ok`` row with the same settings exists; append its row."""
+    """Run ``cfg`` unless an ``ok`` row with the same settings exists; append its row.
+
+    The run's state (``RunState``: checkpoints, finished candidates, the final model, and the
+    record itself before its row is appended) is removed only once the row is in the CSV: a run
+    killed at any point, started again, trains nothing that had finished, and one killed after
+    its record was saved only appends that record's row."""
     csv_path = Path(cfg.results_csv)
     resolved = resume_key(cfg)
     key = _digest(resolved)
+    state = run_state(cfg, key)
     if not cfg.get("force", False):
         prev = results.find_ok(csv_path, key)
         if prev is not None:
             log.info("skipped: %s already has an ok row for these settings (%s, test_acc %s); force=true reruns it",
                      csv_path, prev.get("timestamp"), prev.get("test_acc"))
             results.write_json(run_dir / "record.json", dict(prev, skipped=True))
+            state.clear()  # killed after its row was appended: what it left is not needed
             return dict(prev)
+    pending = state.record()
+    if pending is not None:  # finished in an earlier run, killed before its row was appended
+        return _append_pending(pending, csv_path, run_dir, state)
     record: dict[str, Any] = dict(
         timestamp=_dt.datetime.now().isoformat(timespec="seconds"),
         task=cfg.task.name, adapter=cfg.adapter.name, backbone=cfg.backbone.name, protocol=cfg.protocol.name,
@@ -364,12 +378,12 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
         logger = loggers.create(OmegaConf.to_container(cfg.get("logger") or {}, resolve=True), run_dir,
                                 f"{cfg.task.name}_{cfg.adapter.name}_s{cfg.seed}")
         logger.log_config(OmegaConf.to_container(cfg, resolve=True))
-        record.update(execute(cfg, run_dir, on_epoch=logger.log_epoch), status="ok")
+        record.update(execute(cfg, run_dir, state, on_epoch=logger.log_epoch), status="ok")
     except Exception as e:  # record every failure, then decide how loudly to end
         record.update(status="failed", error=one_line(e))
         _finish(logger, None, "failed")
         results.write_json(run_dir / "record.json", record)  # first: kept even if the CSV cannot be written
-        results.append(csv_path, record)
+        results.append(csv_path, record)  # the state stays: a rerun resumes what had finished
         if multirun:  # the sweep goes on
             log.error("run failed (recorded in %s): %s", csv_path, record["error"])
             return record
@@ -377,10 +391,29 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
             print(f"pvera-bench: error: {record['error']}", file=sys.stderr)
             sys.exit(2)
         raise
+    state.commit_record(record)  # from here a kill only leaves the row to append
     results.write_json(run_dir / "record.json", record)
     results.append(csv_path, record)
+    state.clear()
     _finish(logger, record, "ok")
     log.info("%s %s %s seed %s: %s, %s adapter params -> %s", record["task"], record["adapter"], record["backbone"],
              record["seed"], ", ".join(f"{k} {format_value(k, v)}" for k, v in loggers.final_metrics(record).items()),
              record["params_adapter"], csv_path)
+    return record
+
+
+def _append_pending(record: dict[str, Any], csv_path: Path, run_dir: Path, state: RunState) -> dict[str, Any]:
+    """Append the row of a run that finished in an earlier process (its record saved in the run
+    state, its row missing), unless the CSV has it already; this run's directory gets a copy
+    marked ``skipped`` (so ``results rebuild`` adds the run once, from its own directory)."""
+    log.info("finished in an earlier run (%s, test_acc %s), killed before its row was appended: appending it",
+             record.get("timestamp"), record.get("test_acc"))
+    own = Path(record["run_dir"]) / "record.json"
+    if own.parent.is_dir() and not own.is_file():
+        results.write_json(own, record)
+    rows = results.read(csv_path) if csv_path.is_file() else []
+    if not any(r.get("timestamp") == record["timestamp"] and r.get("run_dir") == record["run_dir"] for r in rows):
+        results.append(csv_path, record)
+    results.write_json(run_dir / "record.json", dict(record, skipped=True))
+    state.clear()
     return record

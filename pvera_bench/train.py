@@ -229,22 +229,18 @@ class Trainer:
     ``CrossEntropyLoss`` is applied to those probabilities, in training and in the validation loss
     that selects; only for an exact reproduction. ``predict``'s probabilities are the model's own.
 
-    With ``checkpoint_dir`` and ``checkpoint_every`` (epochs), ``fit`` saves its state every that
-    many epochs and a new trainer with the same settings resumes from it (a preempted job);
-    ``compile`` wraps the model in ``torch.compile``, with eager fallback. After each epoch
+    ``fit(..., checkpoint=PATH, every=N)`` saves the fit's state there every N epochs and a new
+    trainer with the same settings resumes from it (a preempted job); ``compile`` wraps the model in ``torch.compile``, with eager fallback. After each epoch
     ``on_epoch(tag, entry)`` gets the fit's tag and a dict with epoch, lr, train_loss, train_acc,
     seconds and, when evaluated, val_acc, val_loss, test_acc.
     """
 
-    def __init__(self, model: Classifier, cfg: Mapping, device: torch.device, seed: int = 0,
-                 checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0, compile: bool = False,
+    def __init__(self, model: Classifier, cfg: Mapping, device: torch.device, seed: int = 0, compile: bool = False,
                  on_epoch: Callable[[str, dict], None] | None = None) -> None:
         check_settings(cfg)
         self.model = model.to(device)
         self.forward = CompiledOrEager(model) if compile else model
         self.cfg = cfg
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        self.checkpoint_every = int(checkpoint_every or 0)
         self.on_epoch = on_epoch
         self.device = device
         self.seed = int(seed)
@@ -340,33 +336,18 @@ class Trainer:
 
     def fit(self, train: Split, val: Split | None = None, *, select: str | None = None,
             patience: int | None = None, min_rel_delta: float = 0.0, desc: str = "train",
-            tag: str = "fit", stamp: Any = None, test: Split | None = None, test_eval_every: int = 0) -> FitResult:
+            tag: str = "fit", stamp: Any = None, test: Split | None = None, test_eval_every: int = 0,
+            checkpoint: Path | None = None, every: int = 0) -> FitResult:
         """Train for ``cfg.epochs`` epochs. With ``val`` and ``select`` (``acc`` or ``loss``), the
         best epoch's weights are kept and ``patience`` stops early, by ``Selection``'s rule.
-        ``tag`` names this fit's checkpoint; ``stamp`` (JSON, e.g. the grid point) is written into
-        it, and a checkpoint with another stamp is discarded. With ``test`` and
-        ``test_eval_every`` = N the test split is scored after epochs 1, N + 1, 2N + 1, ... and the
-        last (NOAH's ``val_interval`` rule), for the history only: nothing here reads it."""
+        ``tag`` names this fit; ``stamp`` (JSON, e.g. the grid point) is written into its
+        checkpoint (``FitLoop.run``), and a checkpoint with another stamp is discarded. With
+        ``test`` and ``test_eval_every`` = N the test split is scored after epochs 1, N + 1,
+        2N + 1, ... and the last (NOAH's ``val_interval`` rule), for the history only: nothing
+        here reads it."""
         loop = self.start(train, val, select=select, patience=patience, min_rel_delta=min_rel_delta, desc=desc,
                           tag=tag, stamp=stamp, test=test, test_eval_every=test_eval_every)
-        ckpt_path = self.checkpoint_dir / f"{tag}.safetensors" if self.checkpoint_dir and self.checkpoint_every else None
-        saved = checkpoint.load(ckpt_path) if ckpt_path else None
-        if saved is not None and not loop.restore(saved, ckpt_path):
-            ckpt_path.unlink(missing_ok=True)
-        try:
-            while not loop.finished and not loop.stalled:
-                loop.step()
-                if ckpt_path and loop.epoch % self.checkpoint_every == 0 and not loop.finished and not loop.stalled:
-                    self._save_checkpoint(ckpt_path, loop)
-            if loop.stalled:
-                log.info("early stopping after epoch %d (best epoch %d)", loop.epoch, loop.selection.best_epoch)
-        except DivergedError:
-            if ckpt_path:
-                ckpt_path.unlink(missing_ok=True)
-            raise
-        if ckpt_path:
-            ckpt_path.unlink(missing_ok=True)
-        return loop.close()
+        return loop.run(checkpoint, every)
 
     def _train_epoch(self, forward, inputs, labels, order, opt, step_sched, first_step: int, bar):
         """One pass over ``order``; returns the summed loss and the number correct (on the device).
@@ -399,14 +380,17 @@ class Trainer:
         if self.on_epoch is not None:
             self.on_epoch(tag, entry)
 
-    def _save_checkpoint(self, path: Path, loop: "FitLoop") -> None:
-        checkpoint.save(path, loop.state())
-
     # -- evaluation -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def predict(self, split: Split, *, progress: bool = True) -> Predictions:
+    def predict(self, split: Split, *, stream: str = "eval", progress: bool = True) -> Predictions:
         """The predictive distribution on ``split``: mergeable adapters are merged for the pass,
-        stochastic ones (PVeRA in ``mc`` mode) average ``k`` samples drawn in one batched pass."""
+        stochastic ones (PVeRA in ``mc`` mode) average ``k`` samples drawn in one batched pass.
+
+        The pass runs on its own random stream, seeded from the run's seed and ``stream`` (which
+        names the split and the pass, e.g. ``val/select-0/3``): it never reads or advances the
+        global generators training draws from, and a stochastic adapter's noise is drawn per
+        example (``adapters.example_noise``), so the predictions depend neither on what ran
+        before nor on ``eval_batch_size``."""
         t0 = time.perf_counter()
         labels = torch.from_numpy(np.asarray(split.labels)).long()
         if self.frozen_features:
@@ -416,20 +400,25 @@ class Trainer:
             return Predictions(probs, labels, seconds=time.perf_counter() - t0)
         self.model.eval()
         k = adapters.eval_samples(self.model)
+        seed = adapters.stream_seed(self.seed, stream)
         merged = adapters.fully_mergeable(self.model) and adapters.merge(self.model) > 0
         bs = max(1, int(self.cfg.get("eval_batch_size", 256)) // k)
         probs, samples = [], []
+        cuda = self.device.type == "cuda"
+        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if cuda else []
         try:
-            with self._autocast():
+            with torch.random.fork_rng(devices=devices), self._autocast():
+                torch.manual_seed(seed)  # anything else that samples in evaluation: this pass's stream too
                 bar = self._progress(math.ceil(len(split) / bs), "eval") if progress else None
                 for i in range(0, len(split), bs):
                     x = self._to_device(split.images[i : i + bs])
-                    if k > 1:
-                        p = self.forward(x.repeat(k, 1, 1, 1)).float().softmax(-1).unflatten(0, (k, len(x)))
-                        samples.append(p.argmax(-1).cpu())
-                        p = p.mean(0)
-                    else:
-                        p = self.forward(x).float().softmax(-1)
+                    with adapters.example_noise(self.model, seed, range(i, i + len(x)), k, self.device):
+                        if k > 1:  # each example's k samples in consecutive rows
+                            p = self.forward(x.repeat_interleave(k, 0)).float().softmax(-1).unflatten(0, (len(x), k))
+                            samples.append(p.argmax(-1).T.cpu())
+                            p = p.mean(1)
+                        else:
+                            p = self.forward(x).float().softmax(-1)
                     probs.append(p.cpu())
                     if bar is not None:
                         bar.update(1)
@@ -523,14 +512,14 @@ class FitLoop:
                 seconds=self.result.seconds + time.perf_counter() - t0, history=self.result.history)
         entry.update(train_loss=train_loss, train_acc=float(correct) * 100.0 / self.used)
         if self.val is not None and (epoch % self.eval_every == 0 or epoch == self.epochs):
-            pred = t.predict(self.val, progress=False)
+            pred = t.predict(self.val, stream=f"val/{self.tag}/{epoch}", progress=False)
             entry.update(val_acc=pred.acc, val_loss=t.val_loss(pred))
             if self.selection.update(epoch, entry["val_acc"], entry["val_loss"]):
                 self.best_state = t.trainable_state()
         entry["seconds"] = time.perf_counter() - t0
         every = self.test_eval_every
         if self.test is not None and every and ((epoch - 1) % every == 0 or epoch == self.epochs):
-            entry["test_acc"] = t.predict(self.test, progress=False).acc  # not training time
+            entry["test_acc"] = t.predict(self.test, stream=f"test/{self.tag}/{epoch}", progress=False).acc
         self.rng = torch.get_rng_state()
         if self.cuda_rng is not None:
             self.cuda_rng = torch.cuda.get_rng_state()
@@ -541,6 +530,22 @@ class FitLoop:
         self.bar.set_postfix({k: round(v, 4) for k, v in entry.items() if k != "epoch"}, refresh=False)
         return entry
 
+    def run(self, path: Path | None = None, every: int = 0) -> FitResult:
+        """Step to the end (or until stalled) and ``close``. With ``path`` and ``every`` > 0 the
+        loop resumes from the checkpoint at ``path`` and saves one there every ``every`` epochs
+        (never after the last); the file is left for its owner (``checkpoint.RunState``) to
+        remove once what the fit produced is saved."""
+        saved = checkpoint.load(path) if path is not None and every else None
+        if saved is not None and not self.restore(saved, path):
+            path.unlink(missing_ok=True)
+        while not self.finished and not self.stalled:
+            self.step()
+            if path is not None and every and self.epoch % every == 0 and not self.finished and not self.stalled:
+                checkpoint.save(path, self.state())
+        if self.stalled:
+            log.info("early stopping after epoch %d (best epoch %d)", self.epoch, self.selection.best_epoch)
+        return self.close()
+
     def state(self) -> dict[str, Any]:
         """What ``checkpoint.save`` writes and ``restore`` reads back."""
         return dict(trainable=self.trainer.trainable_state(), best=self.best_state, optimizer=self.opt.state_dict(),
@@ -549,14 +554,11 @@ class FitLoop:
                               history=self.result.history, seconds=self.result.seconds))
 
     def restore(self, saved: Mapping[str, Any], where: Any = "checkpoint") -> bool:
-        """Continue from ``saved`` (a ``checkpoint.load`` result) unless it was written by an older
-        version or stamped for another point: then False, with a log line, and nothing changes.
+        """Continue from ``saved`` (a ``checkpoint.load`` result) unless it was stamped for another
+        point: then False, with a log line, and nothing changes.
         The restored epochs are replayed to the trainer's ``on_epoch`` hook."""
         t = self.trainer
-        if "selection" not in saved:
-            log.warning("discarding checkpoint %s: written by an older version; training from the start", where)
-            return False
-        if saved.get("stamp") != json.loads(json.dumps(self.stamp)):
+        if saved["stamp"] != json.loads(json.dumps(self.stamp)):
             log.warning("discarding checkpoint %s: it was saved for %s, not %s; training from the start",
                         where, saved.get("stamp"), self.stamp)
             return False

@@ -1,17 +1,17 @@
 """Protocols: grid choice on validation only; the test split is opened once, after every choice."""
 
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from pvera_bench import adapters
+from pvera_bench import adapters, checkpoint
 from pvera_bench.backbones import Classifier
+from pvera_bench.checkpoint import RunState
 from pvera_bench.data import Split
-from pvera_bench.protocols import ProtocolError, grid_points, run_protocol
-from pvera_bench.train import DivergedError, Trainer
+from pvera_bench.protocols import Candidate, GridSelection, ProtocolError, grid_points, run_protocol
+from pvera_bench.train import DivergedError, Selection, Trainer
 
 from conftest import tiny_vit
 
@@ -40,13 +40,17 @@ class Spy:
         self.events.append(("load", name))
         return self.splits[name]
 
-    def build(self, point):
+    @property
+    def state(self):
+        return RunState(self.checkpoint_dir, every=1)
+
+    def build(self, cand):
         torch.manual_seed(0)
         bb = tiny_vit()
         adapters.apply(bb, "lora", r=2, alpha=2)
+        point = cand.point
         settings = dict(SETTINGS, **{k.split(".", 1)[1]: v for k, v in point.items()})
-        trainer = Trainer(Classifier(bb, 3), settings, torch.device("cpu"), checkpoint_dir=self.checkpoint_dir,
-                          checkpoint_every=1 if self.checkpoint_dir else 0)
+        trainer = Trainer(Classifier(bb, 3), settings, torch.device("cpu"))
         spy = self
         fit = trainer.fit
 
@@ -122,7 +126,7 @@ def test_a_test_curve_needs_a_final_fit():
 
 def both_lrs(spy):
     """``build`` for a grid over ``lr``: the head's and the adapter's learning rate together."""
-    return lambda point: spy.build({"trainer.lr_head": point["lr"], "trainer.lr_adapter": point["lr"]})
+    return lambda c: spy.build(Candidate(c.index, {"trainer.lr_head": c.point["lr"], "trainer.lr_adapter": c.point["lr"]}))
 
 
 def test_a_diverging_candidate_is_recorded_and_scored_worst():
@@ -140,11 +144,11 @@ def test_the_run_fails_only_when_every_candidate_diverges():
 
 
 def die_on(name):
-    """``Trainer._save_checkpoint`` that saves, then kills the job when it saved ``name``."""
-    real = Trainer._save_checkpoint
+    """``checkpoint.save`` that saves, then kills the job when it saved ``name``."""
+    real = checkpoint.save
 
-    def save(self, path, *a):
-        real(self, path, *a)
+    def save(path, *a):
+        real(path, *a)
         if path.name == name:
             raise KeyboardInterrupt
     return save
@@ -155,17 +159,19 @@ def test_a_grid_killed_in_its_final_fit_resumes_without_training_a_candidate_aga
              grid={"trainer.lr_adapter": [1e-2, 1e-4]})
     ref = run_protocol(p, Spy().build, Spy().load)
     with monkeypatch.context() as m:
-        m.setattr(Trainer, "_save_checkpoint", die_on("final.safetensors"))
+        m.setattr(checkpoint, "save", die_on("final.safetensors"))
         with pytest.raises(KeyboardInterrupt):
-            run_protocol(p, Spy(tmp_path).build, Spy().load, state_dir=tmp_path)
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["final.safetensors", "select-0.json", "select-1.json"]
+            run_protocol(p, Spy(tmp_path).build, Spy().load, state=Spy(tmp_path).state)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["candidate-0.json", "candidate-1.json", "final.safetensors"]
     spy = Spy(tmp_path)
-    out = run_protocol(p, spy.build, spy.load, state_dir=tmp_path)
+    out = run_protocol(p, spy.build, spy.load, state=spy.state)
     assert [e for e in spy.events if e[0] == "fit"] == [("fit", ref.chosen)]  # the final fit, resumed
     assert [e for e in spy.events if e[0] == "load"] == [("load", "train800val200"), ("load", "test")]
     assert out.chosen == ref.chosen and out.grid_scores == ref.grid_scores
     assert torch.equal(out.test.probs, ref.test.probs)
-    assert list(tmp_path.iterdir()) == []  # nothing left once the run is done
+    # the final model is committed; its fit's checkpoint is gone. The run clears the rest after its row.
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["candidate-0.json", "candidate-1.json", "model.json",
+                                                         "model.safetensors"]
 
 
 def killed_at_test(spy):
@@ -183,83 +189,35 @@ def test_a_holdout_grid_resumed_after_its_candidates_keeps_the_chosen_weights(tm
     spy = Spy(tmp_path)
 
     with pytest.raises(KeyboardInterrupt):
-        run_protocol(p, spy.build, killed_at_test(spy), state_dir=tmp_path)
+        run_protocol(p, spy.build, killed_at_test(spy), state=spy.state)
     kept = sorted(f.name for f in tmp_path.iterdir())
     i = [s["point"] for s in ref.grid_scores].index(ref.chosen)
-    assert kept == sorted(["select-0.json", "select-1.json", f"select-{i}.best.safetensors"])
+    assert kept == sorted(["candidate-0.json", "candidate-1.json", f"candidate-{i}.safetensors", "model.json",
+                           "model.safetensors"])
     again = Spy(tmp_path)
-    out = run_protocol(p, again.build, again.load, state_dir=tmp_path)
+    out = run_protocol(p, again.build, again.load, state=again.state)
     assert again.events == [("load", "test")]  # no split but the test split, no fit
     assert out.chosen == ref.chosen and out.fit.best_epoch == ref.fit.best_epoch
     assert torch.equal(out.test.probs, ref.test.probs)
 
 
-# -- end to end: a real process, killed (SIGKILL) during its final fit ----------------------------
-def pvera_bench_cmd(*args):
-    import sys
-
-    return [sys.executable, "-m", "pvera_bench.cli", *args]
-
-
-@pytest.mark.slow
-def test_cli_grid_killed_during_the_final_fit_resumes_without_training_a_candidate_again(tmp_path, cache_dir):
-    import os
-    import signal
-    import subprocess
-
-    from pvera_bench import results
-
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PVERA_BENCH_CACHE=str(cache_dir), OMP_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1")
-    base = ["adapter=lora", "task=demo", "backbone=vit_tiny_random", "protocol=vtab", "trainer.epochs=3",
-            "trainer.batch_size=32", "trainer.warmup_epochs=1", "runtime.progress=false", "runtime.threads=1",
-            "++protocol.grid={trainer.lr_adapter:[3e-3,1e-2]}", "runtime.checkpoint_every=1"]
-    ck = tmp_path / "ck"
-    args = base + [f"runtime.checkpoint_dir={ck}", f"results_csv={tmp_path / 'killed.csv'}"]
-    proc = subprocess.Popen(pvera_bench_cmd(*args), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while not list(ck.glob("*/final.safetensors")):
-        assert proc.poll() is None and time.monotonic() < deadline, "the final fit's checkpoint never appeared"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    (state,) = ck.iterdir()
-    assert {f.name for f in state.iterdir()} >= {"select-0.json", "select-1.json", "final.safetensors"}
-    again = subprocess.run(pvera_bench_cmd(*args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr
-    out = again.stdout + again.stderr
-    assert out.count("finished in an earlier run") == 2 and "resuming final from its checkpoint" in out
-    assert "select-0 from its checkpoint" not in out and "select-1 from its checkpoint" not in out
-    ref = subprocess.run(pvera_bench_cmd(*base, f"runtime.checkpoint_dir={tmp_path / 'ck-ref'}",
-                                         f"results_csv={tmp_path / 'ref.csv'}"),
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert ref.returncode == 0, ref.stderr
-    (a,), (b,) = results.read(tmp_path / "killed.csv"), results.read(tmp_path / "ref.csv")
-    assert a["status"] == b["status"] == "ok"
-    for col in ("test_acc", "test_nll", "chosen", "grid_scores", "epochs"):
-        assert a[col] == b[col], col
-    # the history of the resumed run holds every epoch of every fit once
-    import csv
-
-    hist = list(csv.DictReader(open(Path(a["run_dir"]) / "history.csv")))
-    assert [(r["fit"], int(r["epoch"])) for r in hist] == [(f, e) for f in ("select-0", "select-1", "final")
-                                                          for e in range(1, 4)]
-    assert float(a["train_seconds"]) > 0.5 * float(b["train_seconds"])
-
-
 # -- joint grids: the PVeRA code's lockstep rule -------------------------------------------------
-from pvera_bench import checkpoint  # noqa: E402
-from pvera_bench.protocols import GridSelection  # noqa: E402
-from pvera_bench.train import Selection  # noqa: E402
+
+
+def new_grid(n, metric, patience, min_rel_delta):
+    return GridSelection([Selection(metric, patience, min_rel_delta) for _ in range(n)], min_rel_delta)
 
 
 def drive_grid(grid, losses, start=1):
-    """Feed per-candidate ``losses`` (lists of equal length, epochs 1, 2, ...) until the grid stops;
-    returns (stop epoch or None, [(epoch, chosen) at every move of the grid's best])."""
+    """Feed per-candidate ``losses`` (lists of equal length, epochs 1, 2, ...) to the candidates'
+    selections until the grid stops; returns (stop epoch or None, [(epoch, chosen) at every move
+    of the grid's best])."""
     moves = []
     for epoch, row in enumerate(zip(*losses), start=start):
-        if grid.update(epoch, {i: (0.0, loss) for i, loss in enumerate(row) if i in grid.live}):
+        for i, loss in enumerate(row):
+            if i in grid.live:
+                grid.candidates[i].update(epoch, 0.0, loss)
+        if grid.update(epoch):
             moves.append((epoch, grid.chosen))
         if grid.should_stop:
             return epoch, moves
@@ -275,7 +233,7 @@ def test_a_joint_grid_stops_only_when_every_candidate_has_stalled():
     alone = Selection("loss", patience=3, min_rel_delta=0.0)
     stop_alone = next(e for e, loss in enumerate(a, start=1) if (alone.update(e, 0.0, loss), alone.should_stop)[1])
     assert stop_alone == 5
-    grid = GridSelection(2, "loss", patience=3, min_rel_delta=0.0)
+    grid = new_grid(2, "loss", patience=3, min_rel_delta=0.0)
     stop, moves = drive_grid(grid, [a, b])
     assert stop == 10 and [c.best_epoch for c in grid.candidates] == [6, 7]
     assert moves == [(1, 0), (2, 0), (6, 0)] and (grid.chosen, grid.epoch) == (0, 6)
@@ -286,16 +244,16 @@ def test_the_grid_best_moves_only_on_a_relative_gain_above_the_threshold():
     # only 0.5% below the grid's best (1.0), so A stays chosen; 0.99 at epoch 3 is not even B's own
     # best (0.5% below 0.995); 0.985 at epoch 4 is (1.005% below 0.995), and 1.5% below the grid's
     # best: B is chosen, with its weights of epoch 4.
-    grid = GridSelection(2, "loss", patience=50, min_rel_delta=0.01)
+    grid = new_grid(2, "loss", patience=50, min_rel_delta=0.01)
     _, moves = drive_grid(grid, [[1.0] * 5, [1.2, 0.995, 0.99, 0.985, 0.99]])
     assert moves == [(1, 0), (4, 1)] and grid.candidates[1].best_epoch == 4
-    grid = GridSelection(2, "loss", patience=50, min_rel_delta=0.01)
+    grid = new_grid(2, "loss", patience=50, min_rel_delta=0.01)
     _, moves = drive_grid(grid, [[1.0] * 3, [1.2, 0.995, 0.99]])
     assert moves == [(1, 0)] and grid.chosen == 0 and grid.candidates[1].val_loss < grid.candidates[0].val_loss
 
 
 def test_a_diverged_candidate_leaves_the_grid_and_the_choice():
-    grid = GridSelection(3, "loss", patience=2, min_rel_delta=0.0)
+    grid = new_grid(3, "loss", patience=2, min_rel_delta=0.0)
     drive_grid(grid, [[1.0, 0.5], [0.9, 0.8], [0.95, 0.7]])
     assert grid.chosen == 0
     grid.drop(0)  # candidate 0 diverges in epoch 3: the best live one at its own best epoch
@@ -307,13 +265,12 @@ def test_a_diverged_candidate_leaves_the_grid_and_the_choice():
 def pvera_build(spy, **settings):
     """``build`` with PVeRA, whose training samples noise: a candidate stepped in lockstep with
     others must draw exactly the noise it draws alone."""
-    def build(point):
+    def build(cand):
         torch.manual_seed(0)
         bb = tiny_vit()
         adapters.apply(bb, "pvera", r=4, projection_seed=0)
-        cfg = dict(SETTINGS, **settings, **{k.split(".", 1)[1]: v for k, v in point.items()})
-        return Trainer(Classifier(bb, 3), cfg, torch.device("cpu"), checkpoint_dir=spy.checkpoint_dir,
-                       checkpoint_every=1 if spy.checkpoint_dir else 0, on_epoch=spy.epoch)
+        cfg = dict(SETTINGS, **settings, **{k.split(".", 1)[1]: v for k, v in cand.point.items()})
+        return Trainer(Classifier(bb, 3), cfg, torch.device("cpu"), on_epoch=spy.epoch)
     return build
 
 
@@ -368,21 +325,23 @@ def test_a_joint_grid_killed_mid_training_resumes_from_its_round(tmp_path, monke
 
     def save_then_die(path, parts, extra, info):
         real(path, parts, extra, info)
-        if info["grid"]["candidates"][0]["epoch"] == 2:
+        if parts[0]["info"]["epoch"] == 2:
             raise KeyboardInterrupt
     with monkeypatch.context() as m:
         m.setattr(checkpoint, "save_joint", save_then_die)
         with pytest.raises(KeyboardInterrupt):
-            run_protocol(p, pvera_build(EpochSpy(tmp_path), epochs=4), Spy().load, state_dir=tmp_path)
+            run_protocol(p, pvera_build(EpochSpy(tmp_path), epochs=4), Spy().load, state=Spy(tmp_path).state)
     assert [f.name for f in tmp_path.iterdir()] == ["select-joint.safetensors"]
     spy = EpochSpy(tmp_path)
-    out = run_protocol(p, pvera_build(spy, epochs=4), spy.load, state_dir=tmp_path)
+    out = run_protocol(p, pvera_build(spy, epochs=4), spy.load, state=spy.state)
     trained = [e[:2] for e in spy.epochs]
     assert trained[:4] == [("select-0", 1), ("select-0", 2), ("select-1", 1), ("select-1", 2)]  # replayed
     assert trained[4:] == [("select-0", 3), ("select-1", 3), ("select-0", 4), ("select-1", 4)]  # trained
     assert out.chosen == ref.chosen and out.grid_scores == ref.grid_scores
     assert torch.equal(out.test.probs, ref.test.probs)
-    assert list(tmp_path.iterdir()) == []
+    # committed: the grid (one record), the kept weights and the final model; the round file is gone
+    assert sorted(f.name for f in tmp_path.iterdir()) == [f"candidate-{out.candidate.index}.safetensors",
+                                                         "joint-grid.json", "model.json", "model.safetensors"]
 
 
 def test_a_joint_grid_resumed_after_it_finished_trains_nothing(tmp_path):
@@ -390,24 +349,154 @@ def test_a_joint_grid_resumed_after_it_finished_trains_nothing(tmp_path):
     spy = EpochSpy(tmp_path)
 
     with pytest.raises(KeyboardInterrupt):
-        run_protocol(JOINT, pvera_build(spy, epochs=2), killed_at_test(spy), state_dir=tmp_path)
+        run_protocol(JOINT, pvera_build(spy, epochs=2), killed_at_test(spy), state=spy.state)
     again = EpochSpy(tmp_path)
-    out = run_protocol(JOINT, pvera_build(again, epochs=2), again.load, state_dir=tmp_path)
+    out = run_protocol(JOINT, pvera_build(again, epochs=2), again.load, state=again.state)
     assert again.events == [("load", "test")]
     assert out.chosen == ref.chosen and torch.equal(out.test.probs, ref.test.probs)
 
 
 def test_a_diverging_candidate_leaves_a_joint_grid():
     spy = EpochSpy()
-    out = run_protocol(dict(JOINT, grid={"lr": [1e30, 1e-2]}), lambda pt: pvera_build(spy, epochs=2)(
-        {"trainer.lr_head": pt["lr"], "trainer.lr_adapter": pt["lr"]}), spy.load)
+    lrs = lambda c: pvera_build(spy, epochs=2)(Candidate(c.index, {"trainer.lr_head": c.point["lr"],  # noqa: E731
+                                                                 "trainer.lr_adapter": c.point["lr"]}))
+    out = run_protocol(dict(JOINT, grid={"lr": [1e30, 1e-2]}), lrs, spy.load)
     assert out.chosen == {"lr": 1e-2} and out.grid_scores[0] == {"point": {"lr": 1e30}, "status": "diverged", "epoch": 1}
     assert out.grid_scores[1]["epochs"] == 2
     with pytest.raises(DivergedError, match=r"every candidate diverged \(2 of 2\)"):
-        run_protocol(dict(JOINT, grid={"lr": [1e30, 1e31]}), lambda pt: pvera_build(spy, epochs=2)(
-            {"trainer.lr_head": pt["lr"], "trainer.lr_adapter": pt["lr"]}), spy.load)
+        run_protocol(dict(JOINT, grid={"lr": [1e30, 1e31]}), lrs, spy.load)
+
+
+def test_a_joint_grid_scored_every_other_epoch_runs_to_its_end():
+    # trainer.eval_every=2: candidates are scored after epochs 2 and 4 (and the last) only; the grid
+    # reads their selections then, and keeps an epoch that was scored
+    spy = EpochSpy()
+    out = run_protocol(JOINT, pvera_build(spy, epochs=4, eval_every=2), spy.load)
+    assert [e[1] for e in spy.epochs if e[3] is not None] == [2, 2, 4, 4]
+    assert out.fit.best_epoch in (2, 4) and all(s["epochs"] == 4 for s in out.grid_scores)
 
 
 def test_a_joint_grid_needs_the_best_checkpoint():
     with pytest.raises(ProtocolError, match="grid_mode=joint .* needs checkpoint: best"):
         run_protocol(dict(JOINT, checkpoint="last"), None, None)
+
+
+# -- end to end: a run killed (SIGKILL) at every stage, restarted each time ----------------------
+CHILD = r'''
+"""pvera-bench, killed (SIGKILL, no clean-up) at the stage named by $KILL_AT; prints each
+epoch it trains ("TRAINED <fit> <epoch>")."""
+import os, signal, sys
+from pvera_bench import checkpoint, results, train
+from pvera_bench.checkpoint import RunState
+
+def die():
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+step = train.FitLoop.step
+def trained(self):
+    entry = step(self)
+    print("TRAINED", self.tag, entry["epoch"], flush=True)
+    return entry
+train.FitLoop.step = trained
+kind, _, arg = os.environ.get("KILL_AT", "").partition(":")
+if kind == "save":  # right after the checkpoint <file> of epoch 1
+    save = checkpoint.save
+    def save_then_die(path, state):
+        save(path, state)
+        if path.name == arg and state["info"]["epoch"] == 1:
+            die()
+    checkpoint.save = save_then_die
+elif kind == "round":  # right after a joint grid's round file of epoch 1
+    save_joint = checkpoint.save_joint
+    def round_then_die(path, parts, extra, info):
+        save_joint(path, parts, extra, info)
+        die()
+    checkpoint.save_joint = round_then_die
+elif kind == "commit":  # right after the run state's file <arg>.json is written
+    put = RunState.put_json
+    def put_then_die(self, name, obj):
+        put(self, name, obj)
+        if name == arg:
+            die()
+    RunState.put_json = put_then_die
+elif kind == "predict":  # in the evaluation pass whose stream starts with <arg>
+    predict = train.Trainer.predict
+    def predict_or_die(self, split, *, stream="eval", progress=True):
+        if stream.startswith(arg):
+            die()
+        return predict(self, split, stream=stream, progress=progress)
+    train.Trainer.predict = predict_or_die
+elif kind == "append":  # record.json written, the CSV row not yet
+    results.append = lambda *a, **k: die()
+from pvera_bench.cli import main
+sys.exit(main())
+'''
+
+
+def run_killed_at(tmp_path, stages, args, env):
+    """Run ``args`` killed at each of ``stages`` in turn, then to its end; returns every
+    (fit, epoch) trained across the processes and the last process's output."""
+    import subprocess
+    import sys
+
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    trained, out = [], ""
+    for stage in [*stages, ""]:
+        p = subprocess.run([sys.executable, str(child), *args], cwd=tmp_path, env=dict(env, KILL_AT=stage),
+                           capture_output=True, text=True, timeout=600)
+        assert p.returncode == (-9 if stage else 0), (stage, p.returncode, p.stderr[-3000:])
+        trained += [tuple(line.split()[1:]) for line in p.stdout.splitlines() if line.startswith("TRAINED")]
+        out = p.stdout + p.stderr
+    return sorted(trained), out
+
+
+def kill_env(cache_dir):
+    import os
+
+    return dict(os.environ, HF_HUB_OFFLINE="1", PVERA_BENCH_CACHE=str(cache_dir), OMP_NUM_THREADS="1",
+                PYTHONUNBUFFERED="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+
+
+KILL_BASE = ["adapter=pvera", "adapter.inference=mc", "adapter.mc_samples=4", "adapter.r=8", "task=demo",
+             "backbone=vit_tiny_random", "trainer.epochs=2", "trainer.batch_size=64", "trainer.warmup_epochs=0",
+             "runtime.progress=false", "runtime.threads=1", "runtime.checkpoint_every=1", "ood_task=demo",
+             "++protocol.grid={trainer.lr_adapter:[3e-3,1e-2]}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,stages", [
+    ("separate", ["save:select-0.safetensors", "save:final.safetensors", "predict:test", "predict:ood/", "append"]),
+    ("joint", ["round", "commit:joint-grid", "save:final.safetensors", "commit:model", "predict:ood/"]),
+])
+def test_a_run_killed_at_every_stage_trains_nothing_twice_and_records_the_uninterrupted_numbers(
+        tmp_path, cache_dir, mode, stages):
+    from pvera_bench import results
+
+    env = kill_env(cache_dir)
+    args = [*KILL_BASE, "protocol=vtab", f"protocol.grid_mode={mode}"]
+    if mode == "joint":  # the PVeRA code's rule: each candidate's best epoch by the validation loss
+        args += ["protocol.checkpoint=best", "protocol.metric=loss"]
+    (tmp_path / "ref").mkdir()
+    ref_trained, _ = run_killed_at(tmp_path / "ref", [], [*args, "results_csv=ref.csv"], env)
+    trained, out = run_killed_at(tmp_path, stages, [*args, "results_csv=killed.csv"], env)
+    assert len(ref_trained) == 6  # two candidates and the final fit, two epochs each
+    assert trained == ref_trained  # every epoch of every fit trained once, across all the processes
+    assert ("appending it" in out) == (stages[-1] == "append")  # the last restart only appended the row
+    (a,), (b,) = results.read(tmp_path / "killed.csv"), results.read(tmp_path / "ref" / "ref.csv")
+    assert a["status"] == b["status"] == "ok"
+    for col in ("test_acc", "test_nll", "test_ece", "ood_auroc", "chosen", "grid_scores", "epochs", "best_epoch",
+                "val_acc", "val_loss"):
+        assert a[col] == b[col], col
+    pa, pb = (np.load(Path(r["run_dir"]) / "predictions.npz")["probs"] for r in (a, b))
+    assert np.array_equal(pa, pb)
+    assert not list((tmp_path / "checkpoints").iterdir())  # no state left behind
+    # the history of the run that recorded the row holds every epoch of every fit once
+    import csv
+
+    hist = list(csv.DictReader(open(Path(a["run_dir"]) / "history.csv")))
+    assert sorted((r["fit"], int(r["epoch"])) for r in hist) == [(f, e) for f in ("final", "select-0", "select-1")
+                                                                for e in (1, 2)]
+    # one run recorded (restarts that only appended leave a copy marked skipped): rebuild adds nothing
+    assert results.rebuild([tmp_path / "outputs"], tmp_path / "killed.csv") == (1, 0)

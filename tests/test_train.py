@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pvera_bench import adapters
+from pvera_bench import adapters, checkpoint
 from pvera_bench.backbones import Classifier
 from pvera_bench.data import Split
 from pvera_bench.train import DivergedError, Trainer
@@ -52,30 +52,32 @@ def test_preempted_fit_resumes_where_it_stopped(tmp_path, monkeypatch):
     ref = make()
     ref_fit = ref.fit(split(), split(16, 1), select="loss")
 
-    interrupted = make(checkpoint_dir=tmp_path, checkpoint_every=1)
-    real_save = Trainer._save_checkpoint
+    interrupted = make()
+    ck = dict(checkpoint=tmp_path / "fit.safetensors", every=1)
+    real_save = checkpoint.save
 
-    def save_then_die(self, path, loop):
-        real_save(self, path, loop)
-        if loop.epoch == 2:
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["info"]["epoch"] == 2:
             raise KeyboardInterrupt  # the job is preempted right after its epoch-2 checkpoint
 
-    monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        interrupted.fit(split(), split(16, 1), select="loss")
+        interrupted.fit(split(), split(16, 1), select="loss", **ck)
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "fit.safetensors"), framework="pt") as f:  # tensors and JSON, no pickle
         keys = list(f.keys())
     assert any(k.startswith("param.") for k in keys) and any(k.startswith("optim.") for k in keys)
-    monkeypatch.setattr(Trainer, "_save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoint, "save", real_save)
 
-    resumed = make(checkpoint_dir=tmp_path, checkpoint_every=1)  # a new process: fresh model, same settings
-    fit = resumed.fit(split(), split(16, 1), select="loss")
+    resumed = make()  # a new process: fresh model, same settings
+    fit = resumed.fit(split(), split(16, 1), select="loss", **ck)
     assert numbers(fit.history) == numbers(ref_fit.history) and fit.best_epoch == ref_fit.best_epoch
     for (n, p), q in zip(ref.trainable_state().items(), resumed.trainable_state().values()):
         assert torch.equal(p, q), n
-    assert not (tmp_path / "fit.safetensors").exists()  # removed once the fit is complete
+    # the last checkpoint (epoch 3) stays for its owner (RunState) to remove once the fit's result is saved
+    assert checkpoint.load(tmp_path / "fit.safetensors")["epoch"] == 3
 
 
 def test_divergence_raises_with_advice():
@@ -253,20 +255,21 @@ def test_history_csv_keeps_each_epoch_once_across_a_resume(tmp_path):
 def test_a_checkpoint_stamped_for_another_point_is_discarded(tmp_path, caplog):
     ref = make()
     ref_fit = ref.fit(split(), stamp={"trainer.lr_adapter": 0.01})
-    other = make(checkpoint_dir=tmp_path, checkpoint_every=1)
-    real_save = Trainer._save_checkpoint
+    other = make()
+    ck = dict(checkpoint=tmp_path / "fit.safetensors", every=1)
+    real_save = checkpoint.save
 
-    def save_then_die(self, path, loop):
-        real_save(self, path, loop)
+    def save_then_die(path, state):
+        real_save(path, state)
         raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Trainer, "_save_checkpoint", save_then_die)
+        mp.setattr(checkpoint, "save", save_then_die)
         with pytest.raises(KeyboardInterrupt):
-            other.fit(split(), stamp={"trainer.lr_adapter": 0.5})
-    fresh = make(checkpoint_dir=tmp_path, checkpoint_every=1)
+            other.fit(split(), stamp={"trainer.lr_adapter": 0.5}, **ck)
+    fresh = make()
     with caplog.at_level("WARNING"):
-        fit = fresh.fit(split(), stamp={"trainer.lr_adapter": 0.01})
+        fit = fresh.fit(split(), stamp={"trainer.lr_adapter": 0.01}, **ck)
     assert "discarding checkpoint" in caplog.text and "0.5" in caplog.text
     assert fit.history[0]["epoch"] == 1 and [e["train_loss"] for e in fit.history] == [e["train_loss"] for e in ref_fit.history]
 
@@ -279,20 +282,21 @@ def test_resumed_fit_counts_the_seconds_of_every_segment(tmp_path):
         return trainer
 
     ref = slow(make()).fit(split(), split(16, 1), select="loss")
-    real_save = Trainer._save_checkpoint
+    real_save = checkpoint.save
+    ck = dict(checkpoint=tmp_path / "fit.safetensors", every=1)
 
-    def save_then_die(self, path, loop):
-        real_save(self, path, loop)
-        if loop.epoch == 2:
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["info"]["epoch"] == 2:
             raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Trainer, "_save_checkpoint", save_then_die)
+        mp.setattr(checkpoint, "save", save_then_die)
         with pytest.raises(KeyboardInterrupt):
-            slow(make(checkpoint_dir=tmp_path, checkpoint_every=1)).fit(split(), split(16, 1), select="loss")
+            slow(make()).fit(split(), split(16, 1), select="loss", **ck)
     calls = []
-    resumed = slow(make(checkpoint_dir=tmp_path, checkpoint_every=1, on_epoch=lambda tag, e: calls.append(e["epoch"])))
-    fit = resumed.fit(split(), split(16, 1), select="loss")
+    resumed = slow(make(on_epoch=lambda tag, e: calls.append(e["epoch"])))
+    fit = resumed.fit(split(), split(16, 1), select="loss", **ck)
     assert calls == [1, 2, 3, 4]  # the earlier segment's epochs are replayed to the hook
     assert numbers(fit.history) == numbers(ref.history)
     assert ref.seconds > 4 * 4 * 0.005 and abs(fit.seconds - ref.seconds) <= 0.2 * ref.seconds, (fit.seconds, ref.seconds)
@@ -343,3 +347,52 @@ def test_wd_skip_1d_exempts_biases_and_vectors_from_weight_decay():
         head = n.startswith("head.")
         assert rate == (1e-2 if head else 1e-3) and plain[n] == ((0.5 if head else 0.25), rate)
         assert wd == (0.0 if p.ndim <= 1 or n.endswith(".bias") else (0.5 if head else 0.25)), n
+
+
+# -- evaluation on its own random stream ---------------------------------------------------------
+def mc(**settings):
+    """PVeRA sampling at evaluation (inference=mc, 4 samples), seeded 1."""
+    torch.manual_seed(0)
+    bb = tiny_vit()
+    adapters.apply(bb, "pvera", r=4, projection_seed=0, inference="mc", mc_samples=4, beta=10.0)
+    return Trainer(Classifier(bb, 3), dict(SETTINGS, epochs=3, warmup_epochs=0, **settings), torch.device("cpu"), seed=1)
+
+
+def losses(fit):
+    return [(e["train_loss"], e["val_loss"]) for e in fit.history]
+
+
+def test_scoring_the_test_split_along_a_fit_changes_nothing_it_trains_or_chooses():
+    # Monte-Carlo evaluation used to draw from training's generator: a test curve changed training.
+    a, b = mc(), mc()
+    fa = a.fit(split(), split(16, 1), select="loss")
+    fb = b.fit(split(), split(16, 1), select="loss", test=split(20, 2), test_eval_every=1)
+    assert losses(fa) == losses(fb) and len({e["val_loss"] for e in fa.history}) == 3
+    assert [e["epoch"] for e in fb.history if "test_acc" in e] == [1, 2, 3]
+    assert torch.equal(a.predict(split(20, 2), stream="test").probs, b.predict(split(20, 2), stream="test").probs)
+
+
+def test_an_evaluation_pass_depends_on_its_stream_only():
+    t = mc()
+    t.fit(split(), select=None)
+    test = split(20, 2)
+    first = t.predict(test, stream="test").probs
+    t.predict(split(16, 1), stream="val/x/1")  # another pass between: no effect on this one
+    torch.manual_seed(123)  # nor the global generator's state
+    assert torch.equal(t.predict(test, stream="test").probs, first)
+    assert not torch.equal(t.predict(test, stream="ood/x").probs, first)  # another pass: other noise
+    rng = torch.get_rng_state()
+    t.predict(test, stream="test")
+    assert torch.equal(torch.get_rng_state(), rng)  # evaluation never advances training's generator
+
+
+def test_monte_carlo_evaluation_does_not_depend_on_the_eval_batch_size():
+    # fp32 CPU: 16 and 64 images per batch (4 and 16 examples x 4 samples) choose the same epoch
+    # and give the same probabilities, to float rounding
+    small, large = mc(eval_batch_size=16), mc(eval_batch_size=64)
+    fs = small.fit(split(), split(24, 1), select="loss")
+    fl = large.fit(split(), split(24, 1), select="loss")
+    assert fs.best_epoch == fl.best_epoch
+    assert [e["val_loss"] for e in fs.history] == pytest.approx([e["val_loss"] for e in fl.history], abs=1e-6)
+    ps, pl = small.predict(split(40, 2), stream="test"), large.predict(split(40, 2), stream="test")
+    assert torch.allclose(ps.probs, pl.probs, atol=1e-6, rtol=0) and torch.equal(ps.sample_preds, pl.sample_preds)

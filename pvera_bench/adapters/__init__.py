@@ -13,12 +13,15 @@ literal): the resume key leaves it out otherwise (``schema.key_view``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
+from typing import Iterable, Iterator
 
 from torch import nn
 
-from .base import AdapterLayer, AdapterOptionError, UnknownAdapterError, adapter_layers, register
+from .base import AdapterLayer, AdapterOptionError, ExampleNoise, UnknownAdapterError, adapter_layers, register
+from .base import stream_seed
 from .base import get
 from .base import names as _names
 
@@ -28,7 +31,7 @@ for _m in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "AdapterLayer", "AdapterOptionError", "UnknownAdapterError", "register", "get", "available", "apply", "merge", "unmerge",
-    "aux_losses", "eval_samples", "set_inference", "count_trainable", "count_frozen_buffers",
+    "aux_losses", "eval_samples", "example_noise", "stream_seed", "set_inference", "count_trainable", "count_frozen_buffers",
 ]
 
 
@@ -77,6 +80,22 @@ def aux_losses(model: nn.Module) -> list[AdapterLayer]:
 def eval_samples(model: nn.Module) -> int:
     """How many stochastic forward passes an evaluation averages (1 for deterministic adapters)."""
     return max([getattr(m, "eval_samples", 1) for m in adapter_layers(model)], default=1)
+
+
+@contextlib.contextmanager
+def example_noise(model: nn.Module, seed: int, index: Iterable[int], samples: int, device) -> Iterator[None]:
+    """Within this block, stochastic layers evaluate with noise drawn per example
+    (``ExampleNoise``: keyed by ``seed`` and each example's index), never from torch's global
+    generator."""
+    layers = [m for m in adapter_layers(model) if hasattr(m, "eval_samples")]
+    noise = ExampleNoise(seed, index, samples, device) if layers else None
+    for m in layers:
+        m.eval_noise = noise
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.eval_noise = None
 
 
 def set_inference(model: nn.Module, mode: str, mc_samples: int = 1) -> None:

@@ -9,7 +9,9 @@ exactly the adapter's own tensors require grad.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import hashlib
+import json
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -112,9 +114,49 @@ class AdapterLayer(nn.Module):
         if self.merged and self.training:
             raise RuntimeError("adapter is merged into the frozen weights; unmerge before training")
 
+    # -- evaluation noise (stochastic layers only) -------------------------------------------
+    eval_noise: "ExampleNoise | None" = None  # set by ``adapters.example_noise`` for one batch
+
     # -- extra loss terms (PVeRA's KL) -------------------------------------------------------
     def aux_loss(self) -> torch.Tensor | None:
         return None
+
+
+def stream_seed(*parts) -> int:
+    """A 63-bit seed from ``parts`` (JSON-encodable): the same parts give the same seed in every
+    process and on every platform."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class ExampleNoise:
+    """The noise of one evaluation batch, drawn per example: example ``index[b]`` has its own
+    generator, seeded from the pass's ``seed`` and the example's index in its split, and each
+    stochastic layer, in forward order, draws ``samples`` noise tensors from it. So an example's
+    noise depends on the pass and the example only, not on the batch it shares or the batch size.
+    Rows are laid out as the evaluator repeats its batch (``repeat_interleave``): row
+    ``b * samples + s`` is sample ``s`` of example ``b``."""
+
+    def __init__(self, seed: int, index: Iterable[int], samples: int, device: torch.device) -> None:
+        self.seed, self.index, self.samples, self.device = seed, list(index), int(samples), device
+        self._gens: list[torch.Generator] | None = None  # made at the first draw (none in a deterministic mode)
+
+    @property
+    def gens(self) -> list[torch.Generator]:
+        if self._gens is None:
+            self._gens = [torch.Generator(device=self.device).manual_seed(stream_seed(self.seed, i))
+                          for i in self.index]
+        return self._gens
+
+    def draw(self, like: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped and typed like ``like`` (rows: samples x examples)."""
+        if len(like) != self.samples * len(self.index):
+            raise ValueError(f"expected {self.samples} x {len(self.index)} rows, got {len(like)}")
+        out = torch.empty(like.shape, device=like.device, dtype=torch.float32)
+        k = self.samples
+        for b, g in enumerate(self.gens):  # example b's rows are contiguous: filled in place, no copy
+            out[b * k : (b + 1) * k].normal_(generator=g)
+        return out.to(like.dtype)
 
 
 def adapter_layers(model: nn.Module) -> Iterator[AdapterLayer]:

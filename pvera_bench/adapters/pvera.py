@@ -5,7 +5,9 @@ As VeRA, but ``A_k`` is d x 2r and ``lambda_d`` has 2r entries per projection:
 ``z = mu + eps * exp(logvar / 2)`` (fresh eps per element and forward) and records the KL term
 ``mean(-0.5 * (1 + logvar - mu^2 - exp(logvar)))``; inference uses ``mean`` (z = mu,
 deterministic and mergeable), ``fixed`` (z = mu + exp(logvar / 2)) or ``mc`` (sampled; the
-evaluator averages ``mc_samples`` predictive distributions). ``delta_k = alpha * (z B_k) * lambda_b_k``.
+evaluator averages ``mc_samples`` predictive distributions, with noise drawn per example from a
+generator of the evaluation pass, see ``adapters.example_noise``, so it depends neither on the
+batch size nor on training's random state). ``delta_k = alpha * (z B_k) * lambda_b_k``.
 The block's KL is the mean of its q and v terms, summed over blocks; the loss adds ``KL / beta``.
 """
 
@@ -109,8 +111,9 @@ class PveraQV(VeraQV):
             z = mu
         elif self.inference == "fixed":
             z = mu + torch.exp(0.5 * logvar)
-        else:  # mc
-            z = torch.addcmul(mu, torch.randn_like(mu), torch.exp(0.5 * logvar))
+        else:  # mc: per-example noise in an evaluation pass (``adapters.example_noise``)
+            eps = self.eval_noise.draw(mu) if self.eval_noise is not None else torch.randn_like(mu)
+            z = torch.addcmul(mu, eps, torch.exp(0.5 * logvar))
         return z
 
     def aux_loss(self) -> torch.Tensor | None:
