@@ -16,6 +16,7 @@ from .qkv import QV, QVAdapter, replace_qkv
 
 
 class DoraQV(LoraQV):
+    vector_params = ("magnitude",)  # per-projection vectors, stored (2, ...) or (d,)
     def __init__(self, base: nn.Linear, r: int, alpha: float) -> None:
         super().__init__(base, r, alpha)
         self.magnitude = nn.Parameter(torch.linalg.vector_norm(self._weights().detach(), dim=-1))

@@ -42,6 +42,7 @@ def check_vera_options(init: str, lambda_d_init: float | None) -> None:
 
 
 class VeraQV(QVAdapter):
+    vector_params = ("lambda_d", "lambda_b")  # per-projection vectors, stored (2, ...) or (d,)
     def __init__(self, base: nn.Linear, shared: SharedProjections, r: int, alpha: float,
                  lambda_d_init: float | None, latent: int = 1, init: Literal["pvera_code", "peft"] = "pvera_code",
                  generator: torch.Generator | None = None) -> None:
