@@ -213,3 +213,14 @@ def test_last_batch_and_bias_decay_follow_the_source(recipe, value):
     # the PVeRA code: neither
     t = job(f"recipe={recipe}", "adapter=lora", "task=cifar100")["trainer"]
     assert (t["drop_last"], t["wd_skip_1d"]) == (value, value)
+
+
+def test_pvera_paper_exact_dora_is_the_codes_dora():
+    """leofillioux/pvera models/adapters/dora.py: column norm, not detached, frozen magnitude, no alpha,
+    A randn / sqrt(r); recipe=pvera_paper keeps PEFT's form but the code's scale (1)."""
+    a = job("recipe=pvera_paper_exact", "adapter=dora", "task=dtd")["adapter"]
+    assert (a["norm_axis"], a["detach_norm"], a["train_magnitude"], a["scaling"], a["init"]) == (
+        "column", False, False, "one", "pvera_code")
+    p = job("recipe=pvera_paper", "adapter=dora", "task=dtd")["adapter"]
+    assert (p["norm_axis"], p["detach_norm"], p["train_magnitude"], p["scaling"], p["init"]) == (
+        "row", True, True, "one", "peft")

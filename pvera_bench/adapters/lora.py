@@ -41,7 +41,10 @@ class LoraQV(QVAdapter):
         # One (d, n r) matrix holds the A_k side by side: one matmul for every projection.
         a = torch.empty(d, self.r if self.fused else n * self.r)
         b = torch.zeros(n, self.r, d)
-        if init == "peft":
+        a = a.zero_() if init is None else a
+        if init is None:  # the caller fills A and B (DoRA's pvera_code init): no draw from the RNG
+            pass
+        elif init == "peft":
             bound = 1.0 / d**0.5  # kaiming_uniform_(a=sqrt(5)) on an (r, d) weight, as nn.Linear and PEFT
             a.uniform_(-bound, bound)
         elif init == "pvera_code":
