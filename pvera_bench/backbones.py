@@ -130,11 +130,19 @@ def input_size(backbone: nn.Module) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
+HEAD_INITS = ("pytorch", "noah")
+
+
 class Classifier(nn.Module):
     """uint8 NHWC images -> normalise (on the device) -> backbone feature -> linear head."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, head_init: str = "pytorch") -> None:
+        """``head_init``: ``pytorch`` (nn.Linear's own) or ``noah``: weight truncated normal std 0.02
+        (cut at +-2), bias 0, as NOAH's ``reset_classifier`` (ZhangYuanhan-AI/NOAH,
+        model/supernet_vision_transformer_timm.py)."""
         super().__init__()
+        if head_init not in HEAD_INITS:
+            raise BackboneError(f"backbone.head_init={head_init!r} is not valid; use one of: {', '.join(HEAD_INITS)}")
         self.backbone = backbone
         pcfg = getattr(backbone, "pretrained_cfg", None) or {}
         mean = torch.tensor(pcfg.get("mean", (0.5, 0.5, 0.5)), dtype=torch.float32) * 255.0
@@ -142,6 +150,9 @@ class Classifier(nn.Module):
         self.register_buffer("scale", (1.0 / std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", (-mean / std).view(1, 3, 1, 1), persistent=False)
         self.head = nn.Linear(backbone.num_features, int(num_classes))
+        if head_init == "noah":
+            nn.init.trunc_normal_(self.head.weight, std=0.02, a=-2.0, b=2.0)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def img_size(self) -> int:

@@ -209,7 +209,7 @@ def execute(cfg: DictConfig, run_dir: Path, on_epoch=None) -> dict[str, Any]:
         seed_everything(int(cfg.seed))
         bb = copy.deepcopy(backbone)
         adapters.apply(bb, c.adapter.name, **adapter_options(c.adapter))
-        model = Classifier(bb, task["num_classes"])
+        model = Classifier(bb, task["num_classes"], head_init=cfg.backbone.get("head_init", "pytorch"))
         settings = dict(OmegaConf.to_container(c.trainer, resolve=True),
                         eval_batch_size=rt.eval_batch_size, progress=rt.progress)
         return Trainer(model, settings, device, seed=int(cfg.seed), compile=bool(rt.get("compile")),

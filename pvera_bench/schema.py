@@ -159,6 +159,7 @@ class BackboneConfig:
     drop_path_rate: float = rule(type=float, ge=0, lt=1, required=False)
     mean: list = rule(type=list, length=3, nullable=True, required=False)
     std: list = rule(type=list, length=3, gt=0, nullable=True, required=False)
+    head_init: str = rule(type=str, choices=("pytorch", "noah"), required=False)  # backbones.Classifier
 
 
 GROUPS: dict[str, type] = {"trainer": TrainerConfig, "protocol": ProtocolConfig, "data": DataConfig,

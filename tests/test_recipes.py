@@ -110,8 +110,8 @@ def test_pvera_paper_exact_adds_only_the_double_softmax():
 
 def test_noah_bottleneck_is_noahs_adapter():
     a = job("recipe=noah", "adapter=bottleneck", "task=cifar100")["adapter"]
-    assert (a["width"], a["placement"], a["activation"], a["dropout"], a["init"]) == (8, "mlp", "quick_gelu", 0.1,
-                                                                                     "noah")
+    assert (a["width"], a["placement"], a["activation"], a["dropout"], a["init"]) == (
+        8, "mlp_after_drop_path", "quick_gelu", 0.1, "noah")
 
 
 @pytest.mark.parametrize("adapter", ["pvera", "vera", "adaptformer", "dora", "ia3"])
@@ -126,6 +126,7 @@ def test_default_and_noah_keep_the_standard_forms(adapter):
 def test_default_recipe_is_noahs_trainer_and_preprocessing():
     d, n = job("task=cifar100"), job("task=cifar100", "recipe=noah")
     assert d["recipe"]["name"] == "default" and d["trainer"] == n["trainer"]
+    assert (d["backbone"].pop("head_init"), n["backbone"].pop("head_init")) == ("pytorch", "noah")
     assert d["backbone"] == n["backbone"] and d["data"]["resize"] == "bicubic"
     assert d["protocol"]["name"] == "vtab" and d["protocol"].get("test_eval_every", 0) == 0
 
