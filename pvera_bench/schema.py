@@ -160,6 +160,7 @@ class BackboneConfig:
     mean: list = rule(type=list, length=3, nullable=True, required=False)
     std: list = rule(type=list, length=3, gt=0, nullable=True, required=False)
     head_init: str = rule(type=str, choices=("pytorch", "noah"), required=False)  # backbones.Classifier
+    pos_embed: str = rule(type=str, choices=("timm", "dinov2_hub"), required=False)
 
 
 GROUPS: dict[str, type] = {"trainer": TrainerConfig, "protocol": ProtocolConfig, "data": DataConfig,

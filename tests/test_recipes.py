@@ -225,3 +225,9 @@ def test_pvera_paper_exact_dora_is_the_codes_dora():
     p = job("recipe=pvera_paper", "adapter=dora", "task=dtd")["adapter"]
     assert (p["norm_axis"], p["detach_norm"], p["train_magnitude"], p["scaling"], p["init"]) == (
         "row", True, True, "one", "peft")
+
+
+@pytest.mark.parametrize("recipe,pos_embed", [("pvera_paper", "dinov2_hub"), ("pvera_paper_exact", "dinov2_hub"),
+                                              ("noah", "timm"), ("default", "timm")])
+def test_pvera_paper_recipes_resample_position_embeddings_as_the_hub(recipe, pos_embed):
+    assert job(f"recipe={recipe}", "adapter=lora", "task=dtd")["backbone"]["pos_embed"] == pos_embed
