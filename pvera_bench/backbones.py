@@ -187,10 +187,12 @@ HEAD_INITS = ("pytorch", "noah")
 class Classifier(nn.Module):
     """uint8 NHWC images -> normalise (on the device) -> backbone feature -> linear head."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, head_init: str = "pytorch") -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, head_init: str = "pytorch", head_draw: int = 0) -> None:
         """``head_init``: ``pytorch`` (nn.Linear's own) or ``noah``: weight truncated normal std 0.02
         (cut at +-2), bias 0, as NOAH's ``reset_classifier`` (ZhangYuanhan-AI/NOAH,
-        model/supernet_vision_transformer_timm.py)."""
+        model/supernet_vision_transformer_timm.py). ``head_draw``: the head is the RNG's
+        ``head_draw``-th head after those of earlier grid candidates (the PVeRA code's
+        GridSearchLinearProbe builds one nn.Linear per candidate, in grid order: models/models.py)."""
         super().__init__()
         if head_init not in HEAD_INITS:
             raise BackboneError(f"backbone.head_init={head_init!r} is not valid; use one of: {', '.join(HEAD_INITS)}")
@@ -200,6 +202,8 @@ class Classifier(nn.Module):
         std = torch.tensor(pcfg.get("std", (0.5, 0.5, 0.5)), dtype=torch.float32) * 255.0
         self.register_buffer("scale", (1.0 / std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", (-mean / std).view(1, 3, 1, 1), persistent=False)
+        for _ in range(int(head_draw)):  # the earlier candidates' heads, drawn and dropped
+            nn.Linear(backbone.num_features, int(num_classes))
         self.head = nn.Linear(backbone.num_features, int(num_classes))
         if head_init == "noah":
             nn.init.trunc_normal_(self.head.weight, std=0.02, a=-2.0, b=2.0)

@@ -207,7 +207,7 @@ class GridSelection:
             c.load_state_dict(s)
 
 
-def _run_joint(points: list[dict[str, Any]], p: Mapping[str, Any], build: Callable[[dict[str, Any]], Trainer],
+def _run_joint(points: list[dict[str, Any]], p: Mapping[str, Any], build: Callable[[dict[str, Any], int], Trainer],
                load: Callable[[str], Split], fit_kw: Mapping[str, Any],
                ) -> tuple[list[dict[str, Any]], int, Trainer, FitResult]:
     """Train every candidate in lockstep and choose by ``GridSelection`` (``grid_mode: joint``).
@@ -217,7 +217,7 @@ def _run_joint(points: list[dict[str, Any]], p: Mapping[str, Any], build: Callab
     train, val = load(p["select_on"]), load(p["val_split"])
 
     def start() -> tuple[list, list]:
-        trainers = [build(point) for point in points]
+        trainers = [build(point, i) for i, point in enumerate(points)]
         return trainers, [t.start(train, val, desc=f"select {point}", tag=f"select-{i}", stamp=point, **fit_kw)
                           for i, (t, point) in enumerate(zip(trainers, points))]
 
@@ -294,11 +294,11 @@ def _kept_fit(rec: Mapping[str, Any]) -> FitResult:
                      seconds=rec["seconds"], history=rec["history"])
 
 
-def run_protocol(p: Mapping[str, Any], build: Callable[[dict[str, Any]], Trainer],
+def run_protocol(p: Mapping[str, Any], build: Callable[[dict[str, Any], int], Trainer],
                  load: Callable[[str], Split], *, state_dir: str | Path | None = None,
                  on_epoch: Callable[[str, dict], None] | None = None) -> Outcome:
-    """Run protocol ``p``: ``build(point)`` makes a fresh trainer with the grid values ``point``
-    applied; ``load(split)`` opens a split. ``state_dir`` makes the grid durable (see above);
+    """Run protocol ``p``: ``build(point, index)`` makes a fresh trainer with the grid values ``point``
+    applied (``index``: the point's place in the grid, for draws made per candidate); ``load(split)`` opens a split. ``state_dir`` makes the grid durable (see above);
     ``on_epoch`` gets the history of candidates finished in an earlier run. Returns the test
     predictions of the final model."""
     points = grid_points(p.get("grid"))
@@ -356,7 +356,7 @@ def run_protocol(p: Mapping[str, Any], build: Callable[[dict[str, Any]], Trainer
                         on_epoch(f"select-{i}", entry)
             else:
                 train, val = load(p["select_on"]), load(p["val_split"])
-                trainer = build(point)
+                trainer = build(point, i)
                 try:
                     fit = trainer.fit(train, val, desc=f"select {point}" if point else "train", tag=f"select-{i}",
                                       stamp=point, **fit_kw)
@@ -393,7 +393,7 @@ def run_protocol(p: Mapping[str, Any], build: Callable[[dict[str, Any]], Trainer
     test_split = None
     if final_on:
         model = None  # free the chosen candidate before the final model is built
-        trainer = build(chosen)
+        trainer = build(chosen, points.index(chosen))
         final = load(final_on)
         if test_every:  # every choice is made: the test split may be scored along the final fit
             test_split = load(p["test_split"])
@@ -407,7 +407,7 @@ def run_protocol(p: Mapping[str, Any], build: Callable[[dict[str, Any]], Trainer
             if weights is None:
                 raise ProtocolError(f"the weights of the chosen candidate {chosen} are missing from {state_dir}; "
                                     "delete that directory to run the grid again")
-            trainer = build(chosen)
+            trainer = build(chosen, i)
             trainer.load_trainable_state({k: v.to(trainer.device) for k, v in weights.items()})
 
     # Every choice is final: now, and only now (or just before the final fit), the test split is opened.

@@ -161,6 +161,7 @@ class BackboneConfig:
     std: list = rule(type=list, length=3, gt=0, nullable=True, required=False)
     head_init: str = rule(type=str, choices=("pytorch", "noah"), required=False)  # backbones.Classifier
     pos_embed: str = rule(type=str, choices=("timm", "dinov2_hub"), required=False)
+    head_draws: str = rule(type=str, choices=("run", "after_backbone"), required=False)  # run.execute
 
 
 GROUPS: dict[str, type] = {"trainer": TrainerConfig, "protocol": ProtocolConfig, "data": DataConfig,

@@ -40,7 +40,7 @@ class Spy:
         self.events.append(("load", name))
         return self.splits[name]
 
-    def build(self, point):
+    def build(self, point, index=0):
         torch.manual_seed(0)
         bb = tiny_vit()
         adapters.apply(bb, "lora", r=2, alpha=2)
@@ -122,7 +122,7 @@ def test_a_test_curve_needs_a_final_fit():
 
 def both_lrs(spy):
     """``build`` for a grid over ``lr``: the head's and the adapter's learning rate together."""
-    return lambda point: spy.build({"trainer.lr_head": point["lr"], "trainer.lr_adapter": point["lr"]})
+    return lambda point, index=0: spy.build({"trainer.lr_head": point["lr"], "trainer.lr_adapter": point["lr"]})
 
 
 def test_a_diverging_candidate_is_recorded_and_scored_worst():
@@ -307,7 +307,7 @@ def test_a_diverged_candidate_leaves_the_grid_and_the_choice():
 def pvera_build(spy, **settings):
     """``build`` with PVeRA, whose training samples noise: a candidate stepped in lockstep with
     others must draw exactly the noise it draws alone."""
-    def build(point):
+    def build(point, index=0):
         torch.manual_seed(0)
         bb = tiny_vit()
         adapters.apply(bb, "pvera", r=4, projection_seed=0)

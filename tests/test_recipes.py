@@ -99,10 +99,12 @@ def test_pvera_paper_without_a_grid(adapter):
     assert job("recipe=pvera_paper", f"adapter={adapter}", "task=cifar100")["protocol"]["grid"] == {}
 
 
-def test_pvera_paper_exact_adds_only_the_double_softmax():
+def test_pvera_paper_exact_adds_only_the_double_softmax_and_the_codes_draws():
     exact = job("recipe=pvera_paper_exact", "adapter=lora", "task=cifar100")
     paper = job("recipe=pvera_paper", "adapter=lora", "task=cifar100")
     assert exact["trainer"]["softmax_before_loss"] is True and exact["recipe"]["name"] == "pvera_paper_exact"
+    assert exact["adapter"].pop("draws") == "pvera_code" and paper["adapter"].pop("draws") == "run"
+    assert exact["backbone"].pop("head_draws") == "after_backbone" and paper["backbone"].pop("head_draws") == "run"
     exact["trainer"]["softmax_before_loss"] = False
     exact["recipe"]["name"] = "pvera_paper"
     assert exact == paper  # the per-adapter settings (rank grid) included

@@ -17,7 +17,7 @@ import pkgutil
 from torch import nn
 
 from .base import AdapterLayer, AdapterOptionError, UnknownAdapterError, adapter_layers, register
-from .base import get, no_weight_decay
+from .base import Candidate, building, candidate, get, no_weight_decay
 from .base import names as _names
 
 for _m in pkgutil.iter_modules(__path__):
@@ -25,7 +25,7 @@ for _m in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = [
-    "AdapterLayer", "AdapterOptionError", "UnknownAdapterError", "register", "get", "available", "apply", "merge", "unmerge",
+    "AdapterLayer", "AdapterOptionError", "Candidate", "building", "candidate", "UnknownAdapterError", "register", "get", "available", "apply", "merge", "unmerge",
     "aux_losses", "no_weight_decay", "eval_samples", "set_inference", "count_trainable", "count_frozen_buffers",
 ]
 

@@ -9,7 +9,10 @@ exactly the adapter's own tensors require grad.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import contextlib
+import contextvars
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -146,6 +149,39 @@ def no_weight_decay(model: nn.Module) -> set[int]:
         if isinstance(m, _VECTOR_MODULES):
             out.update(id(p) for p in m.parameters(recurse=False))
     return out
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Which grid candidate is being built, for adapters that draw per candidate as the PVeRA code
+    does (option ``draws: pvera_code``): its ``index`` in the grid, every candidate's adapter options
+    in grid order (``options``; a draw may depend on an earlier candidate's rank) and the run's
+    ``seed``. Set by the run around ``apply`` with :func:`building`."""
+
+    index: int = 0
+    options: tuple[dict[str, Any], ...] = field(default_factory=lambda: ({},))
+    seed: int = 0
+
+
+_CANDIDATE: contextvars.ContextVar[Candidate] = contextvars.ContextVar("candidate", default=Candidate())
+
+
+@contextlib.contextmanager
+def building(candidate: Candidate) -> Iterator[Candidate]:
+    """``with building(Candidate(j, options, seed)): apply(...)``: the candidate that ``apply`` builds."""
+    token = _CANDIDATE.set(candidate)
+    try:
+        yield candidate
+    finally:
+        _CANDIDATE.reset(token)
+
+
+def candidate() -> Candidate:
+    """The candidate being built (index 0 of a one-point grid, seed 0, when none is set)."""
+    return _CANDIDATE.get()
+
+
+DRAWS = ("run", "pvera_code")
 
 
 def adapter_layers(model: nn.Module) -> Iterator[AdapterLayer]:
