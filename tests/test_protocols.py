@@ -399,12 +399,12 @@ def test_a_joint_grid_resumed_after_it_finished_trains_nothing(tmp_path):
 
 def test_a_diverging_candidate_leaves_a_joint_grid():
     spy = EpochSpy()
-    out = run_protocol(dict(JOINT, grid={"lr": [1e30, 1e-2]}), lambda pt: pvera_build(spy, epochs=2)(
+    out = run_protocol(dict(JOINT, grid={"lr": [1e30, 1e-2]}), lambda pt, index=0: pvera_build(spy, epochs=2)(
         {"trainer.lr_head": pt["lr"], "trainer.lr_adapter": pt["lr"]}), spy.load)
     assert out.chosen == {"lr": 1e-2} and out.grid_scores[0] == {"point": {"lr": 1e30}, "status": "diverged", "epoch": 1}
     assert out.grid_scores[1]["epochs"] == 2
     with pytest.raises(DivergedError, match=r"every candidate diverged \(2 of 2\)"):
-        run_protocol(dict(JOINT, grid={"lr": [1e30, 1e31]}), lambda pt: pvera_build(spy, epochs=2)(
+        run_protocol(dict(JOINT, grid={"lr": [1e30, 1e31]}), lambda pt, index=0: pvera_build(spy, epochs=2)(
             {"trainer.lr_head": pt["lr"], "trainer.lr_adapter": pt["lr"]}), spy.load)
 
 
