@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import shutil
 import sys
 import tempfile
-import types
 from pathlib import Path
 
 import numpy as np
