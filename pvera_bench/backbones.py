@@ -81,14 +81,59 @@ def _drop_path_rate(cfg: Mapping) -> float:
     return float(value)
 
 
+POS_EMBEDS = ("timm", "dinov2_hub")
+HUB_INTERPOLATE_OFFSET = 0.1  # facebookresearch/dinov2 dinov2/hub/backbones.py: interpolate_offset=0.1 (vitb14)
+
+
+def hub_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
+    """The DINOv2 hub model's ``interpolate_pos_encoding`` (facebookresearch/dinov2,
+    dinov2/models/vision_transformer.py): the stored M x M grid resampled bicubic, without
+    antialiasing, with the scale factor ``(grid + 0.1) / M`` (not the size), in float32."""
+    prefix, patch = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:].float()
+    n, dim = patch.shape[1], patch.shape[2]
+    m = int(round(n ** 0.5))
+    if (m, m) == tuple(grid):
+        return pos_embed
+    sh, sw = (float(g + HUB_INTERPOLATE_OFFSET) / m for g in grid)
+    out = nn.functional.interpolate(patch.reshape(1, m, m, dim).permute(0, 3, 1, 2), mode="bicubic",
+                                    antialias=False, scale_factor=(sh, sw))
+    if tuple(out.shape[-2:]) != tuple(grid):
+        raise BackboneError(f"position embeddings: the hub's resampling of a {m}x{m} grid gave "
+                            f"{tuple(out.shape[-2:])}, not {tuple(grid)}")
+    out = out.permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat((prefix.float(), out), dim=1).to(pos_embed.dtype)
+
+
+def _use_hub_pos_embed(model: nn.Module, img_size: int) -> None:
+    """Keep ``model``'s position embeddings at its native grid (DINOv2: 518 px, 37 x 37) and resample
+    them to the input's grid on every forward, as the DINOv2 hub model does (:func:`hub_pos_embed`);
+    timm resamples once, at load (bicubic with antialiasing, to the size)."""
+    pe = model.patch_embed
+    if model.no_embed_class or model.reg_token is not None or getattr(model, "dynamic_img_size", False):
+        raise BackboneError("backbone.pos_embed=dinov2_hub needs a ViT with a class token's position embedding "
+                            "and no registers (the DINOv2 hub models vit*14)")
+    patch = pe.patch_size[0]
+    pe.img_size = (img_size, img_size)
+    pe.grid_size = (img_size // patch, img_size // patch)
+    pe.num_patches = pe.grid_size[0] * pe.grid_size[1]
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        return self.pos_drop(x + hub_pos_embed(self.pos_embed, self.patch_embed.grid_size, self.num_prefix_tokens))
+
+    model._pos_embed = _pos_embed.__get__(model)
+
+
 def create_backbone(cfg: Mapping) -> nn.Module:
     """A timm model without its classifier (``num_classes=0``), every weight frozen.
 
     ``cfg`` holds ``name``, ``model`` (the timm name and tag), ``pretrained``, ``checkpoint``
     (a local ``.safetensors``/``.pth`` file that replaces the hub download), ``kwargs``,
     ``drop_path_rate`` (stochastic depth in training, timm's rule: 0 in the first block rising
-    linearly to this in the last) and ``mean`` / ``std`` (the input normalisation, on the 0-1
-    scale; null keeps the weights' own, which :class:`Classifier` reads from ``pretrained_cfg``).
+    linearly to this in the last), ``mean`` / ``std`` (the input normalisation, on the 0-1
+    scale; null keeps the weights' own, which :class:`Classifier` reads from ``pretrained_cfg``) and
+    ``pos_embed``: ``timm`` (resampled once, at load, to ``kwargs.img_size``) or ``dinov2_hub`` (kept
+    at the weights' native grid and resampled on every forward as the DINOv2 hub model does).
     """
     import timm
 
@@ -111,6 +156,10 @@ def create_backbone(cfg: Mapping) -> nn.Module:
         _check_hub_weights(model_name, name)
     if overlay:
         kwargs["pretrained_cfg_overlay"] = overlay
+    pos_embed = cfg.get("pos_embed") or "timm"
+    if pos_embed not in POS_EMBEDS:
+        raise BackboneError(f"backbone.pos_embed={pos_embed!r} is not valid; use one of: {', '.join(POS_EMBEDS)}")
+    hub_size = kwargs.pop("img_size", None) if pos_embed == "dinov2_hub" else None
     try:
         model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
     except Exception as e:  # corrupt or mismatched checkpoint, or a hub failure
@@ -119,6 +168,8 @@ def create_backbone(cfg: Mapping) -> nn.Module:
             f"could not load {where}: {type(e).__name__}: {str(e).splitlines()[0][:300]}. "
             f"Pass a valid weights file for timm model {model_name!r} with backbone.checkpoint=PATH"
         ) from e
+    if pos_embed == "dinov2_hub":  # built at its native size (DINOv2: 518), then per-forward resampling
+        _use_hub_pos_embed(model, int(hub_size or input_size(model)))
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -130,18 +181,33 @@ def input_size(backbone: nn.Module) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
+HEAD_INITS = ("pytorch", "noah")
+
+
 class Classifier(nn.Module):
     """uint8 NHWC images -> normalise (on the device) -> backbone feature -> linear head."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, head_init: str = "pytorch", head_draw: int = 0) -> None:
+        """``head_init``: ``pytorch`` (nn.Linear's own) or ``noah``: weight truncated normal std 0.02
+        (cut at +-2), bias 0, as NOAH's ``reset_classifier`` (ZhangYuanhan-AI/NOAH,
+        model/supernet_vision_transformer_timm.py). ``head_draw``: the head is the RNG's
+        ``head_draw``-th head after those of earlier grid candidates (the PVeRA code's
+        GridSearchLinearProbe builds one nn.Linear per candidate, in grid order: models/models.py)."""
         super().__init__()
+        if head_init not in HEAD_INITS:
+            raise BackboneError(f"backbone.head_init={head_init!r} is not valid; use one of: {', '.join(HEAD_INITS)}")
         self.backbone = backbone
         pcfg = getattr(backbone, "pretrained_cfg", None) or {}
         mean = torch.tensor(pcfg.get("mean", (0.5, 0.5, 0.5)), dtype=torch.float32) * 255.0
         std = torch.tensor(pcfg.get("std", (0.5, 0.5, 0.5)), dtype=torch.float32) * 255.0
         self.register_buffer("scale", (1.0 / std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", (-mean / std).view(1, 3, 1, 1), persistent=False)
+        for _ in range(int(head_draw)):  # the earlier candidates' heads, drawn and dropped
+            nn.Linear(backbone.num_features, int(num_classes))
         self.head = nn.Linear(backbone.num_features, int(num_classes))
+        if head_init == "noah":
+            nn.init.trunc_normal_(self.head.weight, std=0.02, a=-2.0, b=2.0)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def img_size(self) -> int:

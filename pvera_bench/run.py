@@ -32,7 +32,7 @@ from .data import DataError, load_split
 from .data.core import open_split, resolve_source
 from .metric_registry import format_value
 from .checkpoint import RunState
-from .protocols import Candidate, ProtocolError, run_protocol
+from .protocols import Candidate, ProtocolError, grid_points, run_protocol
 from .schema import ConfigError
 from .train import DivergedError, HistoryCSV, Trainer, resolve_device
 
@@ -246,6 +246,7 @@ def execute(cfg: DictConfig, run_dir: Path, state: RunState | None = None, on_ep
     ood_task = ood_task_config(cfg)
     seed_everything(int(cfg.backbone.get("init_seed", cfg.seed)))
     backbone = create_backbone(OmegaConf.to_container(cfg.backbone, resolve=True))
+    rng_after_backbone = torch.get_rng_state()  # where the PVeRA code draws its heads (backbone.head_draws)
     task = OmegaConf.to_container(cfg.task, resolve=True)
     data_kw = dict(data_dir=cfg.data.get("dir"), img_size=input_size(backbone), cache_dir=cfg.data.get("cache_dir"),
                    resize=cfg.data.get("resize", "bilinear_antialias"))
@@ -263,12 +264,21 @@ def execute(cfg: DictConfig, run_dir: Path, state: RunState | None = None, on_ep
             log.info("%s/%s: %d images", task["name"], split, len(loaded[split]))
         return loaded[split]
 
+    points = grid_points(OmegaConf.to_container(cfg.protocol, resolve=True).get("grid")) or [{}]
+    every = tuple(adapter_options(with_point(cfg, q).adapter) for q in points)  # for draws made per candidate
+
     def build(candidate: Candidate) -> Trainer:
-        c = with_point(cfg, candidate.point)
+        c, index = with_point(cfg, candidate.point), candidate.index
         seed_everything(int(cfg.seed))
         bb = copy.deepcopy(backbone)
-        adapters.apply(bb, c.adapter.name, **adapter_options(c.adapter))
-        model = Classifier(bb, task["num_classes"])
+        with adapters.building(adapters.Candidate(index, every, int(cfg.seed))):
+            adapters.apply(bb, c.adapter.name, **adapter_options(c.adapter))
+        head_draw = 0
+        if cfg.backbone.get("head_draws", "run") == "after_backbone":  # the PVeRA code's j-th head
+            torch.set_rng_state(rng_after_backbone)
+            head_draw = index
+        model = Classifier(bb, task["num_classes"], head_init=cfg.backbone.get("head_init", "pytorch"),
+                           head_draw=head_draw)
         settings = dict(OmegaConf.to_container(c.trainer, resolve=True),
                         eval_batch_size=rt.eval_batch_size, progress=rt.progress)
         return Trainer(model, settings, device, seed=int(cfg.seed), compile=bool(rt.get("compile")),

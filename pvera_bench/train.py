@@ -288,19 +288,21 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """AdamW with the head's and the adapter's learning rate and weight decay. With
-        ``wd_skip_1d`` biases and 1-D tensors get no weight decay (timm 0.5.4's ``create_optimizer``
-        rule, ``filter_bias_and_bn=True``: ``ndim <= 1 or name.endswith(".bias")``)."""
+        ``wd_skip_1d`` the parameters that are vectors by meaning get no weight decay: biases, norm
+        parameters and what each adapter layer declares (``AdapterLayer.vector_params``; see
+        :func:`pvera_bench.adapters.no_weight_decay`). That is timm 0.5.4's ``create_optimizer`` rule
+        (``filter_bias_and_bn=True``: ``ndim <= 1 or name.endswith(".bias")``) on the sources'
+        per-layer tensors, whatever shape ours are stored in."""
         c = self.cfg
-        skip_1d = bool(c.get("wd_skip_1d", False))
+        vectors = adapters.no_weight_decay(self.model) if c.get("wd_skip_1d", False) else set()
         groups = []
         for module, lr, wd in ((self.model.head, c["lr_head"], c["wd_head"]),
                                (self.model.backbone, c["lr_adapter"], c["wd_adapter"])):
-            named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-            exempt = [skip_1d and (p.ndim <= 1 or n.endswith(".bias")) for n, p in named]
+            params = [p for p in module.parameters() if p.requires_grad]
             for skip, w in ((True, 0.0), (False, float(wd))):
-                params = [p for (_, p), e in zip(named, exempt) if e == skip]
-                if params:
-                    groups.append(dict(params=params, lr=float(lr), weight_decay=w))
+                chosen = [p for p in params if (id(p) in vectors) == skip]
+                if chosen:
+                    groups.append(dict(params=chosen, lr=float(lr), weight_decay=w))
         return torch.optim.AdamW(groups, fused=self.device.type == "cuda")
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -99,10 +99,12 @@ def test_pvera_paper_without_a_grid(adapter):
     assert job("recipe=pvera_paper", f"adapter={adapter}", "task=cifar100")["protocol"]["grid"] == {}
 
 
-def test_pvera_paper_exact_adds_only_the_double_softmax():
+def test_pvera_paper_exact_adds_only_the_double_softmax_and_the_codes_draws():
     exact = job("recipe=pvera_paper_exact", "adapter=lora", "task=cifar100")
     paper = job("recipe=pvera_paper", "adapter=lora", "task=cifar100")
     assert exact["trainer"]["softmax_before_loss"] is True and exact["recipe"]["name"] == "pvera_paper_exact"
+    assert exact["adapter"].pop("draws") == "pvera_code" and paper["adapter"].pop("draws") == "run"
+    assert exact["backbone"].pop("head_draws") == "after_backbone" and paper["backbone"].pop("head_draws") == "run"
     exact["trainer"]["softmax_before_loss"] = False
     exact["recipe"]["name"] = "pvera_paper"
     assert exact == paper  # the per-adapter settings (rank grid) included
@@ -110,8 +112,8 @@ def test_pvera_paper_exact_adds_only_the_double_softmax():
 
 def test_noah_bottleneck_is_noahs_adapter():
     a = job("recipe=noah", "adapter=bottleneck", "task=cifar100")["adapter"]
-    assert (a["width"], a["placement"], a["activation"], a["dropout"], a["init"]) == (8, "mlp", "quick_gelu", 0.1,
-                                                                                     "noah")
+    assert (a["width"], a["placement"], a["activation"], a["dropout"], a["init"]) == (
+        8, "mlp_after_drop_path", "quick_gelu", 0.1, "noah")
 
 
 @pytest.mark.parametrize("adapter", ["pvera", "vera", "adaptformer", "dora", "ia3"])
@@ -126,6 +128,7 @@ def test_default_and_noah_keep_the_standard_forms(adapter):
 def test_default_recipe_is_noahs_trainer_and_preprocessing():
     d, n = job("task=cifar100"), job("task=cifar100", "recipe=noah")
     assert d["recipe"]["name"] == "default" and d["trainer"] == n["trainer"]
+    assert (d["backbone"].pop("head_init"), n["backbone"].pop("head_init")) == ("pytorch", "noah")
     assert d["backbone"] == n["backbone"] and d["data"]["resize"] == "bicubic"
     assert d["protocol"]["name"] == "vtab" and d["protocol"].get("test_eval_every", 0) == 0
 
@@ -213,3 +216,20 @@ def test_last_batch_and_bias_decay_follow_the_source(recipe, value):
     # the PVeRA code: neither
     t = job(f"recipe={recipe}", "adapter=lora", "task=cifar100")["trainer"]
     assert (t["drop_last"], t["wd_skip_1d"]) == (value, value)
+
+
+def test_pvera_paper_exact_dora_is_the_codes_dora():
+    """leofillioux/pvera models/adapters/dora.py: column norm, not detached, frozen magnitude, no alpha,
+    A randn / sqrt(r); recipe=pvera_paper keeps PEFT's form but the code's scale (1)."""
+    a = job("recipe=pvera_paper_exact", "adapter=dora", "task=dtd")["adapter"]
+    assert (a["norm_axis"], a["detach_norm"], a["train_magnitude"], a["scaling"], a["init"]) == (
+        "column", False, False, "one", "pvera_code")
+    p = job("recipe=pvera_paper", "adapter=dora", "task=dtd")["adapter"]
+    assert (p["norm_axis"], p["detach_norm"], p["train_magnitude"], p["scaling"], p["init"]) == (
+        "row", True, True, "one", "peft")
+
+
+@pytest.mark.parametrize("recipe,pos_embed", [("pvera_paper", "dinov2_hub"), ("pvera_paper_exact", "dinov2_hub"),
+                                              ("noah", "timm"), ("default", "timm")])
+def test_pvera_paper_recipes_resample_position_embeddings_as_the_hub(recipe, pos_embed):
+    assert job(f"recipe={recipe}", "adapter=lora", "task=dtd")["backbone"]["pos_embed"] == pos_embed

@@ -142,13 +142,17 @@ def test_the_static_reading_of_apply_agrees_with_the_imported_signatures():
 def test_literal_choices_of_each_adapter_option_match_what_apply_accepts():
     """The schema reads string choices from each apply()'s Literal annotation; apply() checks them
     against its module's constants. The two lists must be one list."""
-    from pvera_bench.adapters import bottleneck, lora, pvera, qkv
+    from pvera_bench.adapters import base, bottleneck, dora, lora, pvera, qkv
 
     static = schema.static_adapter_schemas()
     choices = {name: {k: set(r.choices) for k, (r, _) in static[name][0].items() if r.choices} for name in static}
-    assert choices["lora"] == {"targets": set(lora.TARGETS), "init": set(lora.INITS)}
-    assert choices["vera"] == {"init": set(qkv.PROJECTION_INITS)}
-    assert choices["pvera"] == {"init": set(qkv.PROJECTION_INITS), "inference": set(pvera.INFERENCE_MODES)}
+    draws = set(base.DRAWS)
+    assert choices["lora"] == {"targets": set(lora.TARGETS), "init": set(lora.INITS), "draws": draws}
+    assert choices["vera"] == {"init": set(qkv.PROJECTION_INITS), "draws": draws}
+    assert choices["pvera"] == {"init": set(qkv.PROJECTION_INITS), "inference": set(pvera.INFERENCE_MODES),
+                                "draws": draws}
+    assert choices["dora"] == {"norm_axis": set(dora.NORM_AXES), "scaling": set(dora.SCALINGS),
+                               "init": set(dora.INITS)}
     for name in ("bottleneck", "adaptformer"):
         assert choices[name]["activation"] == set(bottleneck.ACTIVATIONS), name
         assert choices[name]["init"] == set(bottleneck.INITS), name

@@ -35,6 +35,8 @@ class ParallelMLP(AdapterLayer):
     frozen path is computed exactly as before and the adapter sees the un-normalised ``x``.
     """
 
+    vector_params = ("scale",)  # the learnable scale (a scalar), when it is one
+
     def __init__(self, norm: nn.Module, mlp: nn.Module, ls: nn.Module, dim: int, width: int, scale: float,
                  learnable_scale: bool = False, act: str = "relu", init: str = "lora", dropout: float = 0.0,
                  inside_layer_scale: bool = False) -> None:

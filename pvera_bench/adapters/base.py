@@ -9,9 +9,12 @@ exactly the adapter's own tensors require grad.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
-from typing import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -76,6 +79,13 @@ class AdapterLayer(nn.Module):
     """
 
     mergeable: bool = False
+    #: Names (relative to the layer, dotted) of its parameters that are logical vectors (scales,
+    #: VeRA's lambda_d / lambda_b, DoRA's magnitudes), however they are stored: several layers pack
+    #: the q and v vectors into one (2, d) tensor. They get no weight decay where the trainer
+    #: exempts vectors (``trainer.wd_skip_1d``, timm 0.5.4's rule applied to the per-layer tensors of
+    #: the sources); see :func:`no_weight_decay`. Biases of ``nn.Linear`` submodules are declared
+    #: by the module type and need not be listed.
+    vector_params: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -157,6 +167,61 @@ class ExampleNoise:
         for b, g in enumerate(self.gens):  # example b's rows are contiguous: filled in place, no copy
             out[b * k : (b + 1) * k].normal_(generator=g)
         return out.to(like.dtype)
+# Modules whose parameters are all vectors by meaning (the bias of a Linear, a norm's affine).
+_VECTOR_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def no_weight_decay(model: nn.Module) -> set[int]:
+    """The ids of the parameters of ``model`` that are vectors by meaning, whatever their shape:
+    what every :class:`AdapterLayer` declares in ``vector_params``, the ``bias`` of every
+    ``nn.Linear`` / ``nn.Conv2d`` and every parameter of a norm layer. Timm 0.5.4's optimizer rule
+    (``ndim <= 1 or name.endswith(".bias")``), which NOAH uses, gives exactly these on the sources'
+    per-layer tensors; applied to our packed tensors it would not (a (2, d) ``lambda_b``)."""
+    out: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, AdapterLayer):
+            for name in m.vector_params:
+                p = m.get_parameter(name) if isinstance(getattr(m, name, None), nn.Parameter) else None
+                if p is not None:  # an option may make it a constant (AdaptFormer's fixed scale)
+                    out.add(id(p))
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None:
+            out.add(id(m.bias))
+        if isinstance(m, _VECTOR_MODULES):
+            out.update(id(p) for p in m.parameters(recurse=False))
+    return out
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Which grid candidate is being built, for adapters that draw per candidate as the PVeRA code
+    does (option ``draws: pvera_code``): its ``index`` in the grid, every candidate's adapter options
+    in grid order (``options``; a draw may depend on an earlier candidate's rank) and the run's
+    ``seed``. Set by the run around ``apply`` with :func:`building`."""
+
+    index: int = 0
+    options: tuple[dict[str, Any], ...] = field(default_factory=lambda: ({},))
+    seed: int = 0
+
+
+_CANDIDATE: contextvars.ContextVar[Candidate] = contextvars.ContextVar("candidate", default=Candidate())
+
+
+@contextlib.contextmanager
+def building(candidate: Candidate) -> Iterator[Candidate]:
+    """``with building(Candidate(j, options, seed)): apply(...)``: the candidate that ``apply`` builds."""
+    token = _CANDIDATE.set(candidate)
+    try:
+        yield candidate
+    finally:
+        _CANDIDATE.reset(token)
+
+
+def candidate() -> Candidate:
+    """The candidate being built (index 0 of a one-point grid, seed 0, when none is set)."""
+    return _CANDIDATE.get()
+
+
+DRAWS = ("run", "pvera_code")
 
 
 def adapter_layers(model: nn.Module) -> Iterator[AdapterLayer]:

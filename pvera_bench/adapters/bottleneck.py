@@ -6,8 +6,11 @@ Options (the keyword arguments of :func:`apply`):
 - ``width`` or ``reduction`` (width = d / reduction, rounded down as ``int(d / reduction)`` in the
   PVeRA code, leofillioux/pvera models/adapters/bottleneck.py); give one, set the other to null;
 - ``placement``: ``attn_mlp`` (after the attention and after the MLP: Houlsby's and the PVeRA
-  code's) or ``mlp`` (after the MLP only: NOAH's, ZhangYuanhan-AI/NOAH
-  model/supernet_vision_transformer_timm.py ``Block.forward``);
+  code's), ``mlp`` (after the MLP only, inside the MLP branch's drop path) or ``mlp_after_drop_path``
+  (after the MLP branch's drop path: ``x + y + adapter(y)`` with ``y = drop_path(mlp(norm2(x)))``,
+  NOAH's, ZhangYuanhan-AI/NOAH model/supernet_vision_transformer_timm.py ``Block.forward``
+  ``x + self.adapter(self.drop_path(self.mlp(self.norm2(x))))`` with model/module/adapter_super.py
+  returning ``identity + out``; equal to ``mlp`` when drop path is off);
 - ``activation``: ``gelu``, ``relu`` (PVeRA code: config/adapters.yaml) or ``quick_gelu``
   (``x * sigmoid(1.702 x)``: NOAH's model/module/adapter_super.py);
 - ``dropout``: after the activation, in training (NOAH: ``--drop_rate_adapter`` 0.1);
@@ -38,7 +41,7 @@ class QuickGELU(nn.Module):
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "quick_gelu": QuickGELU}
 INITS = ("lora", "pytorch", "noah")
-PLACEMENTS = ("attn_mlp", "mlp")
+PLACEMENTS = ("attn_mlp", "mlp", "mlp_after_drop_path")
 
 
 def resolve_width(d: int, width, reduction) -> int:
@@ -99,7 +102,8 @@ def check_common(activation, init, dropout) -> None:
 
 
 @register("bottleneck")
-def apply(model: nn.Module, width: int | None = 8, reduction: float | None = None, placement: Literal["attn_mlp", "mlp"] = "attn_mlp",
+def apply(model: nn.Module, width: int | None = 8, reduction: float | None = None,
+          placement: Literal["attn_mlp", "mlp", "mlp_after_drop_path"] = "attn_mlp",
           activation: Literal["gelu", "relu", "quick_gelu"] = "gelu",
           init: Literal["lora", "pytorch", "noah"] = "lora", dropout: float = 0.0) -> None:
     d = model.embed_dim
@@ -109,4 +113,7 @@ def apply(model: nn.Module, width: int | None = 8, reduction: float | None = Non
     for blk in blocks(model):
         if placement == "attn_mlp":
             blk.attn = SerialAdapter(blk.attn, d, w, activation, init, dropout)
-        blk.mlp = SerialAdapter(blk.mlp, d, w, activation, init, dropout)
+        if placement == "mlp_after_drop_path":  # timm's Block: x + drop_path2(ls2(mlp(norm2(x))))
+            blk.drop_path2 = SerialAdapter(blk.drop_path2, d, w, activation, init, dropout)
+        else:
+            blk.mlp = SerialAdapter(blk.mlp, d, w, activation, init, dropout)

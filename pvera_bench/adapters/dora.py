@@ -1,32 +1,93 @@
-"""DoRA on the q and v projections (Liu et al. 2024, PEFT's conventions).
+"""DoRA on the q and v projections (Liu et al. 2024).
 
-Each adapted weight slice ``W`` (d_out x d_in) becomes ``m * (W + dW) / ||W + dW||``, the norm
-per output row, ``dW`` a LoRA update and ``m`` a trainable magnitude initialised to ``||W||``.
-As in PEFT (and the DoRA paper, section 4.3) the norm is treated as a constant in backward.
+Each adapted weight slice ``W`` (d_out x d_in) becomes ``m * (W + dW) / ||W + dW||``, ``dW`` a
+LoRA update and ``m`` a magnitude initialised to ``||W||``. The defaults are PEFT's conventions:
+the norm per output row, treated as a constant in backward (PEFT, and the DoRA paper section 4.3),
+``m`` trained, ``dW`` scaled by ``alpha / r`` with PEFT's LoRA init (A uniform, B zero).
+
+Options (the keyword arguments of :func:`apply`) reach the PVeRA code's DoRA
+(leofillioux/pvera, models/adapters/dora.py), which differs in each of them:
+
+- ``norm_axis``: ``row`` (PEFT) or ``column``: the code's ``norm(p=2, dim=0)`` of the (d_out, d_in)
+  weight, one norm and one magnitude per INPUT column;
+- ``detach_norm``: True (PEFT) or False (the code: the norm is an ordinary autograd op);
+- ``train_magnitude``: True (PEFT) or False (the code names it ``mag_q`` / ``mag_v``, and
+  models/models.py ``freeze()`` trains only parameters whose name contains ``adapter``: the
+  magnitude stays at ``||W||``; here it is then a buffer);
+- ``scaling``: ``alpha_over_r`` (PEFT) or ``one`` (the code stores ``alpha / rank`` in
+  ``adapter_alpha`` but never applies it: ``dW = A @ B``);
+- ``init``: ``peft`` (A as nn.Linear's, B zero) or ``pvera_code``: the code's ``A`` is
+  ``torch.randn(d, r) / sqrt(r)`` and sits on the OUTPUT side (``dW = A @ B`` with A (d_out, r),
+  B (r, d_in) zero), drawn A_q then A_v from the global RNG block after block (the code does not
+  reseed per block for DoRA, unlike its LoRA and VeRA); here ``lora_B[k]`` holds ``A_k`` transposed
+  and ``lora_A`` starts at zero, so that ``dW_k = (lora_A lora_B_k)^T = A_k B_k`` as in the code.
+
+The code also recomputes the k third as ``||W_k|| * W_k / ||W_k||``, equal to ``W_k`` up to float
+rounding; here the k third is the frozen layer's output, bit for bit.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .base import register
+from .base import check_choice, check_positive, register
 from .lora import LoraQV
 from .qkv import QV, QVAdapter, replace_qkv
 
+NORM_AXES = ("row", "column")
+SCALINGS = ("alpha_over_r", "one")
+INITS = ("peft", "pvera_code")
+
 
 class DoraQV(LoraQV):
-    def __init__(self, base: nn.Linear, r: int, alpha: float) -> None:
-        super().__init__(base, r, alpha)
-        self.magnitude = nn.Parameter(torch.linalg.vector_norm(self._weights().detach(), dim=-1))
+    vector_params = ("magnitude",)  # one magnitude vector per projection, stored (2, d)
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, norm_axis: str = "row", detach_norm: bool = True,
+                 train_magnitude: bool = True, scaling: str = "alpha_over_r", init: str = "peft") -> None:
+        super().__init__(base, r, alpha, init=None if init == "pvera_code" else "peft")
+        self.norm_dim = -1 if norm_axis == "row" else -2  # over d_in (one per row) | over d_out (per column)
+        self.detach_norm = bool(detach_norm)
+        if scaling == "one":
+            self.scale = 1.0
+        if init == "pvera_code":
+            # pvera models/adapters/dora.py: std = 1 / torch.sqrt(torch.tensor(rank).float());
+            # adapter_A_q = randn(in_dim, rank) * std, then adapter_A_v; adapter_B_* zero
+            std = 1 / torch.sqrt(torch.tensor(self.r).float())
+            a_q = torch.randn(self.dim, self.r) * std
+            a_v = torch.randn(self.dim, self.r) * std
+            with torch.no_grad():
+                self.lora_B.copy_(torch.stack((a_q.t(), a_v.t())))
+        m = torch.linalg.vector_norm(self._weights().detach(), dim=self.norm_dim)  # (2, d)
+        if train_magnitude:
+            self.magnitude = nn.Parameter(m)
+        else:
+            self.register_buffer("magnitude", m)
 
     def _weights(self) -> torch.Tensor:
         return self.base.weight.view(3, self.dim, self.dim)[0::2]  # q and v slices: (2, d_out, d_in)
 
     def _scale(self) -> torch.Tensor:
-        """``m / ||W + dW||`` per projection and output row (2, d_out), the norm detached."""
-        norm = torch.linalg.vector_norm(self._weights() + super().delta_weight(), dim=-1)
-        return self.magnitude / norm.detach()
+        """``m / ||W + dW||`` per projection and row (or column), shaped (2, d)."""
+        norm = torch.linalg.vector_norm(self._weights() + super().delta_weight(), dim=self.norm_dim)
+        return self.magnitude / (norm.detach() if self.detach_norm else norm)
+
+    def _adapted(self) -> torch.Tensor:
+        """The adapted q and v weights ``m * (W + dW) / ||W + dW||``: (2, d_out, d_in)."""
+        v = self._weights() + super().delta_weight()
+        s = self._scale()
+        return v * (s[..., None] if self.norm_dim == -1 else s[..., None, :])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm_dim == -1 or self.merged:  # output-side scaling: reuse the frozen output
+            return super().forward(x)
+        # input-side scaling (the code's column norm): one GEMM with the adapted fused weight
+        w = self.base.weight.view(3, self.dim, self.dim)
+        wq, wv = self._adapted().to(w.dtype)
+        return F.linear(x, torch.cat((wq, w[1], wv)), self.base.bias)
 
     def updates(self, x: torch.Tensor, out: torch.Tensor | None = None) -> list[torch.Tensor]:
         # new_k = s_k * (x W_k^T + lora_k) + b_k = out_k + (s_k - 1) * (out_k - b_k) + s_k * lora_k
@@ -45,10 +106,17 @@ class DoraQV(LoraQV):
     add_updates = QVAdapter.add_updates
 
     def delta_weight(self) -> torch.Tensor:
-        w = self._weights()
-        return self._scale()[..., None] * (w + super().delta_weight()) - w
+        return self._adapted() - self._weights()
 
 
 @register("dora")
-def apply(model: nn.Module, r: int = 8, alpha: float = 8.0) -> None:
-    replace_qkv(model, lambda qkv: DoraQV(qkv, r, alpha))
+def apply(model: nn.Module, r: int = 8, alpha: float = 8.0, norm_axis: Literal["row", "column"] = "row",
+          detach_norm: bool = True, train_magnitude: bool = True,
+          scaling: Literal["alpha_over_r", "one"] = "alpha_over_r", init: Literal["peft", "pvera_code"] = "peft") -> None:
+    check_positive("r", r)
+    check_choice("norm_axis", norm_axis, NORM_AXES)
+    check_choice("detach_norm", detach_norm, (True, False))
+    check_choice("train_magnitude", train_magnitude, (True, False))
+    check_choice("scaling", scaling, SCALINGS)
+    check_choice("init", init, INITS)
+    replace_qkv(model, lambda qkv: DoraQV(qkv, r, alpha, norm_axis, detach_norm, train_magnitude, scaling, init))

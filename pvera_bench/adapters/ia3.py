@@ -11,6 +11,7 @@ from .base import AdapterLayer, blocks, register
 
 class IA3KV(AdapterLayer):
     """``qkv(x) * [1 | l_k | l_v]``; the q third is multiplied by exactly one."""
+    vector_params = ("scale_kv",)  # per-projection vectors, stored (2, ...) or (d,)
 
     mergeable = True
 
@@ -36,6 +37,7 @@ class IA3KV(AdapterLayer):
 
 class IA3FF(AdapterLayer):
     """``fc2(h * l_ff)``: rescales the MLP's hidden activations."""
+    vector_params = ("scale_ff",)  # per-projection vectors, stored (2, ...) or (d,)
 
     mergeable = True
 

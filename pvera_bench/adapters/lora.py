@@ -13,7 +13,11 @@ Options (the keyword arguments of :func:`apply`):
   PEFT, B zero), ``pvera_code`` (A normal with std 1/sqrt(r), B zero: leofillioux/pvera,
   models/adapters/lora.py) or ``noah`` (A and B both truncated normal, std 0.02: NOAH's model
   re-initialises every nn.Linear, LoRA's included, with ``_init_vit_weights`` after building it,
-  so its B does not start at zero).
+  so its B does not start at zero);
+- ``draws``: ``run`` (A drawn from the global RNG, block after block) or ``pvera_code`` (with
+  ``init=pvera_code``): as the PVeRA code (models/models.py, lora branch), every block reseeded
+  with the run's seed (``local_seed(self.seed)``), then each grid candidate's ``randn(d, r) / sqrt(r)``
+  for q then v, in grid order: candidate j's A is the j-th draw, the same in every block.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .base import check_choice, check_positive, register
+from .base import DRAWS, AdapterOptionError, candidate, check_choice, check_positive, register
 from .qkv import QV, QVAdapter, add_qv, replace_qkv
 
 TARGETS = {"qv": QV, "qkv": (0, 1, 2)}
@@ -41,7 +45,10 @@ class LoraQV(QVAdapter):
         # One (d, n r) matrix holds the A_k side by side: one matmul for every projection.
         a = torch.empty(d, self.r if self.fused else n * self.r)
         b = torch.zeros(n, self.r, d)
-        if init == "peft":
+        a = a.zero_() if init is None else a
+        if init is None:  # the caller fills A and B (DoRA's pvera_code init): no draw from the RNG
+            pass
+        elif init == "peft":
             bound = 1.0 / d**0.5  # kaiming_uniform_(a=sqrt(5)) on an (r, d) weight, as nn.Linear and PEFT
             a.uniform_(-bound, bound)
         elif init == "pvera_code":
@@ -70,16 +77,46 @@ class LoraQV(QVAdapter):
         return (a @ self.lora_B).transpose(1, 2) * self.scale  # (n, d_out, d_in)
 
 
-def check_lora_options(r, alpha, targets, dropout, fused, init) -> None:
+def code_lora_a(d: int, r: int) -> torch.Tensor:
+    """Candidate j's ``[A_q | A_v]`` (d, 2r) as the PVeRA code draws it in a block: torch seeded with
+    the run's seed, then for each candidate in grid order ``randn(in_dim, rank) * std`` for q and v,
+    ``std = 1 / torch.sqrt(torch.tensor(rank).float())`` (models/adapters/lora.py)."""
+    c = candidate()
+    ranks = [int(o.get("r", r)) for o in c.options]
+    if ranks[c.index] != int(r):
+        raise ValueError(f"candidate {c.index}: rank {r} is not the grid's {ranks[c.index]}")
+    g = torch.Generator().manual_seed(int(c.seed))
+    for k in ranks[: c.index + 1]:
+        std = 1 / torch.sqrt(torch.tensor(k).float())
+        a_q = torch.randn(d, k, generator=g) * std
+        a_v = torch.randn(d, k, generator=g) * std
+    return torch.cat((a_q, a_v), dim=1)
+
+
+def check_lora_options(r, alpha, targets, dropout, fused, init, draws="run") -> None:
     check_positive("r", r)
     check_choice("targets", targets, tuple(TARGETS))
     check_positive("dropout", dropout, allow_zero=True, upper=1.0)
     check_choice("fused", fused, (False, True))
     check_choice("init", init, INITS)
+    check_choice("draws", draws, DRAWS)
+    if draws == "pvera_code" and (init != "pvera_code" or targets != "qv" or fused):
+        raise AdapterOptionError("adapter.draws=pvera_code draws as the PVeRA code: it needs adapter.init=pvera_code, "
+                                 "adapter.targets=qv and adapter.fused=false")
 
 
 @register("lora")
 def apply(model: nn.Module, r: int = 8, alpha: float = 8.0, targets: Literal["qv", "qkv"] = "qv", dropout: float = 0.0,
-          fused: bool = False, init: Literal["peft", "pvera_code", "noah"] = "peft") -> None:
-    check_lora_options(r, alpha, targets, dropout, fused, init)
-    replace_qkv(model, lambda qkv: LoraQV(qkv, r, alpha, targets, dropout, fused, init))
+          fused: bool = False, init: Literal["peft", "pvera_code", "noah"] = "peft",
+          draws: Literal["run", "pvera_code"] = "run") -> None:
+    check_lora_options(r, alpha, targets, dropout, fused, init, draws)
+
+    def make(qkv: nn.Linear) -> LoraQV:
+        if draws == "run":
+            return LoraQV(qkv, r, alpha, targets, dropout, fused, init)
+        layer = LoraQV(qkv, r, alpha, targets, dropout, fused, None)
+        with torch.no_grad():
+            layer.lora_A.copy_(code_lora_a(layer.dim, int(r)))
+        return layer
+
+    replace_qkv(model, make)

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from .base import register
-from .qkv import SharedProjections, replace_qkv, share
-from .vera import VeraQV, check_vera_options, projection_generator
+from .qkv import SharedProjections
+from .vera import VeraQV, apply_vera
 
 INFERENCE_MODES = ("mean", "fixed", "mc")
 # Options that change no number unless another option has one of the listed values (the resume key
@@ -78,8 +78,10 @@ class _SampleKL(torch.autograd.Function):
 class PveraQV(VeraQV):
     def __init__(self, base: nn.Linear, shared: SharedProjections, r: int, alpha: float,
                  lambda_d_init: float | None, beta: float, inference: str, mc_samples: int,
-                 init: Literal["pvera_code", "peft"] = "pvera_code", generator: torch.Generator | None = None) -> None:
-        super().__init__(base, shared, r, alpha, lambda_d_init, latent=2, init=init, generator=generator)
+                 init: Literal["pvera_code", "peft"] = "pvera_code", generator: torch.Generator | None = None,
+                 lambda_d_values: tuple[float, float] | None = None) -> None:
+        super().__init__(base, shared, r, alpha, lambda_d_init, latent=2, init=init, generator=generator,
+                         lambda_d_values=lambda_d_values)
         self.beta = float(beta)
         self.set_inference(inference, mc_samples)
         self.kl: torch.Tensor | None = None  # the KL term of the last training forward
@@ -126,12 +128,9 @@ class PveraQV(VeraQV):
 @register("pvera")
 def apply(model: nn.Module, r: int = 256, alpha: float = 16.0, init: Literal["pvera_code", "peft"] = "pvera_code",
           lambda_d_init: float | None = None, projection_seed: int | None = None, beta: float = 1e6,
-          inference: Literal["mean", "fixed", "mc"] = "mean", mc_samples: int = 8) -> None:
-    """Initialisation (``init``, ``lambda_d_init``, ``projection_seed``) as VeRA's, see
+          inference: Literal["mean", "fixed", "mc"] = "mean", mc_samples: int = 8,
+          draws: Literal["run", "pvera_code"] = "run") -> None:
+    """Initialisation (``init``, ``lambda_d_init``, ``projection_seed``, ``draws``) as VeRA's, see
     :mod:`pvera_bench.adapters.vera`; A holds 2r columns per projection ([mu | logvar])."""
-    check_vera_options(init, lambda_d_init)
-    d = model.embed_dim
-    g = projection_generator(projection_seed)
-    shared = share(model, "pvera_shared", SharedProjections(d, 2 * r, r, init, g))
-    replace_qkv(model, lambda qkv: PveraQV(qkv, shared, r, alpha, lambda_d_init, beta, inference, mc_samples,
-                                           init=init, generator=g))
+    apply_vera(model, "pvera_shared", PveraQV, 2, draws, projection_seed, r=r, alpha=alpha, lambda_d_init=lambda_d_init,
+               beta=beta, inference=inference, mc_samples=mc_samples, init=init)

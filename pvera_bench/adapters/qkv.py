@@ -163,10 +163,12 @@ class SharedProjections(nn.Module):
     """
 
     def __init__(self, d: int, a_cols: int, r: int, init: str = "pvera_code",
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, given: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
         g = generator
-        if init == "pvera_code":
+        if given is not None:  # drawn by the caller (code_projections)
+            a, b = given
+        elif init == "pvera_code":
             a_q, a_v = (torch.empty(d, a_cols).uniform_(-(6.0 / a_cols) ** 0.5, (6.0 / a_cols) ** 0.5, generator=g)
                         for _ in range(2))
             b_q, b_v = (torch.empty(r, d).uniform_(-(6.0 / d) ** 0.5, (6.0 / d) ** 0.5, generator=g) for _ in range(2))
@@ -178,6 +180,20 @@ class SharedProjections(nn.Module):
             raise ValueError(f"unknown projection init {init!r}")
         self.register_buffer("A", a)
         self.register_buffer("B", b)
+
+
+def code_projections(d: int, shapes: list[tuple[int, int]], index: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate ``index``'s frozen projections as the PVeRA code draws them for a grid
+    (leofillioux/pvera models/models.py, vera / pvera branches): under ``local_seed(seed)``, for each
+    candidate in grid order, ``kaiming_uniform_`` on q_down (d, a_cols), v_down, q_up (r, d), v_up.
+    ``shapes`` holds every candidate's (a_cols, r). Returns ``A`` (d, 2 a_cols) and ``B`` (2, r, d)."""
+    g = torch.Generator().manual_seed(int(seed))
+    for a_cols, r in shapes[: index + 1]:
+        qd, vd = torch.empty(d, a_cols), torch.empty(d, a_cols)
+        qu, vu = torch.empty(r, d), torch.empty(r, d)
+        for t in (qd, vd, qu, vu):
+            nn.init.kaiming_uniform_(t, generator=g)
+    return torch.cat((qd, vd), dim=1), torch.stack((qu, vu))
 
 
 def share(model: nn.Module, name: str, shared: SharedProjections) -> SharedProjections:

@@ -14,17 +14,25 @@
 Everything is drawn from the run's seed (the global RNG, which the run seeds), or, when
 ``projection_seed`` is set, from a generator seeded with it. ``lambda_d_init`` (a number)
 replaces the init's ``lambda_d`` by that constant.
+
+``draws``: ``run`` (the above: every grid candidate gets the same draws) or ``pvera_code``: grid
+candidate j gets the PVeRA code's j-th draws, bit for bit (recipe=pvera_paper_exact; the candidate
+comes from :func:`pvera_bench.adapters.building`): its projections are the j-th of the code's
+``local_seed(seed)`` loop over the candidates (models/models.py, :func:`code_projections`), and its
+``lambda_d`` the code's ``np.random.uniform(1e-5, 1)`` draws from numpy's generator seeded with the
+run's seed, taken block by block, candidate by candidate, q then v (models/adapters/vera.py).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
-from .base import AdapterOptionError, check_choice, register
-from .qkv import PROJECTION_INITS, QVAdapter, SharedProjections, add_qv, replace_qkv, share
+from .base import DRAWS, AdapterOptionError, blocks, candidate, check_choice, register
+from .qkv import PROJECTION_INITS, QVAdapter, SharedProjections, add_qv, code_projections, replace_qkv, share
 
 LAMBDA_D_RANGE = (1e-5, 1.0)  # the PVeRA code's np.random.uniform(1e-5, 1) (models/adapters/vera.py)
 
@@ -34,22 +42,30 @@ def projection_generator(projection_seed: int | None) -> torch.Generator | None:
     return None if projection_seed is None else torch.Generator().manual_seed(int(projection_seed))
 
 
-def check_vera_options(init: str, lambda_d_init: float | None) -> None:
+def check_vera_options(init: str, lambda_d_init: float | None, draws: str = "run",
+                       projection_seed: int | None = None) -> None:
     check_choice("init", init, PROJECTION_INITS)
+    check_choice("draws", draws, DRAWS)
+    if draws == "pvera_code" and (init != "pvera_code" or lambda_d_init is not None or projection_seed is not None):
+        raise AdapterOptionError("adapter.draws=pvera_code draws as the PVeRA code: it needs adapter.init=pvera_code, "
+                                 "adapter.lambda_d_init=null and adapter.projection_seed=null")
     if lambda_d_init is not None and (isinstance(lambda_d_init, bool) or not isinstance(lambda_d_init, (int, float))):
         raise AdapterOptionError(f"adapter.lambda_d_init={lambda_d_init!r} is not valid; use a number, or null for "
                                  f"the init's own")
 
 
 class VeraQV(QVAdapter):
+    vector_params = ("lambda_d", "lambda_b")  # per-projection vectors, stored (2, ...) or (d,)
     def __init__(self, base: nn.Linear, shared: SharedProjections, r: int, alpha: float,
                  lambda_d_init: float | None, latent: int = 1, init: Literal["pvera_code", "peft"] = "pvera_code",
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, lambda_d_values: tuple[float, float] | None = None) -> None:
         super().__init__(base)
         object.__setattr__(self, "shared", shared)  # a reference, not a submodule: held once by the model
         self.r, self.alpha = int(r), float(alpha)
         cols = latent * self.r
-        if lambda_d_init is not None:
+        if lambda_d_values is not None:  # the PVeRA code: torch.ones(rank) * np.random.uniform(1e-5, 1), q then v
+            ld = torch.cat([torch.ones(cols) * v for v in lambda_d_values])
+        elif lambda_d_init is not None:
             ld = torch.full((2 * cols,), float(lambda_d_init))
         elif init == "pvera_code":  # one scalar per projection (q, v) of this block
             ld = torch.empty(2).uniform_(*LAMBDA_D_RANGE, generator=generator).repeat_interleave(cols)
@@ -81,11 +97,42 @@ class VeraQV(QVAdapter):
         return ((a * ld[:, None, :]) @ b).transpose(1, 2)
 
 
+def code_draws(model: nn.Module, r: int, latent: int) -> tuple[tuple, list[tuple[float, float]]]:
+    """The PVeRA code's draws for the candidate being built (``draws: pvera_code``): the projections
+    (A, B) and one (q, v) pair of ``lambda_d`` values per block."""
+    c = candidate()
+    ranks = [int(o.get("r", r)) for o in c.options]
+    if ranks[c.index] != int(r):
+        raise ValueError(f"candidate {c.index}: rank {r} is not the grid's {ranks[c.index]}")
+    given = code_projections(model.embed_dim, [(latent * k, k) for k in ranks], c.index, c.seed)
+    rs = np.random.RandomState(int(c.seed) % 2**32)  # the code: seed_everything(seed) -> np.random.seed(seed)
+    n, values = len(ranks), []
+    for _ in blocks(model):
+        drawn = [(rs.uniform(1e-5, 1), rs.uniform(1e-5, 1)) for _ in range(n)]  # candidate by candidate, q then v
+        values.append(drawn[c.index])
+    return given, values
+
+
+def apply_vera(model: nn.Module, shared_name: str, layer, latent: int, draws: str, projection_seed, **kw) -> None:
+    """VeRA and PVeRA: the shared projections, then one ``layer(qkv, shared, **kw)`` per block
+    (``kw`` holds the layer's options: r, alpha, init, lambda_d_init, ...)."""
+    r, init, lambda_d_init = kw["r"], kw["init"], kw["lambda_d_init"]
+    check_vera_options(init, lambda_d_init, draws, projection_seed)
+    d = model.embed_dim
+    if draws == "pvera_code":
+        given, values = code_draws(model, r, latent)
+        shared = share(model, shared_name, SharedProjections(d, latent * r, r, init, given=given))
+        it = iter(values)
+        replace_qkv(model, lambda qkv: layer(qkv, shared, lambda_d_values=next(it), **kw))
+        return
+    g = projection_generator(projection_seed)
+    shared = share(model, shared_name, SharedProjections(d, latent * r, r, init, g))
+    replace_qkv(model, lambda qkv: layer(qkv, shared, generator=g, **kw))
+
+
 @register("vera")
 def apply(model: nn.Module, r: int = 256, alpha: float = 16.0, init: Literal["pvera_code", "peft"] = "pvera_code",
-          lambda_d_init: float | None = None, projection_seed: int | None = None) -> None:
-    check_vera_options(init, lambda_d_init)
-    d = model.embed_dim
-    g = projection_generator(projection_seed)
-    shared = share(model, "vera_shared", SharedProjections(d, r, r, init, g))
-    replace_qkv(model, lambda qkv: VeraQV(qkv, shared, r, alpha, lambda_d_init, init=init, generator=g))
+          lambda_d_init: float | None = None, projection_seed: int | None = None,
+          draws: Literal["run", "pvera_code"] = "run") -> None:
+    apply_vera(model, "vera_shared", VeraQV, 1, draws, projection_seed, r=r, alpha=alpha, lambda_d_init=lambda_d_init,
+               init=init)
