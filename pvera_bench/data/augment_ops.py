@@ -1,0 +1,149 @@
+"""The tensor side of :mod:`.augment` (see its docstring): ``Augment(spec)`` on uint8 NHWC batches."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .augment import GEOMETRIC, OPS, RandAugmentSpec, parse
+
+__all__ = ["Augment", "rand_augment_layer"]
+
+FILL = (124.0, 116.0, 104.0)  # timm create_transform: img_mean = round(255 * IMAGENET_DEFAULT_MEAN)
+LEVEL_DENOM = 10.0  # timm auto_augment.py _LEVEL_DENOM
+
+
+class Augment:
+    """``Augment(spec)(images)``: uint8 NHWC -> augmented uint8 NHWC, on the images' device."""
+
+    def __init__(self, spec: str | None) -> None:
+        self.spec = spec
+        self.hflip, self.ra = parse(spec)
+
+    def __bool__(self) -> bool:
+        return self.hflip or self.ra is not None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if not self:
+            return images
+        x = images.permute(0, 3, 1, 2)  # NCHW view
+        if self.hflip:
+            flip = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        if self.ra is not None:
+            x = x.float()
+            for _ in range(self.ra.num_layers):
+                x = rand_augment_layer(x, self.ra)
+            x = x.to(torch.uint8)
+        return x.permute(0, 2, 3, 1)
+
+
+def _u8(x: torch.Tensor) -> torch.Tensor:
+    return x.round().clamp_(0, 255)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """Pillow's RGB -> L: (299 R + 587 G + 114 B) / 1000, rounded; (B, 1, H, W)."""
+    w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return _u8((x * w).sum(1, keepdim=True))
+
+
+def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Pillow's ImageEnhance: degenerate + factor * (image - degenerate)."""
+    return _u8(degenerate + factor * (x - degenerate))
+
+
+def _autocontrast(x: torch.Tensor) -> torch.Tensor:
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    scale = torch.where(hi > lo, 255.0 / (hi - lo).clamp_min(1), torch.ones_like(hi))
+    return torch.where(hi > lo, _u8((x - lo) * scale), x)
+
+
+def _equalize(x: torch.Tensor) -> torch.Tensor:
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.equalize(x.to(torch.uint8)).float()
+
+
+def _sharpen_degenerate(x: torch.Tensor) -> torch.Tensor:
+    """Pillow's SMOOTH filter (3x3, centre 5, others 1, / 13); the border keeps the original."""
+    k = torch.ones(3, 1, 3, 3, device=x.device, dtype=x.dtype)
+    k[:, :, 1, 1] = 5.0
+    smooth = _u8(F.conv2d(x, k / 13.0, padding=0, groups=3))
+    out = x.clone()
+    out[:, :, 1:-1, 1:-1] = smooth
+    return out
+
+
+def _affine(x: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
+    """Pillow's ``Image.transform(AFFINE)``: output pixel centre (u, v) samples the input at
+    ``mat @ (u, v, 1)`` (pixel coordinates), bicubic; points outside the input get the fill."""
+    b, _, h, w = x.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=x.dtype) + 0.5,
+                            torch.arange(w, device=x.device, dtype=x.dtype) + 0.5, indexing="ij")
+    uv1 = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, h * w, 3)
+    src = (uv1 @ mat.transpose(1, 2)).view(b, h, w, 2)  # input pixel coordinates
+    grid = torch.stack([src[..., 0] * (2.0 / w) - 1.0, src[..., 1] * (2.0 / h) - 1.0], -1)
+    out = F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    inside = ((src[..., 0] >= 0) & (src[..., 0] < w) & (src[..., 1] >= 0) & (src[..., 1] < h)).unsqueeze(1)
+    fill = torch.tensor(FILL, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return _u8(torch.where(inside, out, fill))
+
+
+def rand_augment_layer(x: torch.Tensor, ra: RandAugmentSpec) -> torch.Tensor:
+    """One RandAugment layer on float NCHW images in [0, 255] (uint8 values)."""
+    b, _, h, w = x.shape
+    dev, dt = x.device, x.dtype
+    op = torch.randint(len(OPS), (b,), device=dev)
+    apply = torch.rand(b, device=dev) < ra.prob  # timm AugmentOp: skipped when random() > prob
+    mag = torch.full((b,), float(ra.magnitude), device=dev, dtype=dt)
+    if ra.magnitude_std > 0:
+        mag = mag + ra.magnitude_std * torch.randn(b, device=dev, dtype=dt)
+    level = mag.clamp(0.0, LEVEL_DENOM) / LEVEL_DENOM  # in [0, 1]
+    sign = torch.where(torch.rand(b, device=dev) > 0.5, -1.0, 1.0).to(dt)  # timm _randomly_negate
+    col = lambda v: v.view(b, 1, 1, 1)  # noqa: E731
+    chose = {name: (op == i) & apply for i, name in enumerate(OPS)}
+
+    # geometric ops: one affine per image (identity where none was drawn)
+    mat = torch.zeros(b, 2, 3, device=dev, dtype=dt)
+    mat[:, 0, 0] = mat[:, 1, 1] = 1.0
+    shear = level * 0.3 * sign                       # _shear_level_to_arg
+    trans = level * 0.45 * sign                      # _translate_rel_level_to_arg (translate_pct 0.45)
+    angle = -torch.deg2rad(level * 30.0 * sign)      # _rotate_level_to_arg; Pillow rotate: counter-clockwise
+    cx, cy = w / 2.0, h / 2.0
+    c, s = torch.cos(angle), torch.sin(angle)
+    rot = torch.stack([torch.stack([c, s, cx - c * cx - s * cy], -1),
+                       torch.stack([-s, c, cy + s * cx - c * cy], -1)], 1)
+    mat = torch.where(col(chose["Rotate"]).view(b, 1, 1), rot, mat)
+    mat[:, 0, 1] = torch.where(chose["ShearX"], shear, mat[:, 0, 1])      # (1, f, 0, 0, 1, 0)
+    mat[:, 1, 0] = torch.where(chose["ShearY"], shear, mat[:, 1, 0])      # (1, 0, 0, f, 1, 0)
+    mat[:, 0, 2] = torch.where(chose["TranslateXRel"], trans * w, mat[:, 0, 2])
+    mat[:, 1, 2] = torch.where(chose["TranslateYRel"], trans * h, mat[:, 1, 2])
+    geo = torch.stack([chose[g] for g in GEOMETRIC]).any(0)
+    out = torch.where(col(geo), _affine(x, mat), x)
+
+    enhance = (1.0 + level * 0.9 * sign).clamp_min(0.1)   # _enhance_increasing_level_to_arg
+    bits = 4 - torch.floor(level * 4)                      # _posterize_increasing_level_to_arg
+    step = torch.pow(2.0, 8 - bits)
+    thresh = 256 - torch.floor(level * 256)                # _solarize_increasing_level_to_arg
+    add = torch.clamp(torch.floor(level * 110), max=128)   # _solarize_add_level_to_arg
+    gray = _gray(x)
+    point_ops = {
+        "AutoContrast": lambda: _autocontrast(x),
+        "Equalize": lambda: _equalize(x),
+        "Invert": lambda: 255.0 - x,
+        "PosterizeIncreasing": lambda: torch.floor(x / col(step)) * col(step),
+        "SolarizeIncreasing": lambda: torch.where(x < col(thresh), x, 255.0 - x),
+        "SolarizeAdd": lambda: torch.where(x < 128, (x + col(add)).clamp(max=255), x),
+        "ColorIncreasing": lambda: _blend(gray, x, col(enhance)),
+        "ContrastIncreasing": lambda: _blend(torch.floor(gray.mean(dim=(1, 2, 3), keepdim=True) + 0.5), x,
+                                             col(enhance)),
+        "BrightnessIncreasing": lambda: _blend(torch.zeros_like(x), x, col(enhance)),
+        "SharpnessIncreasing": lambda: _blend(_sharpen_degenerate(x), x, col(enhance)),
+    }
+    for name, fn in point_ops.items():
+        out = torch.where(col(chose[name]), fn(), out)
+    return out
+
+

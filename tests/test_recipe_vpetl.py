@@ -1,0 +1,70 @@
+"""recipe=vpetl: V-PETL-Bench's per-task values (configs/recipe/vpetl.yaml, configs/recipe_adapter/vpetl/),
+composed by Hydra as the command line composes them, against the values of its scripts and configs
+(synbol/Parameter-Efficient-Transfer-Learning-Benchmark, ImageClassification/) written out here."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from pvera_bench import tasks
+from pvera_bench.paths import config_dir
+from pvera_bench.schema import ConfigError, validate
+
+AUG = "hflip+rand-m9-mstd0.5-inc1"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hydra_configs():
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        yield
+
+
+def job(*overrides: str) -> dict:
+    return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+
+
+# (task, lr, wd, label smoothing, train_aug): run_vit_lora.sh lines 16-52; configs/model_lora/vtab/<task>.yaml
+LORA = [("dtd", 0.0032, 0.04, 0.1, True), ("cifar100", 0.005, 0.005, 0.1, False),
+        ("dsprites_loc", 0.003, 0.001, 0.0, False), ("clevr_count", 0.0033, 0.01, 0.0, True),
+        ("kitti", 0.0072, 0.0001, 0.1, True), ("caltech101", 0.006, 0.35, 0.1, False)]
+
+
+@pytest.mark.parametrize("task, lr, wd, smoothing, aug", LORA)
+def test_lora_per_task_values(task, lr, wd, smoothing, aug):
+    c = job("recipe=vpetl", "adapter=lora", f"task={task}")
+    t = c["trainer"]
+    assert t["lr_head"] == t["lr_adapter"] == lr and t["wd_head"] == t["wd_adapter"] == wd
+    assert t["label_smoothing"] == smoothing
+    assert t["augment"] == (AUG if aug else None)
+    assert c["data"]["train_resize"] == ("bicubic" if aug else "bilinear") and c["data"]["resize"] == "bilinear"
+    assert (t["drop_last"], t["wd_skip_1d"], t["epochs"], t["batch_size"]) == (False, False, 100, 64)
+    p = c["protocol"]
+    assert (p["test_eval_every"], p["test_eval_at"], p["test_eval_from"]) == (10, "end", 1)
+    a = c["adapter"]
+    assert (a["r"], a["alpha"], a["targets"], a["fused"], a["dropout"], a["init"]) == (8, 8.0, "qv", False, 0.0, "noah")
+    assert c["recipe"]["name"] == "vpetl" and c["data"]["source"] == "folder"
+
+
+def test_every_vpetl_table_has_exactly_the_19_tasks():
+    vtab = set(tasks.expand("vtab"))
+    assert len(vtab) == 19
+    recipe = OmegaConf.load(config_dir() / "recipe" / "vpetl.yaml")
+    assert set(recipe.per_task) == vtab
+    assert sum(v.augment is not None for v in recipe.per_task.values()) == 12
+    assert sum(v.label_smoothing == 0.1 for v in recipe.per_task.values()) == 12
+    for f in (config_dir() / "recipe_adapter" / "vpetl").glob("*.yaml"):
+        table = OmegaConf.load(f).get("per_task")
+        if table is not None:
+            assert set(table) == vtab, f.name
+            assert all(set(v) == {"lr", "wd"} for v in table.values()), f.name
+
+
+def test_a_task_outside_the_table_stops_with_one_line():
+    cfg = compose("config", overrides=["recipe=vpetl", "adapter=lora", "task=demo"])
+    with pytest.raises(ConfigError, match="recipe=vpetl sets per-task values .* task 'demo' is not one of them"):
+        validate(cfg)
+
+
+def test_command_line_wins_over_the_table():
+    t = job("recipe=vpetl", "adapter=lora", "task=dtd", "trainer.lr_adapter=0.1", "trainer.augment=null")["trainer"]
+    assert t["lr_adapter"] == 0.1 and t["lr_head"] == 0.0032 and t["augment"] is None
