@@ -68,3 +68,20 @@ def test_a_task_outside_the_table_stops_with_one_line():
 def test_command_line_wins_over_the_table():
     t = job("recipe=vpetl", "adapter=lora", "task=dtd", "trainer.lr_adapter=0.1", "trainer.augment=null")["trainer"]
     assert t["lr_adapter"] == 0.1 and t["lr_head"] == 0.0032 and t["augment"] is None
+
+
+def test_adaptformer_adapter_and_linear_probing_forms():
+    c = job("recipe=vpetl", "adapter=adaptformer", "task=cifar100")
+    a = c["adapter"]
+    assert (a["width"], a["scale"], a["learnable_scale"], a["activation"], a["init"], a["dropout"]) == \
+        (8, 1.0, False, "relu", "noah", 0.1)
+    assert a["norm_input"] is True and a["outside_drop_path"] is True and a["inside_layer_scale"] is False
+    t = c["trainer"]
+    assert (t["lr_adapter"], t["wd_adapter"], t["label_smoothing"], t["augment"]) == (0.01, 1.0, 0.1, None)  # line 16
+    assert (c["protocol"]["test_eval_at"], c["protocol"]["test_eval_from"]) == ("end", 82)  # ep % 10 == 9 and ep > 80
+    b = job("recipe=vpetl", "adapter=bottleneck", "task=smallnorb_ele")
+    assert (b["adapter"]["width"], b["adapter"]["placement"], b["adapter"]["activation"], b["adapter"]["init"],
+            b["adapter"]["dropout"]) == (8, "mlp", "gelu", "noah", 0.0)
+    assert (b["trainer"]["lr_adapter"], b["trainer"]["wd_head"], b["protocol"]["test_eval_from"]) == (0.0011, 0.0005, 82)
+    lp = job("recipe=vpetl", "adapter=linear_probe", "task=cifar100")
+    assert (lp["trainer"]["lr_head"], lp["trainer"]["wd_head"], lp["protocol"]["test_eval_from"]) == (1e-3, 1e-4, 82)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .augment import GEOMETRIC, OPS, RandAugmentSpec, parse
 
-__all__ = ["Augment", "rand_augment_layer"]
+__all__ = ["Augment", "apply_ops", "rand_augment_layer"]
 
 FILL = (124.0, 116.0, 104.0)  # timm create_transform: img_mean = round(255 * IMAGENET_DEFAULT_MEAN)
 LEVEL_DENOM = 10.0  # timm auto_augment.py _LEVEL_DENOM
@@ -93,8 +93,7 @@ def _affine(x: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
 
 def rand_augment_layer(x: torch.Tensor, ra: RandAugmentSpec) -> torch.Tensor:
     """One RandAugment layer on float NCHW images in [0, 255] (uint8 values)."""
-    b, _, h, w = x.shape
-    dev, dt = x.device, x.dtype
+    b, dev, dt = x.shape[0], x.device, x.dtype
     op = torch.randint(len(OPS), (b,), device=dev)
     apply = torch.rand(b, device=dev) < ra.prob  # timm AugmentOp: skipped when random() > prob
     mag = torch.full((b,), float(ra.magnitude), device=dev, dtype=dt)
@@ -102,8 +101,16 @@ def rand_augment_layer(x: torch.Tensor, ra: RandAugmentSpec) -> torch.Tensor:
         mag = mag + ra.magnitude_std * torch.randn(b, device=dev, dtype=dt)
     level = mag.clamp(0.0, LEVEL_DENOM) / LEVEL_DENOM  # in [0, 1]
     sign = torch.where(torch.rand(b, device=dev) > 0.5, -1.0, 1.0).to(dt)  # timm _randomly_negate
+    return apply_ops(x, torch.where(apply, op, -1), level, sign)
+
+
+def apply_ops(x: torch.Tensor, op: torch.Tensor, level: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """Image i gets op ``OPS[op[i]]`` (none where ``op[i] < 0``) at ``level[i]`` (magnitude / 10)
+    with ``sign[i]`` (+-1) for the signed ops; float NCHW in [0, 255] in and out."""
+    b, _, h, w = x.shape
+    dev, dt = x.device, x.dtype
     col = lambda v: v.view(b, 1, 1, 1)  # noqa: E731
-    chose = {name: (op == i) & apply for i, name in enumerate(OPS)}
+    chose = {name: op == i for i, name in enumerate(OPS)}
 
     # geometric ops: one affine per image (identity where none was drawn)
     mat = torch.zeros(b, 2, 3, device=dev, dtype=dt)
