@@ -85,3 +85,34 @@ def test_adaptformer_adapter_and_linear_probing_forms():
     assert (b["trainer"]["lr_adapter"], b["trainer"]["wd_head"], b["protocol"]["test_eval_from"]) == (0.0011, 0.0005, 82)
     lp = job("recipe=vpetl", "adapter=linear_probe", "task=cifar100")
     assert (lp["trainer"]["lr_head"], lp["trainer"]["wd_head"], lp["protocol"]["test_eval_from"]) == (1e-3, 1e-4, 82)
+
+
+@pytest.mark.slow
+def test_a_vpetl_run_with_augmentation_completes(cli, tmp_path, cache_dir):
+    """recipe=vpetl on the tiny ViT, task dtd (augmented in V-PETL-Bench) from a miniature folder tree:
+    the run trains with hflip + RandAugment, the training split is cached bicubic and the test split
+    bilinear, and the test split is scored at V-PETL-Bench's epochs (here every 2 from epoch 3: 4, 6)."""
+    import json
+
+    from helpers_data import make_folder_tree
+    from pvera_bench import results
+
+    root = make_folder_tree(tmp_path / "vtab-1k", "dtd", n_per_split=12, num_classes=47, size=40)
+    p = cli("recipe=vpetl", "adapter=adaptformer", "task=dtd", f"data.dir={root}", "backbone=vit_tiny_random",
+            "trainer.epochs=6", "trainer.batch_size=8", "protocol.test_eval_every=2", "protocol.test_eval_from=3",
+            "runtime.progress=false")
+    assert p.returncode == 0, p.stderr[-3000:]
+    row = results.read(tmp_path / "results" / "results.csv")[-1]
+    assert row["status"] == "ok" and row["recipe"] == "vpetl"
+    trainer = json.loads(row["trainer"])
+    assert trainer["augment"] == AUG and trainer["label_smoothing"] == 0.1 and trainer["lr_adapter"] == 0.0032
+    history = (tmp_path / row["run_dir"] / "history.csv").read_text().splitlines()
+    head = history[0].split(",")
+    tested = [int(line.split(",")[head.index("epoch")]) for line in history[1:]
+              if line.split(",")[head.index("test_acc")]]
+    assert tested == [4, 6]
+    resize = {}
+    for m in cache_dir.glob("dtd/*/manifest.json"):
+        key = json.loads(m.read_text())["key"]
+        resize[key["split"]] = key["resize"]
+    assert resize == {"train800val200": "bicubic", "test": "bilinear"}
