@@ -235,7 +235,8 @@ class Trainer:
 
     ``cfg`` keys: epochs, batch_size, lr_head, lr_adapter, wd_head, wd_adapter, wd_skip_1d,
     warmup_epochs, warmup_lr, min_lr, schedule (cosine | constant), schedule_unit (epoch | step), drop_last,
-    label_smoothing, softmax_before_loss, shuffle, eval_every, precision (auto | bf16 | fp32),
+    label_smoothing, augment (a ``data/augment.py`` spec, applied to each training batch on the
+    device), softmax_before_loss, shuffle, eval_every, precision (auto | bf16 | fp32),
     eval_batch_size, progress.
 
     ``softmax_before_loss`` reproduces a DEFECT of the PVeRA code: its heads end in a softmax and

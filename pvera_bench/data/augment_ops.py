@@ -67,10 +67,11 @@ def _equalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def _sharpen_degenerate(x: torch.Tensor) -> torch.Tensor:
-    """Pillow's SMOOTH filter (3x3, centre 5, others 1, / 13); the border keeps the original."""
-    k = torch.ones(3, 1, 3, 3, device=x.device, dtype=x.dtype)
-    k[:, :, 1, 1] = 5.0
-    smooth = _u8(F.conv2d(x, k / 13.0, padding=0, groups=3))
+    """Pillow's SMOOTH filter (3x3, centre 5, others 1, / 13); the border keeps the original.
+    (The 3x3 window sum as two separable slice sums: a depthwise conv2d is ~20x slower on CPU.)"""
+    rows = x[..., :, :-2] + x[..., :, 1:-1] + x[..., :, 2:]
+    window = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
+    smooth = _u8((window + 4.0 * x[..., 1:-1, 1:-1]) / 13.0)
     out = x.clone()
     out[:, :, 1:-1, 1:-1] = smooth
     return out
