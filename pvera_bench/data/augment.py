@@ -25,9 +25,8 @@ uint8 after every op) rather than Pillow's, geometric ops use ``grid_sample``'s 
 random draws come from torch's generator of the device, not Python's ``random``/numpy's.
 
 The tensor code is in :mod:`.augment_ops` (this module imports no torch: the config check uses
-:func:`parse`). Everything is batched: each layer computes each op for the whole batch and keeps it where the
-image drew that op (no host synchronisation, no loop over images); the four geometric ops of a
-layer are one affine ``grid_sample``.
+:func:`parse`). Everything is batched, with no loop over images: each layer groups the images by
+the op they drew (one host synchronisation for the group sizes) and runs each op once on its group.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .augment import GEOMETRIC, OPS, RandAugmentSpec, parse
+from .augment import OPS, RandAugmentSpec, parse
 
 __all__ = ["Augment", "apply_ops", "rand_augment_layer"]
 
@@ -107,51 +107,89 @@ def rand_augment_layer(x: torch.Tensor, ra: RandAugmentSpec) -> torch.Tensor:
 
 def apply_ops(x: torch.Tensor, op: torch.Tensor, level: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     """Image i gets op ``OPS[op[i]]`` (none where ``op[i] < 0``) at ``level[i]`` (magnitude / 10)
-    with ``sign[i]`` (+-1) for the signed ops; float NCHW in [0, 255] in and out."""
-    b, _, h, w = x.shape
-    dev, dt = x.device, x.dtype
-    col = lambda v: v.view(b, 1, 1, 1)  # noqa: E731
-    chose = {name: op == i for i, name in enumerate(OPS)}
+    with ``sign[i]`` (+-1) for the signed ops; float NCHW in [0, 255] in and out.
 
-    # geometric ops: one affine per image (identity where none was drawn)
-    mat = torch.zeros(b, 2, 3, device=dev, dtype=dt)
-    mat[:, 0, 0] = mat[:, 1, 1] = 1.0
-    shear = level * 0.3 * sign                       # _shear_level_to_arg
-    trans = level * 0.45 * sign                      # _translate_rel_level_to_arg (translate_pct 0.45)
-    angle = -torch.deg2rad(level * 30.0 * sign)      # _rotate_level_to_arg; Pillow rotate: counter-clockwise
-    cx, cy = w / 2.0, h / 2.0
-    c, s = torch.cos(angle), torch.sin(angle)
-    rot = torch.stack([torch.stack([c, s, cx - c * cx - s * cy], -1),
-                       torch.stack([-s, c, cy + s * cx - c * cy], -1)], 1)
-    mat = torch.where(col(chose["Rotate"]).view(b, 1, 1), rot, mat)
-    mat[:, 0, 1] = torch.where(chose["ShearX"], shear, mat[:, 0, 1])      # (1, f, 0, 0, 1, 0)
-    mat[:, 1, 0] = torch.where(chose["ShearY"], shear, mat[:, 1, 0])      # (1, 0, 0, f, 1, 0)
-    mat[:, 0, 2] = torch.where(chose["TranslateXRel"], trans * w, mat[:, 0, 2])
-    mat[:, 1, 2] = torch.where(chose["TranslateYRel"], trans * h, mat[:, 1, 2])
-    geo = torch.stack([chose[g] for g in GEOMETRIC]).any(0)
-    out = torch.where(col(geo), _affine(x, mat), x)
-
-    enhance = (1.0 + level * 0.9 * sign).clamp_min(0.1)   # _enhance_increasing_level_to_arg
-    bits = 4 - torch.floor(level * 4)                      # _posterize_increasing_level_to_arg
-    step = torch.pow(2.0, 8 - bits)
-    thresh = 256 - torch.floor(level * 256)                # _solarize_increasing_level_to_arg
-    add = torch.clamp(torch.floor(level * 110), max=128)   # _solarize_add_level_to_arg
-    gray = _gray(x)
-    point_ops = {
-        "AutoContrast": lambda: _autocontrast(x),
-        "Equalize": lambda: _equalize(x),
-        "Invert": lambda: 255.0 - x,
-        "PosterizeIncreasing": lambda: torch.floor(x / col(step)) * col(step),
-        "SolarizeIncreasing": lambda: torch.where(x < col(thresh), x, 255.0 - x),
-        "SolarizeAdd": lambda: torch.where(x < 128, (x + col(add)).clamp(max=255), x),
-        "ColorIncreasing": lambda: _blend(gray, x, col(enhance)),
-        "ContrastIncreasing": lambda: _blend(torch.floor(gray.mean(dim=(1, 2, 3), keepdim=True) + 0.5), x,
-                                             col(enhance)),
-        "BrightnessIncreasing": lambda: _blend(torch.zeros_like(x), x, col(enhance)),
-        "SharpnessIncreasing": lambda: _blend(_sharpen_degenerate(x), x, col(enhance)),
-    }
-    for name, fn in point_ops.items():
-        out = torch.where(col(chose[name]), fn(), out)
+    The images are grouped by op (a stable sort on the device and one host synchronisation for
+    the group sizes), and each op runs once, batched, on its own group."""
+    op = torch.where(op < 0, len(OPS), op)
+    order = torch.argsort(op, stable=True)
+    sizes = torch.bincount(op, minlength=len(OPS) + 1).tolist()  # the one host synchronisation
+    xs, ls, ss = x[order], level[order], sign[order]
+    parts, start = [], 0
+    for k, n in enumerate(sizes):
+        seg = xs[start:start + n]
+        if n and k < len(OPS):
+            seg = OP_FNS[OPS[k]](seg, ls[start:start + n], ss[start:start + n])
+        parts.append(seg)
+        start += n
+    out = torch.empty_like(x)
+    out[order] = torch.cat(parts)
     return out
 
 
+def _col(v: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+def _geometric(kind: str):
+    """An op building each image's affine (output -> input pixel coordinates, Pillow's convention)."""
+    def fn(x: torch.Tensor, level: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        mat = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+        mat[:, 0, 0] = mat[:, 1, 1] = 1.0
+        if kind == "Rotate":  # _rotate_level_to_arg: 30 degrees; Pillow's rotate turns counter-clockwise
+            a = -torch.deg2rad(level * 30.0 * sign)
+            c, s = torch.cos(a), torch.sin(a)
+            cx, cy = w / 2.0, h / 2.0
+            mat = torch.stack([torch.stack([c, s, cx - c * cx - s * cy], -1),
+                               torch.stack([-s, c, cy + s * cx - c * cy], -1)], 1)
+        elif kind == "ShearX":  # _shear_level_to_arg: 0.3; affine (1, f, 0, 0, 1, 0)
+            mat[:, 0, 1] = level * 0.3 * sign
+        elif kind == "ShearY":  # (1, 0, 0, f, 1, 0)
+            mat[:, 1, 0] = level * 0.3 * sign
+        elif kind == "TranslateXRel":  # _translate_rel_level_to_arg: translate_pct 0.45 of the width
+            mat[:, 0, 2] = level * 0.45 * sign * w
+        else:  # TranslateYRel
+            mat[:, 1, 2] = level * 0.45 * sign * h
+        return _affine(x, mat)
+    return fn
+
+
+def _enhance(degenerate):
+    """Pillow's ImageEnhance with _enhance_increasing_level_to_arg's factor max(0.1, 1 +- 0.9 level)."""
+    def fn(x: torch.Tensor, level: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+        return _blend(degenerate(x), x, _col((1.0 + level * 0.9 * sign).clamp_min(0.1)))
+    return fn
+
+
+def _posterize(x, level, sign):  # _posterize_increasing_level_to_arg: keep 4 -> 0 bits
+    step = _col(torch.pow(2.0, 4 + torch.floor(level * 4)))
+    return torch.floor(x / step) * step
+
+
+def _solarize(x, level, sign):  # _solarize_increasing_level_to_arg: threshold 256 -> 0
+    return torch.where(x < _col(256 - torch.floor(level * 256)), x, 255.0 - x)
+
+
+def _solarize_add(x, level, sign):  # _solarize_add_level_to_arg: add 0 -> 110 below 128
+    return torch.where(x < 128, (x + _col(torch.clamp(torch.floor(level * 110), max=128))).clamp(max=255), x)
+
+
+OP_FNS = {
+    "AutoContrast": lambda x, level, sign: _autocontrast(x),
+    "Equalize": lambda x, level, sign: _equalize(x),
+    "Invert": lambda x, level, sign: 255.0 - x,
+    "Rotate": _geometric("Rotate"),
+    "PosterizeIncreasing": _posterize,
+    "SolarizeIncreasing": _solarize,
+    "SolarizeAdd": _solarize_add,
+    "ColorIncreasing": _enhance(_gray),
+    "ContrastIncreasing": _enhance(lambda x: torch.floor(_gray(x).mean(dim=(1, 2, 3), keepdim=True) + 0.5)),
+    "BrightnessIncreasing": _enhance(torch.zeros_like),
+    "SharpnessIncreasing": _enhance(_sharpen_degenerate),
+    "ShearX": _geometric("ShearX"),
+    "ShearY": _geometric("ShearY"),
+    "TranslateXRel": _geometric("TranslateXRel"),
+    "TranslateYRel": _geometric("TranslateYRel"),
+}
+assert tuple(OP_FNS) == OPS
