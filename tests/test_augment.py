@@ -88,3 +88,17 @@ def test_batch_draws():
     changed = ~((a == imgs) | (a == imgs.flip(2))).flatten(1).all(1)
     # P(no op in 2 layers at p 0.5) = 1/4; a few drawn ops change nothing (e.g. equalize of an equalized image)
     assert 0.6 < changed.float().mean() < 0.85
+
+
+def test_a_mixed_batch_equals_each_image_alone():
+    """Grouping by op (a sort, then each op on its group) puts every image back in its place."""
+    imgs = torch.from_numpy(np.stack([image(24, s) for s in range(8)])).permute(0, 3, 1, 2).float()
+    op = torch.tensor([OPS.index("Rotate"), -1, OPS.index("Equalize"), OPS.index("Rotate"), OPS.index("SolarizeAdd"),
+                       -1, OPS.index("ShearY"), OPS.index("ColorIncreasing")])
+    level = torch.linspace(0.2, 0.9, 8)
+    sign = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, 1.0, -1.0, -1.0])
+    batch = apply_ops(imgs, op, level, sign)
+    for i in range(8):
+        alone = apply_ops(imgs[i:i + 1], op[i:i + 1], level[i:i + 1], sign[i:i + 1])
+        torch.testing.assert_close(batch[i:i + 1], alone)
+    assert torch.equal(batch[1], imgs[1]) and torch.equal(batch[5], imgs[5])

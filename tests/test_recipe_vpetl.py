@@ -116,3 +116,15 @@ def test_a_vpetl_run_with_augmentation_completes(cli, tmp_path, cache_dir):
         key = json.loads(m.read_text())["key"]
         resize[key["split"]] = key["resize"]
     assert resize == {"train800val200": "bicubic", "test": "bilinear"}
+
+
+def test_test_epochs_follow_each_source():
+    from pvera_bench.train import test_epoch
+
+    def epochs(at, first=1):
+        return [e for e in range(1, 101) if test_epoch(e, 100, 10, at, first)]
+
+    assert epochs("start") == [1, 11, 21, 31, 41, 51, 61, 71, 81, 91, 100]  # NOAH: 0-based ep % 10 == 0, and the last
+    assert epochs("end") == list(range(10, 101, 10))                       # V-PETL-Bench LoRA: ep % 10 == 9
+    assert epochs("end", 82) == [90, 100]                                  # its AdaptFormer: and ep > 80
+    assert not test_epoch(5, 100, 0)
