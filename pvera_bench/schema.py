@@ -411,9 +411,8 @@ def check_config(c: Mapping[str, Any]) -> None:
     if not isinstance(c.get("adapter"), Mapping):
         raise ConfigError("adapter config is missing; choose one with adapter=NAME")
     check_adapter(c["adapter"])
-    from .data.core import available_sources
-
     from .data.augment import AugmentError, parse
+    from .data.core import available_sources
 
     try:
         parse(c["trainer"].get("augment"))

@@ -128,3 +128,9 @@ def test_test_epochs_follow_each_source():
     assert epochs("end") == list(range(10, 101, 10))                       # V-PETL-Bench LoRA: ep % 10 == 9
     assert epochs("end", 82) == [90, 100]                                  # its AdaptFormer: and ep > 80
     assert not test_epoch(5, 100, 0)
+
+
+def test_a_bad_augment_spec_is_a_config_error():
+    cfg = compose("config", overrides=["task=demo", "trainer.augment=hflip+vflip"])
+    with pytest.raises(ConfigError, match=r"trainer.augment='hflip\+vflip': unknown part 'vflip'"):
+        validate(cfg)
