@@ -15,7 +15,9 @@ A protocol is a config (``configs/protocol/*.yaml``) with these keys:
 - ``final_on``: a split to retrain the chosen candidate on (VTAB: train800val200), or null to
   keep the chosen model as it is;
 - ``test_eval_every``: N > 0 scores the test split every N epochs of the final fit (needs
-  ``final_on``), after every choice is made, for ``test_acc_max`` and the history only.
+  ``final_on``), after every choice is made, for ``test_acc_max`` and the history only;
+  ``test_eval_at`` (``start``: epochs 1, N + 1, ... and the last; ``end``: N, 2N, ...) and
+  ``test_eval_from`` (the first epoch that may be scored) say which (``train.test_epoch``).
 
 The test split is loaded only after every choice is made; nothing before that sees it.
 
@@ -344,7 +346,9 @@ def final_fit(chosen: Candidate, p: Mapping[str, Any], build: Build, load: Load,
     # every choice is made: the test split may be scored along the final fit
     test_split = load(p["test_split"]) if test_every else None
     fit = trainer.fit(final, desc="final", select=None, tag="final", stamp=chosen.point, test=test_split,
-                      test_eval_every=test_every, checkpoint=state.fit_path("final"), every=state.every)
+                      test_eval_every=test_every, test_eval_at=p.get("test_eval_at") or "start",
+                      test_eval_from=int(p.get("test_eval_from") or 1), checkpoint=state.fit_path("final"),
+                      every=state.every)
     return fit, trainer.trainable_state(), test_split
 
 

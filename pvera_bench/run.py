@@ -258,9 +258,15 @@ def execute(cfg: DictConfig, run_dir: Path, state: RunState | None = None, on_ep
         if on_epoch is not None:
             on_epoch(tag, entry)
 
+    # data.train_resize: the splits a model trains on may be resized otherwise than those it is scored on
+    # (V-PETL-Bench: bicubic for augmented training images, bilinear for evaluation)
+    train_splits = {cfg.protocol.get("select_on"), cfg.protocol.get("final_on")} - {None}
+    train_resize = cfg.data.get("train_resize") or data_kw["resize"]
+
     def load(split: str):
         if split not in loaded:
-            loaded[split] = load_split(task, split, source=data_source(task, cfg), **data_kw)
+            kw = dict(data_kw, resize=train_resize) if split in train_splits else data_kw
+            loaded[split] = load_split(task, split, source=data_source(task, cfg), **kw)
             log.info("%s/%s: %d images", task["name"], split, len(loaded[split]))
         return loaded[split]
 

@@ -168,6 +168,7 @@ class TrainerConfig:
     schedule_unit: str = rule(type=str, choices=("epoch", "step"), required=False,
                               used_when=lambda c: c["trainer"].get("schedule") == "cosine" or _warms_up(c))
     label_smoothing: float = rule(type=float, ge=0, lt=1, required=False)
+    augment: str = rule(type=str, nullable=True, required=False)  # data/augment.py: e.g. hflip+rand-m9-mstd0.5-inc1
     softmax_before_loss: bool = rule(type=bool, required=False)
     shuffle: bool = rule(type=bool)
     drop_last: bool = rule(type=bool, required=False)
@@ -191,6 +192,8 @@ class ProtocolConfig:
     grid: dict = rule(type=dict, required=False)
     grid_mode: str = rule(type=str, choices=("separate", "joint"), required=False, used_when=lambda c: _points(c) > 1)
     test_eval_every: int = rule(type=int, ge=0, required=False)
+    test_eval_at: str = rule(type=str, choices=("start", "end"), required=False)
+    test_eval_from: int = rule(type=int, ge=1, required=False)
 
 
 @dataclass
@@ -201,6 +204,7 @@ class DataConfig:
     dir: str = rule(type=str, nullable=True)
     cache_dir: str = rule(type=str, nullable=True)
     resize: str = rule(type=str, choices=RESIZE_MODES, required=False)
+    train_resize: str = rule(type=str, choices=RESIZE_MODES, nullable=True, required=False)  # null: as resize
 
 
 @dataclass
@@ -497,8 +501,13 @@ def check_config(c: Mapping[str, Any]) -> None:
     if not isinstance(c.get("adapter"), Mapping):
         raise ConfigError("adapter config is missing; choose one with adapter=NAME")
     check_adapter(c["adapter"])
+    from .data.augment import AugmentError, parse
     from .data.core import available_sources
 
+    try:
+        parse(c["trainer"].get("augment"))
+    except AugmentError as e:
+        raise ConfigError(str(e)) from None
     src = c["data"]["source"]
     if src not in available_sources():
         raise ConfigError(f"data.source={_fmt(src)} is invalid: allowed {', '.join(available_sources())}")
@@ -586,8 +595,23 @@ def check_grid(c: Mapping[str, Any]) -> None:
                 raise ConfigError(f"{where} value {_fmt(v)}: {e}") from None
 
 
+def check_per_task(cfg: Any) -> None:
+    """A recipe with per-task values (``per_task``: task name -> values its interpolations read,
+    e.g. ``configs/recipe/vpetl.yaml``) must have the chosen task; checked before anything resolves."""
+    table = cfg.get("per_task") if isinstance(cfg, Mapping) else None
+    if not table:
+        return
+    task = cfg["task"]["name"]
+    if task not in table:
+        recipe = (cfg.get("recipe") or {}).get("name")
+        raise ConfigError(f"recipe={recipe} sets per-task values (learning rate, weight decay, label smoothing, "
+                          f"augmentation) for {len(table)} tasks and task {task!r} is not one of them; choose one of "
+                          f"{', '.join(sorted(table))}, or another recipe")
+
+
 def validate(cfg: Any) -> None:
     """Check the composed config (DictConfig or dict); raise :class:`ConfigError` on the first problem."""
+    check_per_task(cfg)
     c = _container(cfg)
     check_config(c)
     check_grid(c)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from . import adapters, checkpoint, metrics, schema
 from .backbones import Classifier
 from .data import Split
+from .data.augment_ops import Augment
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,18 @@ class Predictions:
     @property
     def loss(self) -> float:
         return metrics.nll(self.probs, self.labels)
+
+
+def test_epoch(epoch: int, epochs: int, every: int, at: str = "start", first: int = 1) -> bool:
+    """Whether the test split is scored after ``epoch`` (1-based) of ``epochs``: every ``every``
+    epochs from ``first`` on; ``at="start"``: epochs 1, N + 1, 2N + 1, ... and the last (NOAH's
+    ``epoch % val_interval == 0`` on 0-based epochs), ``at="end"``: epochs N, 2N, ... (V-PETL-Bench's
+    ``ep % 10 == 9``)."""
+    if not every or epoch < first:
+        return False
+    if at == "end":
+        return epoch % every == 0
+    return (epoch - 1) % every == 0 or epoch == epochs
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -222,7 +235,8 @@ class Trainer:
 
     ``cfg`` keys: epochs, batch_size, lr_head, lr_adapter, wd_head, wd_adapter, wd_skip_1d,
     warmup_epochs, warmup_lr, min_lr, schedule (cosine | constant), schedule_unit (epoch | step), drop_last,
-    label_smoothing, softmax_before_loss, shuffle, eval_every, precision (auto | bf16 | fp32),
+    label_smoothing, augment (a ``data/augment.py`` spec, applied to each training batch on the
+    device), softmax_before_loss, shuffle, eval_every, precision (auto | bf16 | fp32),
     eval_batch_size, progress.
 
     ``softmax_before_loss`` reproduces a DEFECT of the PVeRA code: its heads end in a softmax and
@@ -248,10 +262,13 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if (precision == "bf16" or (precision == "auto" and device.type == "cuda")) else None
         self.softmax_before_loss = bool(cfg.get("softmax_before_loss", False))
         self.label_smoothing = float(cfg.get("label_smoothing", 0.0))
+        self.augment = Augment(cfg.get("augment"))  # training batches only (pvera_bench/data/augment.py)
         self.adapter_params = [p for p in model.backbone.parameters() if p.requires_grad]
         self.aux_layers = adapters.aux_losses(model)
         # A backbone with nothing to train and no sampling is a fixed function: cache its features.
-        self.frozen_features = not self.adapter_params and adapters.eval_samples(model) == 1 and not self.aux_layers
+        # (Not with augmentation: every step's images differ.)
+        self.frozen_features = (not self.adapter_params and adapters.eval_samples(model) == 1 and not self.aux_layers
+                                and not self.augment)
         self._feature_cache: dict[int, tuple[Split, torch.Tensor]] = {}
         self.feature_passes = 0  # how many times a split went through the backbone (for tests)
 
@@ -330,16 +347,19 @@ class Trainer:
     # -- training -------------------------------------------------------------------------------
     def start(self, train: Split, val: Split | None = None, *, select: str | None = None,
               patience: int | None = None, min_rel_delta: float = 0.0, desc: str = "train",
-              tag: str = "fit", stamp: Any = None, test: Split | None = None, test_eval_every: int = 0) -> "FitLoop":
+              tag: str = "fit", stamp: Any = None, test: Split | None = None, test_eval_every: int = 0,
+              test_eval_at: str = "start", test_eval_from: int = 1) -> "FitLoop":
         """A fit that has not trained yet, stepped one epoch at a time (``FitLoop``); ``fit`` runs
         one to its end, a joint grid (``protocols``) runs several in lockstep."""
         return FitLoop(self, train, val, select=select, patience=patience, min_rel_delta=min_rel_delta, desc=desc,
-                       tag=tag, stamp=stamp, test=test, test_eval_every=test_eval_every)
+                       tag=tag, stamp=stamp, test=test, test_eval_every=test_eval_every, test_eval_at=test_eval_at,
+                       test_eval_from=test_eval_from)
 
     def fit(self, train: Split, val: Split | None = None, *, select: str | None = None,
             patience: int | None = None, min_rel_delta: float = 0.0, desc: str = "train",
             tag: str = "fit", stamp: Any = None, test: Split | None = None, test_eval_every: int = 0,
-            checkpoint: Path | None = None, every: int = 0) -> FitResult:
+            test_eval_at: str = "start", test_eval_from: int = 1, checkpoint: Path | None = None,
+            every: int = 0) -> FitResult:
         """Train for ``cfg.epochs`` epochs. With ``val`` and ``select`` (``acc`` or ``loss``), the
         best epoch's weights are kept and ``patience`` stops early, by ``Selection``'s rule.
         ``tag`` names this fit; ``stamp`` (JSON, e.g. the grid point) is written into its
@@ -348,7 +368,8 @@ class Trainer:
         2N + 1, ... and the last (NOAH's ``val_interval`` rule), for the history only: nothing
         here reads it."""
         loop = self.start(train, val, select=select, patience=patience, min_rel_delta=min_rel_delta, desc=desc,
-                          tag=tag, stamp=stamp, test=test, test_eval_every=test_eval_every)
+                          tag=tag, stamp=stamp, test=test, test_eval_every=test_eval_every, test_eval_at=test_eval_at,
+                          test_eval_from=test_eval_from)
         return loop.run(checkpoint, every)
 
     def _train_epoch(self, forward, inputs, labels, order, opt, step_sched, first_step: int, bar):
@@ -363,8 +384,9 @@ class Trainer:
                 step_sched.step_update(step)
             idx = order[i : i + bs]
             y = labels[idx]
+            x = self.augment(inputs[idx]) if self.augment else inputs[idx]
             with self._autocast():
-                logits = forward(inputs[idx])
+                logits = forward(x)
                 loss = self._loss(logits, y)
                 for layer in self.aux_layers:
                     aux = layer.aux_loss()
@@ -445,8 +467,9 @@ class FitLoop:
 
     def __init__(self, trainer: Trainer, train: Split, val: Split | None, *, select: str | None,
                  patience: int | None, min_rel_delta: float, desc: str, tag: str, stamp: Any,
-                 test: Split | None, test_eval_every: int) -> None:
+                 test: Split | None, test_eval_every: int, test_eval_at: str = "start", test_eval_from: int = 1) -> None:
         self.trainer, self.val, self.test, self.test_eval_every = trainer, val, test, int(test_eval_every or 0)
+        self.test_eval_at, self.test_eval_from = test_eval_at, int(test_eval_from or 1)
         self.tag, self.stamp = tag, stamp
         c, t = trainer.cfg, trainer
         self.epochs, self.bs, self.n = int(c["epochs"]), int(c["batch_size"]), len(train)
@@ -519,8 +542,8 @@ class FitLoop:
             if self.selection.update(epoch, entry["val_acc"], entry["val_loss"]):
                 self.best_state = t.trainable_state()
         entry["seconds"] = time.perf_counter() - t0
-        every = self.test_eval_every
-        if self.test is not None and every and ((epoch - 1) % every == 0 or epoch == self.epochs):
+        if self.test is not None and test_epoch(epoch, self.epochs, self.test_eval_every, self.test_eval_at,
+                                                self.test_eval_from):
             entry["test_acc"] = t.predict(self.test, stream=f"test/{self.tag}/{epoch}", progress=False).acc
         self.rng = torch.get_rng_state()
         if self.cuda_rng is not None:

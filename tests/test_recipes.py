@@ -26,8 +26,8 @@ def job(*overrides: str) -> dict:
     return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
 
 
-def test_recipe_group_holds_the_four_recipes():
-    assert group_options("recipe") == ["default", "noah", "pvera_paper", "pvera_paper_exact"]
+def test_recipe_group_holds_the_five_recipes():
+    assert group_options("recipe") == ["default", "noah", "pvera_paper", "pvera_paper_exact", "vpetl"]
 
 
 def test_noah_lora_resolves_to_noahs_recipe():
@@ -148,7 +148,7 @@ def test_demo_experiment_keeps_its_settings():
     assert (c["trainer"]["epochs"], c["trainer"]["batch_size"], c["trainer"]["warmup_epochs"]) == (25, 32, 1)
 
 
-@pytest.mark.parametrize("recipe", ["default", "noah", "pvera_paper", "pvera_paper_exact"])
+@pytest.mark.parametrize("recipe", ["default", "noah", "pvera_paper", "pvera_paper_exact", "vpetl"])
 @pytest.mark.parametrize("adapter", adapters.available())
 def test_every_recipe_and_adapter_composes_with_valid_options(recipe, adapter):
     """Every combination resolves, and its adapter options are accepted by apply()'s signature."""
@@ -176,7 +176,7 @@ def test_adapter_yaml_defaults_equal_apply_defaults(adapter):
 
 def test_every_recipe_with_per_adapter_files_covers_the_same_adapters():
     base = config_dir() / "recipe_adapter"
-    assert sorted(p.name for p in base.iterdir() if p.is_dir()) == ["noah", "pvera_paper", "pvera_paper_exact"]
+    assert sorted(p.name for p in base.iterdir() if p.is_dir()) == ["noah", "pvera_paper", "pvera_paper_exact", "vpetl"]
     assert sorted(p.stem for p in (base / "pvera_paper_exact").glob("*.yaml")) == \
         sorted(p.stem for p in (base / "pvera_paper").glob("*.yaml"))
     for p in base.glob("*/*.yaml"):
@@ -210,7 +210,7 @@ def test_resize_is_part_of_the_resume_key():
 
 
 @pytest.mark.parametrize("recipe,value", [("noah", True), ("default", True), ("pvera_paper", False),
-                                          ("pvera_paper_exact", False)])
+                                          ("pvera_paper_exact", False), ("vpetl", False)])
 def test_last_batch_and_bias_decay_follow_the_source(recipe, value):
     # NOAH: DataLoader(drop_last=True) and timm's create_optimizer (no decay on biases, 1-D tensors);
     # the PVeRA code: neither

@@ -183,7 +183,7 @@ def _table_text(args, table, runs, metric, decimals, ref, published, deltas, sho
                 elif r.get("kind") == "delta":
                     cells[len(label_cols):-1] = [_signed(c) for c in cells[len(label_cols):-1]]
                 body.append(cells)
-        notes += _refs.legend(ref, args.metric, metric.description, len(deltas))
+        notes += _refs.legend(ref, args.metric, metric.description, deltas)
     return render(args.format, head, body, notes, n_label)
 
 

@@ -1,16 +1,19 @@
 """``--reference NAME``: published numbers beside ours, with a Δ row per matched adapter.
 
 Each reference is one YAML file in ``pvera_bench/report/references/`` (shipped in the wheel):
-``name``, ``title``, ``source`` (repository, path, commit, table), ``backbone``, ``recipe``,
+``name``, ``title``, ``source`` (repository, path, commit, table), ``backbone``,
 ``test_number`` (what the published test number is), ``comparable_metric`` (our ``--metric``
 chosen the same way), ``differences`` (recipe differences that remain, for the legend) and
-``rows`` (``method``, ``adapter`` = our adapter's name or null, ``params`` as printed, ``mean``
-as printed, ``values`` per task). Adding a reference is one file.
+``rows`` (``method``, ``adapter`` = our adapter's name or null, ``recipe`` = the recipe that
+produced the row (a ``configs/recipe/`` name, or the name of a source this tool has no recipe for)
+with ``recipe_note`` saying how that is known, ``params`` as printed, ``mean`` as printed,
+``values`` per task). Adding a reference is one file.
 
 A Δ row (ours − published) is made for each of our rows whose adapter and backbone match a
 published row: per task where both have a value; on ``mean`` over the tasks both have (the
 published per-task values averaged over our tasks), or, for a reference that publishes only the
-mean, ours − that mean when ours covers all 19 tasks.
+mean, ours − that mean when ours covers all 19 tasks. A Δ row whose two rows come from different
+recipes (ours: the CSV's ``recipe``) says so in its label, and the legend names each such pair.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ class Reference:
     title: str
     source: dict
     backbone: str
-    recipe: str
     test_number: str
     comparable_metric: str
     differences: list[str] = field(default_factory=list)
@@ -71,7 +73,7 @@ def published_rows(ref: Reference, vtab: list[str]) -> pd.DataFrame:
     for r in ref.rows:
         values = {t: float(v) for t, v in (r.get("values") or {}).items()}
         row: dict[str, object] = dict(adapter=r.get("adapter") or "", backbone=ref.backbone, protocol="published",
-                                      recipe=ref.recipe, label=f"published: {r['method']} [{ref.name}]",
+                                      recipe=r["recipe"], label=f"published: {r['method']} [{ref.name}]",
                                       setting=f"{ref.name}:{r['method']}", kind="published")
         for t, v in values.items():
             row[t], row[f"{t}_n_seeds"] = v, 1
@@ -81,6 +83,7 @@ def published_rows(ref: Reference, vtab: list[str]) -> pd.DataFrame:
         row["params_adapter"] = math.nan
         row["_published_params"] = r.get("params") or ""
         row["_values"] = values
+        row["_recipe_note"] = r.get("recipe_note") or ""
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -92,9 +95,14 @@ def delta_rows(table: pd.DataFrame, published: pd.DataFrame, vtab: list[str], ta
         match = published[(published["adapter"] == ours["adapter"]) & (published["backbone"] == ours["backbone"])]
         for _, pub in match.iterrows():
             values = pub["_values"]
+            label = f"Δ {ours['label']} − {pub['label']}"
+            mismatch = (ours["recipe"] or "") != pub["recipe"]
+            if mismatch:
+                label += f" (recipes differ: {ours['recipe'] or 'none recorded'} vs {pub['recipe']})"
             row: dict[str, object] = dict(adapter=ours["adapter"], backbone=ours["backbone"], protocol=ours["protocol"],
-                                          recipe=ours["recipe"], label=f"Δ {ours['label']} − {pub['label']}",
-                                          setting=ours["setting"], kind="delta")
+                                          recipe=ours["recipe"], label=label, setting=ours["setting"], kind="delta",
+                                          published_recipe=pub["recipe"], recipe_mismatch=mismatch,
+                                          _pair=(ours["label"], pub["label"], pub["_recipe_note"]))
             ours_tasks = [t for t in vtab if t in ours and not _nan(ours[t])]
             for t in tasks:
                 if t in values and t in ours and not _nan(ours[t]):
@@ -120,10 +128,16 @@ def _nan(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def legend(ref: Reference, metric_name: str, metric_description: str, n_delta: int) -> list[str]:
+def legend(ref: Reference, metric_name: str, metric_description: str, deltas: pd.DataFrame) -> list[str]:
+    n_delta = len(deltas)
     lines = [f"Reference {ref.name}: {ref.title}; {ref.citation()}. Published test number: {ref.test_number}.",
              f"Δ rows: ours − published per task and on the means over the tasks both have ({n_delta} matched "
              f"row{'s' if n_delta != 1 else ''}; matched by adapter and backbone {ref.backbone})."]
+    for _, d in deltas.iterrows() if n_delta else ():
+        if d.get("recipe_mismatch"):
+            ours, pub, note = d["_pair"]
+            lines.append(f"Recipe mismatch: {ours} ran recipe {d['recipe'] or '(none recorded)'}, {pub} was produced "
+                         f"by recipe {d['published_recipe']} ({note}); the Δ mixes recipes.")
     diffs = list(ref.differences)
     if metric_name != ref.comparable_metric:
         diffs.insert(0, f"published: {ref.test_number}; ours: {metric_description} (--metric {ref.comparable_metric} "
