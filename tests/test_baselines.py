@@ -354,3 +354,32 @@ def test_training_step_and_bf16(name):
             assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
         else:
             assert p.grad is None, n
+
+
+# --------------------------------------------------------------------------------------------
+# published rows: --reference vpetl gives Δ rows for the four (VPT by depth)
+# --------------------------------------------------------------------------------------------
+def test_reference_vpetl_has_delta_rows_for_the_baselines(capsys, tmp_path):
+    import io
+    import json
+
+    import pandas as pd
+
+    from pvera_bench import report
+
+    def row(adapter, acc, **opts):
+        return dict(task="cifar100", adapter=adapter, backbone="vit_b16", protocol="vtab", seed=0, test_acc=acc,
+                    params_adapter=1000, status="ok", adapter_options=json.dumps(opts))
+
+    path = tmp_path / "r.csv"
+    pd.DataFrame([row("full", 70.0), row("bitfit", 71.0), row("ssf", 72.0),
+                  row("vpt", 73.0, length=10, depth="shallow", dropout=0.0),
+                  row("vpt", 74.0, length=10, depth="deep", dropout=0.0)]).to_csv(path, index=False)
+    assert report.main(["--results", str(path), "--reference", "vpetl", "--format", "csv"]) == 0
+    df = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    delta = df[df["kind"] == "delta"]
+    got = {(r["adapter"], r["label"].split("published: ")[1].split(" [")[0]): round(r["cifar100"], 6)
+           for _, r in delta.iterrows()}
+    # V-PETL-Bench README (c188fad), CIFAR-100 column: full 68.9, BitFit 72.8, SSF 69.0, VPT-Shallow 77.7, VPT-Deep 78.8
+    assert got == {("full", "full fine-tuning"): 1.1, ("bitfit", "BitFit"): -1.8, ("ssf", "SSF"): 3.0,
+                   ("vpt", "VPT-Shallow"): -4.7, ("vpt", "VPT-Deep"): -4.8}
