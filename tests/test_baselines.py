@@ -187,6 +187,10 @@ def test_vpt_init_and_dropout_as_the_source():
     assert allp.numel() == 12 * 50 * 768
     assert allp.abs().max() <= v and allp.abs().max() > 0.99 * v
     assert abs(allp.std().item() - v / math.sqrt(3)) < 0.01 * v  # U(-v, v)
+    m = adapters.apply(timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0), "vpt",
+                       length=100, init="vpetl")  # V-PETL-Bench's VPT-Shallow: sqrt(6 / d)
+    (p,) = [p for p in m.parameters() if p.requires_grad]
+    assert p.numel() == 76_800 and 0.99 * math.sqrt(6 / 768) < p.abs().max() <= math.sqrt(6 / 768)
     # prompt dropout: in training only, drawn per sample (the source drops the prompts expanded over the batch)
     tiny = adapters.apply(tiny_vit(), "vpt", length=4, dropout=0.5)
     x = images(batch=1).expand(4, -1, -1, -1)

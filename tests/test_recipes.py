@@ -173,7 +173,7 @@ def test_adapter_yaml_defaults_equal_apply_defaults(adapter):
 
 def test_every_recipe_with_per_adapter_files_covers_the_same_adapters():
     base = config_dir() / "recipe_adapter"
-    assert sorted(p.name for p in base.iterdir() if p.is_dir()) == ["noah", "pvera_paper", "pvera_paper_exact"]
+    assert sorted(p.name for p in base.iterdir() if p.is_dir()) == ["noah", "pvera_paper", "pvera_paper_exact", "vpetl"]
     assert sorted(p.stem for p in (base / "pvera_paper_exact").glob("*.yaml")) == \
         sorted(p.stem for p in (base / "pvera_paper").glob("*.yaml"))
     for p in base.glob("*/*.yaml"):

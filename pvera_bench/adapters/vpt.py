@@ -8,9 +8,11 @@ the token sequence, as the VPT code does it (KMnP/vpt src/models/vit_prompt/vit.
   block's input has the previous block's prompt outputs replaced by that block's own prompts
   (``forward_deep_prompt``), so ``depth x length x d`` parameters (12 x 10 x 768 = 92,160 on
   ViT-B/16 with length 10; 7,680 shallow);
-- initialisation ``U(-v, v)`` with ``v = sqrt(6 / (3 * patch_h * patch_w + d))`` (the source's
-  "xavier_uniform" for prompts; ``INITIATION == "random"``), and ``dropout`` on the prompts,
-  drawn per sample (the source applies it to the prompts expanded over the batch);
+- ``init=vpt``: ``U(-v, v)`` with ``v = sqrt(6 / (3 * patch_h * patch_w + d))`` (the source's
+  "xavier_uniform" for prompts; ``INITIATION == "random"``); ``init=vpetl``: ``v = sqrt(6 / d)``
+  (V-PETL-Bench's VPT-Shallow, ImageClassification/models/vision_transformer_vptshallow.py
+  ``VisionTransformer.__init__``); ``dropout`` on the prompts, drawn per sample (the source
+  applies it to the prompts expanded over the batch);
 - the prompt outputs leave the sequence after the last block, so the final norm and the pooling
   see the same tokens as without prompts: with timm's ``global_pool='token'`` (ViT-B/16) the
   feature is the CLS token after the norm, as the source's ``x[:, 0]`` (the norm works per token,
@@ -32,6 +34,7 @@ from torch import nn
 from .base import AdapterLayer, AdapterOptionError, blocks, check_choice, check_positive, register
 
 DEPTHS = ("shallow", "deep")
+INITS = ("vpt", "vpetl")
 
 
 class PromptedBlock(AdapterLayer):
@@ -63,21 +66,25 @@ class PromptedBlock(AdapterLayer):
         return x
 
 
-def prompt_bound(model: nn.Module) -> float:
-    """``sqrt(6 / (3 * patch_h * patch_w + d))``: VPT's uniform bound (3 input channels)."""
+def prompt_bound(model: nn.Module, init: str = "vpt") -> float:
+    """The uniform bound: ``sqrt(6 / (3 * patch_h * patch_w + d))`` (VPT's, 3 input channels) or
+    ``sqrt(6 / d)`` (V-PETL-Bench's)."""
+    if init == "vpetl":
+        return math.sqrt(6.0 / float(model.embed_dim))
     ph, pw = model.patch_embed.patch_size
     return math.sqrt(6.0 / float(3 * ph * pw + model.embed_dim))
 
 
 @register("vpt")
 def apply(model: nn.Module, length: int = 10, depth: Literal["shallow", "deep"] = "shallow",
-          dropout: float = 0.0) -> None:
+          dropout: float = 0.0, init: Literal["vpt", "vpetl"] = "vpt") -> None:
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
         raise AdapterOptionError(f"adapter.length={length!r} is not valid; it must be an integer >= 1")
     check_choice("depth", depth, DEPTHS)
     check_positive("dropout", dropout, allow_zero=True, upper=1.0)
+    check_choice("init", init, INITS)
     bs = blocks(model)
-    start, bound, n = int(getattr(model, "num_prefix_tokens", 1)), prompt_bound(model), len(bs)
+    start, bound, n = int(getattr(model, "num_prefix_tokens", 1)), prompt_bound(model, init), len(bs)
     for i in range(n):
         bs[i] = PromptedBlock(bs[i], start, length, model.embed_dim, prompts=(i == 0 or depth == "deep"),
                               first=(i == 0), last=(i == n - 1), bound=bound, dropout=dropout,
