@@ -250,7 +250,7 @@ GROUPS: dict[str, type] = {"trainer": TrainerConfig, "protocol": ProtocolConfig,
 # Bounds of adapter options by name, whichever adapter takes them (types come from apply()).
 ADAPTER_OPTION_RULES: dict[str, dict[str, Any]] = {
     "r": dict(ge=1), "width": dict(ge=1), "mc_samples": dict(ge=1), "beta": dict(gt=0),
-    "alpha": dict(gt=0), "projection_seed": dict(ge=0), "dropout": dict(ge=0, lt=1),
+    "alpha": dict(gt=0), "projection_seed": dict(ge=0), "dropout": dict(ge=0, lt=1), "length": dict(ge=1),
 }
 
 

@@ -15,7 +15,12 @@ are shared by every variant, so building 14 variants costs the memory of one bac
   computes those features once per split and trains the head on them (tests/test_speed_paths.py).
 * floor: the same frozen backbone and head with no adapter, but a single trainable scalar that
   multiplies the normalised input image, so that autograd goes back through every block.
-* PEFT: PEFT's implementation of the same method (lora, dora, vera, pvera, ia3), applied as its
+* full, bitfit: they train tensors of the backbone itself; those get the variant's own copy (the
+  rest stays shared), so that they count in its memory and the other variants stay frozen.
+  vpt: deep, 10 tokens per block (``OPTIONS``); ssf: every scale-shift of the SSF code.
+* PEFT: PEFT's implementation of the same method (lora, dora, vera, pvera, ia3; PEFT 0.21 has no
+  full fine-tuning, BitFit, SSF, nor a VPT for timm ViTs: its prompt tuning is for transformers'
+  language models, so those four have no PEFT column), applied as its
   users apply it to a timm ViT: ``target_modules=["qkv"]``, the *fused* qkv layer, so PEFT adapts
   q, k and v (ours adapts q and v only); ia3: ``["qkv", "fc2"]`` with ``feedforward_modules=["fc2"]``.
   Same r (lora/dora 8, vera/pvera 256), no dropout. PEFT's PVeRA has no KL term.
@@ -71,7 +76,7 @@ if str(REPO) not in sys.path:
 from pvera_bench import adapters  # noqa: E402
 from pvera_bench.backbones import Classifier  # noqa: E402
 
-ALL = ["linear_probe", "lora", "dora", "vera", "pvera", "ia3", "adaptformer", "bottleneck"]
+ALL = ["linear_probe", "lora", "dora", "vera", "pvera", "ia3", "adaptformer", "bottleneck", "full", "bitfit", "vpt", "ssf"]
 # The configs/adapter/*.yaml defaults (pvera: the most common beta).
 OPTIONS = {
     "linear_probe": {},
@@ -82,6 +87,10 @@ OPTIONS = {
     "ia3": {},
     "adaptformer": dict(width=64, scale=0.1),
     "bottleneck": dict(width=8),
+    "full": {},
+    "bitfit": {},
+    "vpt": dict(length=10, depth="deep"),
+    "ssf": {},
 }
 PEFT_METHODS = ("lora", "dora", "vera", "pvera", "ia3")
 # Targets (CPU, ViT-B/16, batch 4-8, 2 threads): ratio to the floor, ratio to PEFT; memory <= PEFT.
@@ -143,6 +152,17 @@ def share_copy(base: nn.Module) -> nn.Module:
     return copy.deepcopy(base, memo)
 
 
+def own_trained_tensors(bb: nn.Module, base: nn.Module) -> None:
+    """Give ``bb`` its own copy of every shared backbone tensor its adapter made trainable (full,
+    bitfit) and leave ``base``'s frozen: the other variants share ``base``."""
+    shared = {id(p) for p in base.parameters()}
+    for mod in bb.modules():
+        for k, p in list(mod._parameters.items()):
+            if p is not None and id(p) in shared and p.requires_grad:
+                mod._parameters[k] = nn.Parameter(p.detach().clone())
+                p.requires_grad_(False)
+
+
 @dataclass
 class Variant:
     key: str  # floor | <adapter> | peft:<method>
@@ -171,6 +191,7 @@ def build(key: str, base: nn.Module, num_classes: int, device: torch.device) -> 
         model = Classifier(pm, num_classes)
     else:
         adapters.apply(bb, key, **OPTIONS[key])
+        own_trained_tensors(bb, base)
         model = Classifier(bb, num_classes)
         aux = adapters.aux_losses(model)
     model = model.to(device).train()
@@ -458,7 +479,7 @@ def markdown(rows: list[dict], header: str, mem_label: str) -> str:
 # ------------------------------------------------------------------------------------------------
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--adapters", default=",".join(ALL), help="comma-separated adapter names (default: all eight)")
+    ap.add_argument("--adapters", default=",".join(ALL), help="comma-separated adapter names (default: all twelve)")
     ap.add_argument("--model", default="vit_base_patch16_224", help="timm model name (random weights)")
     ap.add_argument("--tiny", action="store_true", help="a 32 px, 2-block, width-64 ViT: a quick smoke run")
     ap.add_argument("--batch", type=int, default=8)

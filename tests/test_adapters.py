@@ -37,7 +37,8 @@ OPTIONS = {
 }
 QV_ONLY = ("lora", "dora", "vera", "pvera")
 MERGEABLE = ("lora", "dora", "vera", "pvera", "ia3")
-NAMES = adapters.available()
+BASELINES = ("bitfit", "full", "ssf", "vpt")  # their own invariants: tests/test_baselines.py
+NAMES = [n for n in adapters.available() if n not in BASELINES]
 
 
 
@@ -118,7 +119,7 @@ def qkv_layers(model):
 # 1. the matrix over all eight adapters
 # --------------------------------------------------------------------------------------------
 def test_registry_holds_the_eight_adapters():
-    assert sorted(NAMES) == sorted(OPTIONS)
+    assert sorted(NAMES) == sorted(OPTIONS) and sorted(NAMES + list(BASELINES)) == adapters.available()
     with pytest.raises(adapters.UnknownAdapterError):
         adapters.apply(tiny_vit(), "no_such_adapter")
     with pytest.raises(TypeError, match="lora"):

@@ -176,7 +176,8 @@ def test_shipped_references_are_complete():
     refs = references.available()
     assert set(refs) >= {"vpetl", "pvera_paper"}
     vpetl = refs["vpetl"]
-    assert {r["method"] for r in vpetl.rows} == {"full fine-tuning", "linear probing", "Adapter", "LoRA", "AdaptFormer"}
+    assert {r["method"] for r in vpetl.rows} == {"full fine-tuning", "linear probing", "Adapter", "LoRA", "AdaptFormer",
+                                                 "VPT-Shallow", "VPT-Deep", "BitFit", "SSF"}
     for r in vpetl.rows:
         assert set(r["values"]) == set(VTAB_ORDER)
         assert np.mean(list(r["values"].values())) == pytest.approx(r["mean"], abs=0.005)  # printed means

@@ -4,20 +4,23 @@ Each reference is one YAML file in ``pvera_bench/report/references/`` (shipped i
 ``name``, ``title``, ``source`` (repository, path, commit, table), ``backbone``,
 ``test_number`` (what the published test number is), ``comparable_metric`` (our ``--metric``
 chosen the same way), ``differences`` (recipe differences that remain, for the legend) and
-``rows`` (``method``, ``adapter`` = our adapter's name or null, ``recipe`` = the recipe that
+``rows`` (``method``, ``adapter`` = our adapter's name or null, optionally ``adapter_options``
+that our row must have too, e.g. ``{depth: deep}`` for VPT-Deep, ``recipe`` = the recipe that
 produced the row (a ``configs/recipe/`` name, or the name of a source this tool has no recipe for)
 with ``recipe_note`` saying how that is known, ``params`` as printed, ``mean`` as printed,
 ``values`` per task). Adding a reference is one file.
 
 A Δ row (ours − published) is made for each of our rows whose adapter and backbone match a
-published row: per task where both have a value; on ``mean`` over the tasks both have (the
-published per-task values averaged over our tasks), or, for a reference that publishes only the
-mean, ours − that mean when ours covers all 19 tasks. A Δ row whose two rows come from different
-recipes (ours: the CSV's ``recipe``) says so in its label, and the legend names each such pair.
+published row, and whose adapter options include the row's ``adapter_options``: per task where
+both have a value; on ``mean`` over the tasks both have (the published per-task values averaged
+over our tasks), or, for a reference that publishes only the mean, ours − that mean when ours
+covers all 19 tasks. A Δ row whose two rows come from different recipes (ours: the CSV's
+``recipe``) says so in its label, and the legend names each such pair.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from importlib import resources
@@ -84,6 +87,7 @@ def published_rows(ref: Reference, vtab: list[str]) -> pd.DataFrame:
         row["_published_params"] = r.get("params") or ""
         row["_values"] = values
         row["_recipe_note"] = r.get("recipe_note") or ""
+        row["_options"] = dict(r.get("adapter_options") or {})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -93,7 +97,10 @@ def delta_rows(table: pd.DataFrame, published: pd.DataFrame, vtab: list[str], ta
     rows = []
     for _, ours in table.iterrows():
         match = published[(published["adapter"] == ours["adapter"]) & (published["backbone"] == ours["backbone"])]
+        opts = _options(ours.get("adapter_options"))
         for _, pub in match.iterrows():
+            if any(opts.get(k) != v for k, v in pub["_options"].items()):
+                continue
             values = pub["_values"]
             label = f"Δ {ours['label']} − {pub['label']}"
             mismatch = (ours["recipe"] or "") != pub["recipe"]
@@ -122,6 +129,14 @@ def delta_rows(table: pd.DataFrame, published: pd.DataFrame, vtab: list[str], ta
             row["params_adapter"] = math.nan
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _options(text) -> dict:
+    try:
+        d = json.loads(text) if isinstance(text, str) and text else {}
+    except ValueError:
+        d = {}
+    return d if isinstance(d, dict) else {}
 
 
 def _nan(v) -> bool:
