@@ -56,7 +56,7 @@ def test_every_vpetl_table_has_exactly_the_19_tasks():
         table = OmegaConf.load(f).get("per_task")
         if table is not None:
             assert set(table) == vtab, f.name
-            assert all(set(v) == {"lr", "wd"} for v in table.values()), f.name
+            assert all({"lr", "wd"} <= set(v) for v in table.values()), f.name  # ssf: its own extra settings
 
 
 def test_a_task_outside_the_table_stops_with_one_line():
