@@ -416,6 +416,8 @@ def check_config(c: Mapping[str, Any]) -> None:
         _check("seed", c["seed"], Rule(type=int, ge=0))
     if "force" in c:
         _check("force", c["force"], Rule(type=bool))
+    if "calibration" in c:  # calibration.CALIBRATIONS (that module imports torch)
+        _check("calibration", c["calibration"], Rule(type=str, choices=("none", "temperature")))
 
 
 def _get(c: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
