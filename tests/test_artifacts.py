@@ -4,7 +4,7 @@ the OOD matrix and temperature scaling."""
 from __future__ import annotations
 
 import json
-import math
+import logging
 import shutil
 from pathlib import Path
 
@@ -141,12 +141,17 @@ def _train(cli, tmp_path, *args) -> dict:
     return rows(tmp_path / "results" / "results.csv")[-1]
 
 
+def last_dir(tmp_path: Path) -> str:
+    return rows(tmp_path / "results" / "results.csv")[-1]["run_dir"]
+
+
 def _eval(capsys, *args) -> tuple[int, str]:
     rc = evaluate_main([*args, "runtime.progress=false"])
     return rc, capsys.readouterr().err
 
 
-def test_evaluate_reproduces_the_run_and_scores_inference_modes(cli, tmp_path, capsys, monkeypatch):
+def test_evaluate_reproduces_the_run_and_scores_inference_modes(cli, tmp_path, capsys, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="pvera_bench")
     monkeypatch.chdir(tmp_path)
     row = _train(cli, tmp_path, "adapter=pvera", "adapter.r=8")
     run = Path(row["run_dir"])
@@ -167,8 +172,9 @@ def test_evaluate_reproduces_the_run_and_scores_inference_modes(cli, tmp_path, c
     # four inference settings, four rows, no training
     for o in (["adapter.inference=mean", "force=true"], ["adapter.inference=fixed"],
               ["adapter.inference=mc", "adapter.mc_samples=4"], ["adapter.inference=mc", "adapter.mc_samples=32"]):
+        caplog.clear()
         rc, err = _eval(capsys, str(run), *o)
-        assert rc == 0 and "no training" in err, err
+        assert rc == 0 and "evaluated (no training, train_seconds 0" in caplog.text, err
     new = rows(tmp_path / "results" / "results.csv")[n:]
     assert len(new) == 4 and all(float(r["train_seconds"]) == 0.0 and r["evaluated_from"] == str(run) for r in new)
     assert new[0]["test_acc"] == row["test_acc"]
@@ -185,14 +191,16 @@ def test_a_sweep_evaluates_saved_weights_instead_of_training(cli, tmp_path):
     p = cli(*FAST, "adapter=pvera", "adapter.r=8", "protocol.checkpoint=last", "adapter.inference=mc",
             "adapter.mc_samples=4")
     assert p.returncode == 0, p.stderr
-    assert "evaluating them instead of training" in p.stderr and "epoch" not in p.stderr.split("instead of")[1]
+    log = p.stdout + p.stderr
+    assert "evaluating them instead of training" in log and "evaluated (no training" in log
+    assert not (Path(last_dir(tmp_path)) / "history.csv").exists()  # no epoch ran
     last = rows(tmp_path / "results" / "results.csv")[-1]
     assert last["evaluated_from"] == first["run_dir"] and float(last["train_seconds"]) == 0.0
     assert last["mc_samples"] == "4" and last["train_key"] == first["train_key"]
     # asked again: the row exists now, skipped
     p = cli(*FAST, "adapter=pvera", "adapter.r=8", "protocol.checkpoint=last", "adapter.inference=mc",
             "adapter.mc_samples=4")
-    assert "skipped" in p.stderr and len(rows(tmp_path / "results" / "results.csv")) == 2
+    assert "skipped" in p.stdout + p.stderr and len(rows(tmp_path / "results" / "results.csv")) == 2
 
 
 def test_broken_or_foreign_weights_are_one_line_exit_2_and_no_row(cli, tmp_path, capsys, monkeypatch):
