@@ -61,7 +61,7 @@ EVAL_ONLY = ("ood_task", "calibration")
 INFERENCE = ("inference", "mc_samples")
 # Overrides `pvera-bench evaluate` accepts (dotted; runtime.* and data locations too).
 EVAL_OVERRIDES = ("adapter.inference", "adapter.mc_samples", "ood_task", "calibration", "results_csv", "force",
-                  "data.dir", "data.cache_dir")
+                  "data.dir", "data.cache_dir", "data.source")
 
 
 class ArtifactError(RuntimeError):
@@ -288,13 +288,21 @@ def load_run(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = N
 
 
 def check_run_config(run_dir: Path, cfg: DictConfig) -> None:
-    """The run directory's ``config.yaml`` (when present) must name the model the weights are of."""
+    """The run directory's ``config.yaml`` (when present) must describe the model the weights are
+    of: the same backbone (every option), adapter, task and seed."""
     p = run_dir / "config.yaml"
     if not p.is_file():
         return
-    own = OmegaConf.load(p)
-    for group in ("backbone", "adapter", "task"):
-        a, b = own.get(group, {}).get("name"), cfg[group].get("name")
+    own = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    checks = (("backbone", own.get("backbone"), saved.get("backbone")),
+              ("adapter", (own.get("adapter") or {}).get("name"), saved["adapter"].get("name")),
+              ("task", (own.get("task") or {}).get("name"), saved["task"].get("name")),
+              ("seed", own.get("seed"), saved.get("seed")))
+    for what, a, b in checks:
         if a != b:
-            raise ArtifactError(f"{run_dir / FILENAME} holds a {group} {b!r} model but the run's config.yaml says "
-                                f"{group} {a!r}: the weight file belongs to another run; train this run again")
+            name = (lambda v: v.get("name") if isinstance(v, dict) else v)
+            detail = "" if name(a) != name(b) else " (same name, other options)"
+            raise ArtifactError(f"{run_dir / FILENAME} holds a model of {what} {name(b)!r} but the run's config.yaml "
+                                f"says {what} {name(a)!r}{detail}: the weight file belongs to another run; train "
+                                f"this run again")

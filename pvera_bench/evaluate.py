@@ -72,6 +72,9 @@ def score(cfg: DictConfig, trainer, test, load: Callable[[str], Any], load_task_
         if cfg.protocol.get("final_on") and split in str(cfg.protocol.final_on):
             log.warning("temperature fitted on %s, which the final model trained on (final_on %s): it is optimistic",
                         split, cfg.protocol.final_on)
+        elif artifacts.protocol_selects(OmegaConf.to_container(cfg, resolve=True)):
+            log.warning("temperature fitted on %s, which also chose the model (checkpoint best or a grid): the "
+                        "model scores better there than on test, so the fitted T is too small", split)
     return row, probs
 
 
@@ -128,6 +131,11 @@ def evaluate_run(src: str | Path, overrides: Mapping[str, Any] | None = None, *,
     check_overrides(overrides, meta["config"].get("adapter", {}))
     model_over = {k: v for k, v in overrides.items() if k not in ("force",)}
     model, cfg = artifacts.load_run(src, model_over)
+    own_source = runmod.data_source(cfg.task, OmegaConf.create(meta["config"]))
+    if runmod.data_source(cfg.task, cfg) != own_source:  # data.source is for the OOD tasks' splits
+        raise EvaluateError(f"data.source={cfg.data.source} would read task {cfg.task.name}'s splits from another "
+                            f"source than the run ({own_source}); leave it, or pass it only for OOD tasks of "
+                            f"another source")
     force = bool(overrides.get("force", False))
     resolved = runmod.resume_key(cfg)
     _, evo = artifacts.split_key(resolved, cfg)
@@ -235,12 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     from .run import USER_ERRORS
 
+    items = args.items + [r for r in args.runs if "=" in r]  # `--runs DIR key=value`: argparse took both
+    runs = [r for r in args.runs if "=" not in r]
     try:
         overrides = {}
-        for item in (a for a in args.items if "=" in a):
+        for item in (a for a in items if "=" in a):
             k, _, v = item.partition("=")
             overrides[k.lstrip("+")] = parse_value(v)
-        dirs = run_dirs([a for a in args.items if "=" not in a], args.runs)
+        dirs = run_dirs([a for a in items if "=" not in a], runs)
         if not dirs:
             raise EvaluateError("name at least one run directory (or --runs DIR)")
         for d in dirs:  # every file and override checked before anything is evaluated or appended

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def matrices(csv_path: Path, filters: dict, names_of) -> list[tuple[str, pd.Data
             if not cells:
                 continue
             rows = sorted({t for t, _ in cells})
-            cols = sorted({o for _, o in cells})
+            cols = sorted({o for _, o in cells} | set(rows))  # the training tasks too: a blank diagonal
             m = pd.DataFrame([[np.mean(cells[(t, o)]) if (t, o) in cells else math.nan for o in cols] for t in rows],
                              index=rows, columns=cols)
             out.append((f"{names.get(sid, sid)}: AUROC by {what}", m))
@@ -72,7 +73,7 @@ def plot(panels: list[tuple[str, pd.DataFrame]], path) -> None:
     nrow = math.ceil(n / ncol)
     w = max(m.shape[1] for _, m in panels)
     h = max(m.shape[0] for _, m in panels)
-    fig = Figure(figsize=(ncol * (2.4 + 0.7 * w), nrow * (1.6 + 0.5 * h)), constrained_layout=True)
+    fig = Figure(figsize=(ncol * (3.4 + 0.7 * w), nrow * (2.2 + 0.5 * h)), constrained_layout=True)
     axes = fig.subplots(nrow, ncol, squeeze=False)
     cmap = colormaps["viridis"]
     for ax, (title, m) in zip(axes.flat, panels):
@@ -81,11 +82,13 @@ def plot(panels: list[tuple[str, pd.DataFrame]], path) -> None:
         for (i, j), v in np.ndenumerate(data):
             if not math.isnan(v):
                 ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8, color="white" if v < 0.6 else "black")
+            elif m.index[i] == m.columns[j]:
+                ax.text(j, i, "in-domain", ha="center", va="center", fontsize=7, color="grey")
         ax.set_xticks(range(data.shape[1]), [str(c) for c in m.columns], rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(data.shape[0]), [str(i) for i in m.index], fontsize=8)
         ax.set_xlabel("OOD task (test split)", fontsize=8)
         ax.set_ylabel("training task", fontsize=8)
-        ax.set_title(title, fontsize=9)
+        ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=8)
         fig.colorbar(im, ax=ax, shrink=0.8, label="AUROC (0.5 = chance)")
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
