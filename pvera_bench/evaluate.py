@@ -98,7 +98,7 @@ def sweep_overrides(cfg: DictConfig) -> dict[str, Any]:
     out: dict[str, Any] = {k: c.get(k) for k in ("ood_task", "calibration", "results_csv")}
     out.update({f"adapter.{k}": c["adapter"][k] for k in artifacts.INFERENCE if k in c["adapter"]})
     out.update({f"runtime.{k}": v for k, v in (c.get("runtime") or {}).items()})
-    out.update({f"data.{k}": c["data"].get(k) for k in ("dir", "cache_dir")})
+    out.update({f"data.{k}": c["data"].get(k) for k in ("dir", "cache_dir", "source")})
     return out
 
 

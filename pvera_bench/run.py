@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import adapters, artifacts, evaluate, loggers, metrics, ood, results, tasks
+from . import adapters, artifacts, evaluate, loggers, ood, results
 from .adapters import AdapterOptionError, UnknownAdapterError
 from .backbones import BackboneError, Classifier, create_backbone, input_size
 from .data import DataError, load_split

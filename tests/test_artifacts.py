@@ -8,7 +8,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -203,6 +202,7 @@ def test_a_sweep_evaluates_saved_weights_instead_of_training(cli, tmp_path):
     assert "skipped" in p.stdout + p.stderr and len(rows(tmp_path / "results" / "results.csv")) == 2
 
 
+@pytest.mark.slow  # trains two or three runs
 def test_broken_or_foreign_weights_are_one_line_exit_2_and_no_row(cli, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     a = Path(_train(cli, tmp_path, "adapter=lora")["run_dir"])
@@ -232,6 +232,7 @@ def test_broken_or_foreign_weights_are_one_line_exit_2_and_no_row(cli, tmp_path,
     assert rc == 0 and len(rows(csv)) == n + 1
 
 
+@pytest.mark.slow  # trains two or three runs
 def test_ood_matrix_equals_the_training_time_pairs_and_is_drawn(cli, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = make_folder_tree(tmp_path / "vtab-1k", "cifar", n_per_split=40, num_classes=10, size=32)
