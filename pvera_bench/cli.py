@@ -7,6 +7,8 @@
     pvera-bench report [--results CSV] ...           tables from the CSV
     pvera-bench data prepare|check task=...          VTAB-1k data
     pvera-bench results rebuild|check ...            the CSV from run records; its problems
+    pvera-bench evaluate RUN_DIR... [key=value ...]  saved weights scored again (inference modes,
+                                                     ood_task=LIST|GROUP, calibration=temperature)
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         from .data.cli import main as data_main
 
         return data_main(args[1:])
+    if args and args[0] == "evaluate":
+        from .evaluate import main as evaluate_main
+
+        return evaluate_main(args[1:])
     if args and args[0] == "results":
         from .results import main as results_main
 

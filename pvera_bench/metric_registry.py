@@ -36,7 +36,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("nll", "test_nll", "test negative log-likelihood, nats", 3, False),
     Metric("ece", "test_ece", "test expected calibration error (15 bins), fraction", 3, False),
     Metric("brier", "test_brier", "test Brier score", 3, False),
-    Metric("auroc", "ood_auroc", "OOD detection AUROC by maximum softmax probability", 3, True),
+    Metric("auroc", "ood_auroc", "OOD detection AUROC by maximum softmax probability (the mean over the OOD tasks "
+           "when ood_task names several)", 3, True),
+    Metric("auroc_entropy", "ood_auroc_entropy", "OOD detection AUROC by predictive entropy (PVeRA inference=mc; "
+           "the mean over the OOD tasks when ood_task names several)", 3, True),
 )}
 
 

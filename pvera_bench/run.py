@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import adapters, loggers, metrics, results, schema, tasks
+from . import adapters, artifacts, evaluate, loggers, ood, results, schema
 from .adapters import AdapterOptionError, UnknownAdapterError
 from .backbones import BackboneError, Classifier, create_backbone, input_size
 from .data import DataError, load_split
@@ -110,17 +110,14 @@ def hub_revision(model_name: str) -> str | None:
     return f"hub:{repo}" if repo else None
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def config_hash(cfg: DictConfig) -> str:
-    return _digest(resume_key(cfg))
+    """A row's key: its training key and evaluation options (artifacts.split_key)."""
+    return artifacts.key_hash(*artifacts.split_key(resume_key(cfg), cfg))
 
 
-def setting_hash(key: dict[str, Any]) -> str:
-    """The hash of a resume key without its seed: rows of one setting differ only in their seed."""
-    return _digest({k: v for k, v in key.items() if k != "seed"})
+def setting_hash(cfg: DictConfig) -> str:
+    """A row's ``setting``: its key without the seed (rows of one setting differ only in their seed)."""
+    return artifacts.setting_of(*artifacts.split_key(resume_key(cfg), cfg))
 
 
 def resolved_precision(cfg: DictConfig) -> str:
@@ -142,8 +139,11 @@ def data_fingerprint(cfg: DictConfig, protocol: dict[str, Any] | None = None) ->
     splits = sorted({s for s in (p.get("select_on"), p.get("val_split"), p.get("final_on"), p.get("test_split")) if s})
     task = OmegaConf.to_container(cfg.task, resolve=True)
     out = {f"{task['name']}/{s}": _split_fingerprint(task, s, data_source(task, cfg), cfg.data.get("dir")) for s in splits}
-    other = ood_task_config(cfg) if cfg.get("ood_task") and cfg.ood_task in tasks.task_configs() else None
-    if other:
+    try:
+        others = ood.ood_configs(OmegaConf.to_container(cfg, resolve=True).get("ood_task"), task["name"])
+    except DataError:  # an unknown name: the run fails on it with the full message
+        others = []
+    for other in others:
         out[f"{other['name']}/test"] = _split_fingerprint(other, "test", data_source(other, cfg), cfg.data.get("dir"))
     return out
 
@@ -243,7 +243,7 @@ def execute(cfg: DictConfig, run_dir: Path, state: RunState | None = None, on_ep
     if cfg.backbone.get("random_weights"):
         log.warning("backbone %s has RANDOM weights: its numbers only show that the tool works", cfg.backbone.name)
     adapters.get(cfg.adapter.name)  # fail on an unknown adapter or ood_task before loading anything
-    ood_task = ood_task_config(cfg)
+    ood.ood_names(OmegaConf.to_container(cfg, resolve=True).get("ood_task"), cfg.task.name)
     seed_everything(int(cfg.backbone.get("init_seed", cfg.seed)))
     backbone = create_backbone(OmegaConf.to_container(cfg.backbone, resolve=True))
     rng_after_backbone = torch.get_rng_state()  # where the PVeRA code draws its heads (backbone.head_draws)
@@ -294,12 +294,17 @@ def execute(cfg: DictConfig, run_dir: Path, state: RunState | None = None, on_ep
                            on_epoch=epoch_done)
     model = outcome.trainer.model
     preds = outcome.test
-    np.savez_compressed(run_dir / "predictions.npz", probs=preds.probs.numpy().astype(np.float32),
+    scores, probs = evaluate.score(cfg, outcome.trainer, preds, load,
+                                   lambda other: load_split(other, "test", source=data_source(other, cfg), **data_kw))
+    np.savez_compressed(run_dir / "predictions.npz", probs=probs.numpy().astype(np.float32),
                         labels=preds.labels.numpy())
+    if rt.get("save_weights", True):  # the trained tensors, before the run's record (artifacts.py)
+        train_key, evo = artifacts.split_key(resume_key(cfg), cfg)
+        artifacts.save(run_dir, model, with_point(cfg, outcome.chosen), chosen=outcome.chosen, train_key=train_key,
+                       config_hash=artifacts.key_hash(train_key, evo), versions=versions())
     head = sum(p.numel() for p in model.head.parameters())
     row = dict(
-        **metrics.summarize(preds.probs, preds.labels, preds.sample_preds),
-        **(ood_scores(ood_task, cfg, outcome.trainer, preds, data_kw) if ood_task else {}),
+        **scores,
         params_adapter=adapters.count_trainable(model.backbone),
         params_head=head,
         params_trainable=adapters.count_trainable(model),
@@ -324,29 +329,6 @@ def cpu_threads(given: Any) -> int | None:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
-def ood_task_config(cfg: DictConfig) -> dict | None:
-    """The task config named by ``ood_task`` (None when unset); an unknown name is a DataError."""
-    name = cfg.get("ood_task")
-    if not name:
-        return None
-    table = tasks.task_configs()
-    if name not in table:
-        raise DataError(f"unknown ood_task {name!r}; valid task names: {', '.join(sorted(table))}")
-    return table[name]
-
-
-def ood_scores(other: dict, cfg: DictConfig, trainer: Trainer, preds, data_kw: dict) -> dict[str, Any]:
-    """AUROC of telling this run's test images from task ``other``'s test images by maximum
-    softmax probability (and by predictive entropy when sampling)."""
-    name = other["name"]
-    ood = trainer.predict(load_split(other, "test", source=data_source(other, cfg), **data_kw), stream=f"ood/{name}")
-    s_in, s_out = metrics.ood_scores(preds.probs), metrics.ood_scores(ood.probs)
-    row = dict(ood_task=name, ood_auroc=metrics.auroc(s_in["msp"], s_out["msp"]))
-    if preds.sample_preds is not None:
-        row["ood_auroc_entropy"] = metrics.auroc(s_in["entropy"], s_out["entropy"])
-    return row
-
-
 def _finish(logger: loggers.Logger, record: dict[str, Any] | None, status: str) -> None:
     """Final metrics and close; the row is recorded already, so a tracker's failure is only logged."""
     try:
@@ -366,7 +348,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
     its record was saved only appends that record's row."""
     csv_path = Path(cfg.results_csv)
     resolved = resume_key(cfg)
-    key = _digest(resolved)
+    train_key, eval_options = artifacts.split_key(resolved, cfg)  # what trains; what only evaluation reads
+    key = artifacts.key_hash(train_key, eval_options)
     state = run_state(cfg, key)
     if not cfg.get("force", False):
         prev = results.find_ok(csv_path, key)
@@ -379,13 +362,28 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
     pending = state.record()
     if pending is not None:  # finished in an earlier run, killed before its row was appended
         return _append_pending(pending, csv_path, run_dir, state)
+    if not cfg.get("force", False):
+        saved = evaluate.find_saved(csv_path, artifacts.digest(train_key))
+        if saved is not None:  # these weights are trained already: a new evaluation of them, no training
+            log.info("the weights of this setting are saved in %s: evaluating them instead of training", saved)
+            try:
+                return evaluate.evaluate_run(saved, evaluate.sweep_overrides(cfg), out_dir=run_dir,
+                                             record_extra=dict(overrides=" ".join(overrides)))
+            except (artifacts.ArtifactError, evaluate.EvaluateError, *USER_ERRORS) as e:  # never a silent retrain
+                if multirun:
+                    log.error("could not evaluate the saved weights in %s (no row recorded): %s", saved, one_line(e))
+                    return dict(status="failed", error=one_line(e))
+                print(f"pvera-bench: error: {one_line(e)}", file=sys.stderr)
+                sys.exit(2)
     record: dict[str, Any] = dict(
         timestamp=_dt.datetime.now().isoformat(timespec="seconds"),
         task=cfg.task.name, adapter=cfg.adapter.name, backbone=cfg.backbone.name, protocol=cfg.protocol.name,
         seed=int(cfg.seed), adapter_options=json.dumps(adapter_options(cfg.adapter), sort_keys=True),
         recipe=(cfg.get("recipe") or {}).get("name"),
         trainer=json.dumps(resolved["trainer"], sort_keys=True),
-        data_source=data_source(cfg.task, cfg), setting=setting_hash(resolved), config_hash=key, overrides=" ".join(overrides),
+        data_source=data_source(cfg.task, cfg), setting=artifacts.setting_of(train_key, eval_options), config_hash=key,
+        train_key=artifacts.digest(train_key), eval_options=json.dumps(eval_options, sort_keys=True, default=str),
+        overrides=" ".join(overrides),
         run_dir=str(run_dir), versions=versions(),
     )
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

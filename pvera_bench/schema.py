@@ -242,6 +242,7 @@ class RuntimeConfig:
     compile: bool = rule(type=bool)
     checkpoint_dir: str = rule(type=str, nullable=True)
     checkpoint_every: int = rule(type=int, ge=0)
+    save_weights: bool = rule(type=bool, required=False)
 
 
 GROUPS: dict[str, type] = {"trainer": TrainerConfig, "protocol": ProtocolConfig, "data": DataConfig,
@@ -515,6 +516,8 @@ def check_config(c: Mapping[str, Any]) -> None:
         _check("seed", c["seed"], Rule(type=int, ge=0))
     if "force" in c:
         _check("force", c["force"], Rule(type=bool))
+    if "calibration" in c:  # calibration.CALIBRATIONS (that module imports torch)
+        _check("calibration", c["calibration"], Rule(type=str, choices=("none", "temperature")))
     check_combinations(c)
 
 

@@ -13,8 +13,8 @@ import pandas as pd
 from .. import tasks as _tasks
 from ..metric_registry import METRICS
 from . import compare as _compare
-from . import figures, ranks as _ranks, references as _refs
-from .load import ReportError, load_runs, norm_seed, parse_filters, task_columns, warn
+from . import figures, ood_matrix, ranks as _ranks, references as _refs
+from .load import ReportError, labels, load_runs, norm_seed, parse_filters, task_columns, warn
 from .table import build_table, format_cells, header, legend, public, render, row_cells
 
 FILTERS = ("task", "adapter", "backbone", "protocol", "seed")
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", metavar="ROW", help="the row --plot-heatmap subtracts (as --compare names rows)")
     p.add_argument("--plot-curves", metavar="FILE.png",
                    help="per-epoch curves of the selected runs, from <run_dir>/history.csv")
+    p.add_argument("--plot-ood-matrix", metavar="FILE.png",
+                   help="per setting: training task x OOD task AUROC (from ood_task lists: pvera-bench evaluate RUN "
+                        "ood_task=vtab); --metric auroc tabulates the mean AUROC per setting")
     p.add_argument("--fit", help="which fit of history.csv --plot-curves draws (default: final, else the last)")
     sel = p.add_argument_group("run filters (table and plots; repeatable or comma-separated)")
     for name in FILTERS:
@@ -158,6 +161,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot_curves:
         n = figures.plot_curves(runs, names, csv_path, args.plot_curves, args.fit)
         warn(f"wrote {args.plot_curves} ({n} run{'s' if n != 1 else ''})")
+    if args.plot_ood_matrix:
+        panels = ood_matrix.matrices(csv_path, filters, labels)
+        ood_matrix.plot(panels, args.plot_ood_matrix)
+        warn(f"wrote {args.plot_ood_matrix} ({len(panels)} panel{'s' if len(panels) != 1 else ''})")
     return 0
 
 

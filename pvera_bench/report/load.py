@@ -34,7 +34,7 @@ from .. import tasks as _tasks
 
 BASE_COLUMNS = ("task", "adapter", "backbone", "protocol", "seed", "params_adapter", "status")
 OPTIONAL_COLUMNS = ("adapter_options", "recipe", "trainer", "setting", "versions", "config_hash", "grid_scores",
-                    "run_dir")
+                    "run_dir", "calibration")
 KEY = ("setting", "task", "seed")
 
 
@@ -104,6 +104,8 @@ def setting_of(row: pd.Series) -> dict:
     for k in task_filled_options(row["adapter"]) | {g.split(".", 1)[1] for g in grid if g.startswith("adapter.")}:
         opts.pop(k, None)
     opts.pop("name", None)
+    if row.get("calibration") not in (None, "", "none"):  # post-hoc calibration: another setting (evaluate.py)
+        opts["calibration"] = row["calibration"]
     trainer = _json(row.get("trainer", ""))
     if isinstance(trainer, dict):
         trainer = {k: v for k, v in trainer.items() if f"trainer.{k}" not in grid}

@@ -1,0 +1,308 @@
+"""A run's trained weights as a file that can be loaded: ``adapter.safetensors`` in the run directory.
+
+Every ``ok`` run writes it after the test pass and before its record (``runtime.save_weights=false``
+skips it). It is written to a temporary name and renamed, so a killed run leaves no half file.
+
+Format (``pvera-bench-adapter/1``), one safetensors file:
+
+- tensors: every trainable tensor of the ``Classifier`` under its ``named_parameters()`` name
+  (``backbone.blocks.0.attn.qkv.lambda_d``, ..., ``head.weight``, ``head.bias``), float32, CPU;
+- metadata (safetensors' string header, each value JSON):
+
+  ``format``            ``"pvera-bench-adapter/1"``
+  ``config``            the resolved config of the trained model, the chosen grid point applied
+                        (adapter name and options, backbone, task with ``num_classes``, trainer,
+                        protocol, seed, data options): everything rebuilding the model needs
+  ``chosen``            the grid point the protocol chose (``{}`` without a grid)
+  ``train_key``         the training key (:func:`split_key`): what changes the trained weights
+  ``train_hash``        its digest (the ``train_key`` column of the run's row)
+  ``config_hash``       the row key of the training run (``config_hash`` column)
+  ``backbone_digest``   a digest of the frozen backbone's tensors (names, shapes, a strided sample
+                        of every tensor's values): another backbone or weights file fails to load
+  ``frozen_digest``     sha1 of the adapter's frozen buffers (VeRA/PVeRA's shared random
+                        projections). They are NOT stored (they are most of the adapter's size):
+                        rebuilding regenerates them from the seeds in ``config`` exactly as the
+                        run did, and loading fails if the digest differs (another torch build
+                        whose RNG draws differently)
+  ``versions``          the code identity of the run (package versions, commit)
+
+Rebuilding (:func:`load_run`) replays the run's own construction: seed the RNG with
+``backbone.init_seed`` (default: the seed), create the backbone, seed with ``seed``, apply the
+adapter with the saved options, wrap it in a ``Classifier`` with ``num_classes``; then the saved
+tensors replace the trainable ones (names and shapes must match exactly).
+
+    from pvera_bench.artifacts import load_run
+    model, cfg = load_run("multirun/.../3_demo_pvera_s0")   # eval mode, on the CPU
+    probs = model(images_uint8_nhwc).softmax(-1)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("pvera_bench")
+
+FORMAT = "pvera-bench-adapter/1"
+FILENAME = "adapter.safetensors"
+
+# Options that act only on evaluation passes: a new value needs no retraining. The adapter's
+# inference options also change the validation scores, so they are part of the training key too
+# whenever the protocol chooses by those scores (a grid of several points or checkpoint: best).
+EVAL_ONLY = ("ood_task", "calibration")
+INFERENCE = ("inference", "mc_samples")
+# Overrides `pvera-bench evaluate` accepts (dotted; runtime.* and data locations too).
+EVAL_OVERRIDES = ("adapter.inference", "adapter.mc_samples", "ood_task", "calibration", "results_csv", "force",
+                  "data.dir", "data.cache_dir", "data.source")
+
+
+class ArtifactError(RuntimeError):
+    """Saved weights that cannot be used (missing, corrupt, another model): one line, exit 2."""
+
+
+# ---------------------------------------------------------------- the key split
+def protocol_selects(cfg: Mapping[str, Any]) -> bool:
+    """Whether validation scores choose the model (so evaluation options shape the weights)."""
+    from .protocols import grid_points
+
+    p = cfg["protocol"]
+    return p.get("checkpoint", "last") == "best" or len(grid_points(p.get("grid"))) > 1
+
+
+def split_key(resolved: Mapping[str, Any], cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(training key, evaluation options)`` from a resume key ``resolved`` (``run.resume_key``)
+    and the config it came from. The training key is what changes the trained weights; the
+    evaluation options are what only the test pass (and OOD, calibration) read. A row's identity
+    is both (:func:`key_hash`); runs with equal training keys share their weights."""
+    c = _plain(cfg)
+    train = copy.deepcopy(dict(resolved))
+    evo: dict[str, Any] = {}
+    for k in EVAL_ONLY:
+        train.pop(k, None)
+        evo[k] = c.get(k)
+    adapter = dict(train.get("adapter") or {})
+    present = {k: adapter[k] for k in INFERENCE if k in adapter}
+    if present:
+        evo["adapter"] = present
+        if not protocol_selects(c):
+            for k in present:
+                adapter.pop(k)
+            train["adapter"] = adapter
+    task = c["task"]["name"]
+    fp = dict(train.get("data_fingerprint") or {})
+    other = {k: v for k, v in fp.items() if k.split("/")[0] != task}
+    if other:  # the OOD tasks' test splits are read by evaluation only
+        train["data_fingerprint"] = {k: v for k, v in fp.items() if k not in other}
+        evo["ood_data"] = other
+    return train, evo
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def key_hash(train: Mapping[str, Any], evo: Mapping[str, Any]) -> str:
+    """A row's key: its training key and its evaluation options."""
+    return digest({"train": train, "eval": evo})
+
+
+def setting_of(train: Mapping[str, Any], evo: Mapping[str, Any]) -> str:
+    """The key without the seed: rows of one setting differ only in their seed."""
+    return digest({"train": {k: v for k, v in train.items() if k != "seed"}, "eval": evo})
+
+
+def _plain(cfg: Any) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+# ---------------------------------------------------------------- digests
+def _adapter_owned(module: torch.nn.Module) -> set[str]:
+    """Names of the tensors adapters own directly (their parameters and frozen buffers)."""
+    from .adapters import AdapterLayer
+
+    out = set()
+    for name, mod in module.named_modules():
+        if isinstance(mod, AdapterLayer) or type(mod).__module__.startswith("pvera_bench.adapters"):
+            pre = f"{name}." if name else ""
+            out |= {pre + k for k, _ in mod.named_parameters(recurse=False)}
+            out |= {pre + k for k, _ in mod.named_buffers(recurse=False)}
+    return out
+
+
+def backbone_digest(backbone: torch.nn.Module, stride: int = 1009) -> str:
+    """Names, shapes and every ``stride``-th value of each frozen backbone tensor (the adapter's own
+    tensors excluded): fast on ViT-B, and any other weights file differs in it. Save and load
+    compute it on the same adapted structure."""
+    owned = _adapter_owned(backbone)
+    h = hashlib.sha1()
+    for name, t in sorted(backbone.state_dict(keep_vars=True).items()):
+        if name in owned or t.requires_grad:
+            continue
+        h.update(f"{name}:{tuple(t.shape)}:".encode())
+        h.update(t.detach().reshape(-1)[::stride].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def frozen_digest(model: torch.nn.Module) -> str:
+    """sha1 of the buffers adapters added (VeRA/PVeRA projections), in module order."""
+    from .adapters import AdapterLayer
+
+    h = hashlib.sha1()
+    seen: set[int] = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, AdapterLayer) or type(mod).__module__.startswith("pvera_bench.adapters"):
+            for bname, b in mod.named_buffers(recurse=False):
+                if id(b) in seen:
+                    continue
+                seen.add(id(b))
+                h.update(f"{name}.{bname}:{tuple(b.shape)}:".encode())
+                h.update(b.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- save
+def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save(run_dir: str | os.PathLike, model: torch.nn.Module, config: Mapping[str, Any], *,
+         chosen: Mapping[str, Any], train_key: Mapping[str, Any], config_hash: str, versions: str) -> Path:
+    """Write ``run_dir/adapter.safetensors`` atomically; returns its path. ``config``: the resolved
+    config of the trained model (the chosen point applied)."""
+    from safetensors.torch import save_file
+
+    path = Path(run_dir) / FILENAME
+    meta = dict(format=FORMAT, config=json.dumps(_plain(config), sort_keys=True, default=str),
+                chosen=json.dumps(dict(chosen), sort_keys=True, default=str),
+                train_key=json.dumps(train_key, sort_keys=True, default=str), train_hash=digest(train_key),
+                config_hash=config_hash, backbone_digest=backbone_digest(model.backbone),
+                frozen_digest=frozen_digest(model), versions=versions)
+    tmp = path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
+    try:
+        save_file(trainable_tensors(model), str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------- load
+def read_metadata(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The decoded metadata of a run's weight file, without reading its tensors; ArtifactError when
+    it is missing, unreadable or not this format."""
+    from safetensors import safe_open
+
+    path = Path(run_dir) / FILENAME
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist: this run saved no weights (it failed, predates saved weights, "
+                            f"or ran with runtime.save_weights=false); train it again to evaluate it")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types on a bad file
+        raise ArtifactError(f"{path} is corrupt ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                            f"train the run again") from None
+    if raw.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not a pvera-bench weight file of format {FORMAT} "
+                            f"(format {raw.get('format')!r}); train the run again")
+    meta: dict[str, Any] = dict(raw)
+    try:
+        for k in ("config", "chosen", "train_key"):
+            meta[k] = json.loads(raw[k])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path} has a damaged header ({e}); train the run again") from None
+    meta["shapes"] = shapes
+    return meta
+
+
+def build_model(config: Mapping[str, Any]):
+    """The untrained model of ``config`` exactly as a run builds it (same seeds, same draws)."""
+    from . import adapters
+    from .backbones import Classifier, create_backbone
+    from .run import adapter_options, seed_everything
+
+    cfg = OmegaConf.create(dict(config))
+    seed_everything(int(cfg.backbone.get("init_seed", cfg.seed)))
+    backbone = create_backbone(OmegaConf.to_container(cfg.backbone, resolve=True))
+    seed_everything(int(cfg.seed))
+    adapters.apply(backbone, cfg.adapter.name, **adapter_options(cfg.adapter))
+    return Classifier(backbone, int(cfg.task.num_classes))
+
+
+def load_run(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = None,
+             device: str | torch.device = "cpu") -> tuple[torch.nn.Module, DictConfig]:
+    """``(model, config)`` of a saved run: the ``Classifier`` with its trained adapter and head, in
+    eval mode, and the resolved config it was trained with (the chosen point applied), with
+    ``overrides`` (``{"adapter.inference": "mc", ...}``, evaluation options only) applied to it and
+    to the model. Raises :class:`ArtifactError` on a missing, corrupt or mismatched file."""
+    from safetensors.torch import load_file
+
+    from . import adapters
+
+    run_dir = Path(run_dir)
+    meta = read_metadata(run_dir)
+    cfg = OmegaConf.create(meta["config"])
+    check_run_config(run_dir, cfg)
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    model = build_model(OmegaConf.to_container(cfg, resolve=True))
+    path = run_dir / FILENAME
+    if backbone_digest(model.backbone) != meta.get("backbone_digest"):
+        raise ArtifactError(f"{path} was trained on other backbone weights than backbone {cfg.backbone.name!r} "
+                            f"loads now (its checkpoint file or hub weights changed); evaluate it with the weights "
+                            f"it was trained on, or train it again")
+    own = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    shapes = meta["shapes"]
+    if set(own) != set(shapes) or any(tuple(p.shape) != shapes[n] for n, p in own.items()):
+        diff = sorted(set(own) ^ set(shapes)) or [n for n, p in own.items() if tuple(p.shape) != shapes[n]]
+        raise ArtifactError(f"{path} does not fit the model its config builds (adapter {cfg.adapter.name!r} on "
+                            f"{cfg.backbone.name!r}): tensors differ, e.g. {diff[0]}; train the run again")
+    if frozen_digest(model) != meta.get("frozen_digest"):
+        raise ArtifactError(f"{path}: the frozen random projections regenerated from the run's seeds differ from "
+                            f"those it was trained with (another torch version draws differently); train it again")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise ArtifactError(f"{path} is corrupt ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                            f"train the run again") from None
+    with torch.no_grad():
+        for n, p in own.items():
+            t = tensors[n]
+            if not torch.isfinite(t).all():
+                raise ArtifactError(f"{path} is corrupt: tensor {n} holds non-finite values; train the run again")
+            p.copy_(t)
+    inference = {k: cfg.adapter[k] for k in INFERENCE if k in cfg.adapter}
+    if "inference" in inference:
+        adapters.set_inference(model, str(inference["inference"]), int(inference.get("mc_samples", 1)))
+    model.eval()
+    return model.to(device), cfg
+
+
+def check_run_config(run_dir: Path, cfg: DictConfig) -> None:
+    """The run directory's ``config.yaml`` (when present) must describe the model the weights are
+    of: the same backbone (every option), adapter, task and seed."""
+    p = run_dir / "config.yaml"
+    if not p.is_file():
+        return
+    own = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    checks = (("backbone", own.get("backbone"), saved.get("backbone")),
+              ("adapter", (own.get("adapter") or {}).get("name"), saved["adapter"].get("name")),
+              ("task", (own.get("task") or {}).get("name"), saved["task"].get("name")),
+              ("seed", own.get("seed"), saved.get("seed")))
+    for what, a, b in checks:
+        if a != b:
+            name = (lambda v: v.get("name") if isinstance(v, dict) else v)
+            detail = "" if name(a) != name(b) else " (same name, other options)"
+            raise ArtifactError(f"{run_dir / FILENAME} holds a model of {what} {name(b)!r} but the run's config.yaml "
+                                f"says {what} {name(a)!r}{detail}: the weight file belongs to another run; train "
+                                f"this run again")

@@ -1,0 +1,264 @@
+"""``pvera-bench evaluate RUN_DIR... [--runs DIR] [key=value ...]``: score saved weights again, no training.
+
+Each run directory's ``adapter.safetensors`` (see :mod:`pvera_bench.artifacts`) is loaded into the
+model it was trained as, the evaluation options given as overrides are applied
+(``adapter.inference=mc adapter.mc_samples=32``, ``ood_task=[...]`` or a group, ``calibration=temperature``,
+``runtime.*``, ``data.dir``), the test split is scored and one row is appended whose key is the run's
+training key plus these evaluation options, with ``evaluated_from`` naming the run and
+``train_seconds`` 0. Its ``record.json`` and ``predictions.npz`` go to
+``RUN_DIR/evaluations/<time>_<key>/``. Re-evaluating with the run's own settings gives its numbers
+exactly. A key that already has an ``ok`` row is skipped unless ``force=true``; to compare a
+re-evaluation with the original row, write it to another CSV (``results_csv=other.csv``).
+
+Overrides that would change the trained model (``adapter.r``, ``backbone=...``, ``trainer.*``) are
+refused: train that setting instead. A missing, corrupt or foreign weight file is one line, exit 2,
+and no row. A sweep (``pvera-bench -m ...``) whose training key matches a saved run evaluates that
+run's weights instead of training again (:func:`find_saved`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from . import artifacts, calibration, metrics, ood, results
+from .artifacts import ArtifactError
+
+log = logging.getLogger("pvera_bench")
+
+# Identity columns an evaluation row copies from the training row it came from.
+FROM_TRAINING = ("task", "adapter", "backbone", "protocol", "seed", "recipe", "trainer", "data_source", "chosen",
+                 "epochs", "best_epoch", "grid_scores", "params_adapter", "params_head", "params_trainable",
+                 "frozen_buffers")
+# ...and those that depend on the inference options too (kept only when those are the training's).
+VALIDATION = ("val_acc", "val_loss", "test_acc_max")
+
+
+class EvaluateError(ValueError):
+    """A request evaluate cannot honour (an option that would change the trained model)."""
+
+
+# ---------------------------------------------------------------- scoring (training runs too)
+def score(cfg: DictConfig, trainer, test, load: Callable[[str], Any], load_task_test: Callable[[dict], Any]) -> tuple[dict, Any]:
+    """The metric, OOD and calibration columns of a model's test predictions ``test``, and the
+    probabilities those metrics are of. ``load(split)`` opens a split of the run's task,
+    ``load_task_test(task_config)`` another task's test split."""
+    sampled = test.sample_preds is not None
+    row: dict[str, Any] = dict(metrics.summarize(test.probs, test.labels, test.sample_preds))
+    row.update(ood.score_ood(cfg.get("ood_task"), cfg.task.name, lambda t: trainer.predict(load_task_test(t), stream=f"ood/{t['name']}").probs,
+                             test.probs, sampled))
+    probs = test.probs
+    how = str(cfg.get("calibration") or "none")
+    if how == "temperature":
+        split = cfg.protocol.val_split
+        val = trainer.predict(load(split), stream=f"calibration/{split}")
+        t = calibration.fit_temperature(val.probs, val.labels)
+        probs = calibration.scaled(test.probs, t).float()
+        after = metrics.summarize(probs, test.labels, test.sample_preds)
+        for k in ("test_nll", "test_ece", "test_brier"):
+            row[f"{k}_uncal"] = row[k]
+            row[k] = after[k]
+        if sampled:
+            row["mc_entropy"] = after["mc_entropy"]
+        row.update(calibration="temperature", temperature=t, calibration_split=split)
+        if cfg.protocol.get("final_on") and split in str(cfg.protocol.final_on):
+            log.warning("temperature fitted on %s, which the final model trained on (final_on %s): it is optimistic",
+                        split, cfg.protocol.final_on)
+        elif artifacts.protocol_selects(OmegaConf.to_container(cfg, resolve=True)):
+            log.warning("temperature fitted on %s, which also chose the model (checkpoint best or a grid): the "
+                        "model scores better there than on test, so the fitted T is too small", split)
+    return row, probs
+
+
+# ---------------------------------------------------------------- the CSV side
+def find_saved(csv_path: str | Path, train_hash: str) -> Path | None:
+    """The run directory of the latest ``ok`` training row with this training key whose weights
+    are on disk, if any."""
+    if not Path(csv_path).is_file():
+        return None
+    for r in reversed(results.read(csv_path)):
+        if r.get("status") == "ok" and r.get("train_key") == train_hash and not r.get("evaluated_from"):
+            d = Path(r.get("run_dir") or "")
+            if (d / artifacts.FILENAME).is_file():
+                return d
+    return None
+
+
+def sweep_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """A run config's evaluation options as overrides of a saved run's config."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    out: dict[str, Any] = {k: c.get(k) for k in ("ood_task", "calibration", "results_csv")}
+    out.update({f"adapter.{k}": c["adapter"][k] for k in artifacts.INFERENCE if k in c["adapter"]})
+    out.update({f"runtime.{k}": v for k, v in (c.get("runtime") or {}).items()})
+    out.update({f"data.{k}": c["data"].get(k) for k in ("dir", "cache_dir", "source")})
+    return out
+
+
+def check_overrides(overrides: Mapping[str, Any], adapter_options: Mapping[str, Any]) -> None:
+    for key in overrides:
+        if key not in artifacts.EVAL_OVERRIDES and not key.startswith("runtime."):
+            raise EvaluateError(f"{key} would change the trained model; evaluate takes only evaluation options "
+                                f"({', '.join(artifacts.EVAL_OVERRIDES)}, runtime.*): train that setting instead")
+        if key.startswith("adapter.") and key.split(".", 1)[1] not in adapter_options:
+            raise EvaluateError(f"{key}: this run's adapter has no option {key.split('.', 1)[1]} (only stochastic "
+                                f"adapters such as pvera have inference modes)")
+    cal = overrides.get("calibration")
+    if cal is not None and str(cal) not in calibration.CALIBRATIONS:
+        raise EvaluateError(f"calibration={cal!r} is not valid; use one of: {', '.join(calibration.CALIBRATIONS)}")
+
+
+def evaluate_run(src: str | Path, overrides: Mapping[str, Any] | None = None, *, out_dir: str | Path | None = None,
+                 record_extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate the saved weights of run ``src`` with ``overrides`` (dotted keys, evaluation
+    options only); append the row (unless its key has an ok row and ``force`` is not set) and
+    return it."""
+    from . import run as runmod
+    from .backbones import input_size
+    from .data import load_split
+    from .train import Trainer, resolve_device
+
+    src = Path(src)
+    overrides = dict(overrides or {})
+    meta = artifacts.read_metadata(src)
+    check_overrides(overrides, meta["config"].get("adapter", {}))
+    model_over = {k: v for k, v in overrides.items() if k not in ("force",)}
+    model, cfg = artifacts.load_run(src, model_over)
+    own_source = runmod.data_source(cfg.task, OmegaConf.create(meta["config"]))
+    if runmod.data_source(cfg.task, cfg) != own_source:  # data.source is for the OOD tasks' splits
+        raise EvaluateError(f"data.source={cfg.data.source} would read task {cfg.task.name}'s splits from another "
+                            f"source than the run ({own_source}); leave it, or pass it only for OOD tasks of "
+                            f"another source")
+    force = bool(overrides.get("force", False))
+    resolved = runmod.resume_key(cfg)
+    _, evo = artifacts.split_key(resolved, cfg)
+    train = meta["train_key"]
+    key = artifacts.key_hash(train, evo)
+    csv_path = Path(cfg.results_csv)
+    if not force:
+        prev = results.find_ok(csv_path, key)
+        if prev is not None:
+            log.info("skipped: %s already has an ok row for %s with these evaluation options (%s, test_acc %s); "
+                     "force=true evaluates again", csv_path, src, prev.get("timestamp"), prev.get("test_acc"))
+            return dict(prev, skipped=True)
+    rt = cfg.runtime
+    threads = runmod.cpu_threads(rt.get("threads"))
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    device = resolve_device(rt.get("device"))
+    settings = dict(OmegaConf.to_container(cfg.trainer, resolve=True), eval_batch_size=rt.eval_batch_size,
+                    progress=rt.progress)
+    trainer = Trainer(model, settings, device, seed=int(cfg.seed))
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    data_kw = dict(data_dir=cfg.data.get("dir"), img_size=input_size(model.backbone),
+                   cache_dir=cfg.data.get("cache_dir"), resize=cfg.data.get("resize", "bilinear_antialias"))
+
+    def load(split: str):
+        return load_split(task, split, source=runmod.data_source(task, cfg), **data_kw)
+
+    def load_task_test(other: dict):
+        return load_split(other, "test", source=runmod.data_source(other, cfg), **data_kw)
+
+    t0 = time.perf_counter()
+    runmod.seed_everything(int(cfg.seed))
+    log.info("evaluating the saved weights of %s (no training): %s", src,
+             " ".join(f"{k}={v}" for k, v in overrides.items()) or "its own settings")
+    test = trainer.predict(load(cfg.protocol.test_split), stream="test")  # the stream of the run's own test pass
+    cols, probs = score(cfg, trainer, test, load, load_task_test)
+    seconds = time.perf_counter() - t0
+    stamp = _dt.datetime.now()
+    out = Path(out_dir) if out_dir else src / "evaluations" / f"{stamp:%Y-%m-%d_%H-%M-%S-%f}_{key[:8]}"
+    out.mkdir(parents=True, exist_ok=True)
+    trained = _read_record(src)
+    same_inference = all(meta["config"]["adapter"].get(k) == cfg.adapter.get(k) for k in artifacts.INFERENCE)
+    record: dict[str, Any] = {k: trained.get(k) for k in FROM_TRAINING if k in trained}
+    if same_inference:
+        record.update({k: trained.get(k) for k in VALIDATION if k in trained})
+    record.update(
+        timestamp=stamp.isoformat(timespec="seconds"), task=cfg.task.name, adapter=cfg.adapter.name,
+        backbone=cfg.backbone.name, seed=int(cfg.seed), status="ok",
+        adapter_options=json.dumps(runmod.adapter_options(cfg.adapter), sort_keys=True),
+        config_hash=key, train_key=meta["train_hash"], eval_options=json.dumps(evo, sort_keys=True, default=str),
+        setting=artifacts.setting_of(train, evo), evaluated_from=str(src), run_dir=str(out),
+        overrides=" ".join(f"{k}={v}" for k, v in overrides.items()), versions=runmod.versions(),
+        train_seconds=0.0, eval_seconds=round(seconds, 3), **cols)
+    record.update(record_extra or {})
+    np.savez_compressed(out / "predictions.npz", probs=probs.numpy().astype(np.float32), labels=test.labels.numpy())
+    results.write_json(out / "record.json", record)
+    results.append(csv_path, record)
+    log.info("%s %s seed %s evaluated (no training, train_seconds 0, %.1f s): test_acc %.2f nll %.4f ece %.4f -> %s",
+             record["task"], record["adapter"], record["seed"], seconds, record["test_acc"], record["test_nll"],
+             record["test_ece"], csv_path)
+    return record
+
+
+def _read_record(src: Path) -> dict[str, Any]:
+    p = src / "record.json"
+    try:
+        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    except ValueError:
+        return {}
+
+
+# ---------------------------------------------------------------- the command
+def parse_value(text: str) -> Any:
+    """A command-line value as Hydra reads it (``mc``, ``32``, ``[demo,cifar100]``, ``null``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_override(f"x={text}")
+    v = parsed.value()
+    return OmegaConf.to_container(OmegaConf.create({"v": v}))["v"] if not isinstance(v, (str, int, float, bool)) else v
+
+
+def run_dirs(paths: list[str], runs: list[str]) -> list[Path]:
+    out = [Path(p) for p in paths]
+    for r in runs:
+        root = Path(r)
+        if not root.is_dir():
+            raise ArtifactError(f"--runs {r}: no such directory")
+        found = sorted(p.parent for p in root.rglob(artifacts.FILENAME) if "evaluations" not in p.parts)
+        if not found:
+            raise ArtifactError(f"--runs {r}: no {artifacts.FILENAME} under it (no run saved weights there)")
+        out += found
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="pvera-bench evaluate", description=__doc__.split("\n\n")[0],
+                                 epilog="Overrides: " + ", ".join(artifacts.EVAL_OVERRIDES) + ", runtime.*")
+    ap.add_argument("items", nargs="*", metavar="RUN_DIR|key=value")
+    ap.add_argument("--runs", nargs="+", default=[], metavar="DIR", help="every run under DIR with saved weights")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    from .run import USER_ERRORS
+
+    items = args.items + [r for r in args.runs if "=" in r]  # `--runs DIR key=value`: argparse took both
+    runs = [r for r in args.runs if "=" not in r]
+    try:
+        overrides = {}
+        for item in (a for a in items if "=" in a):
+            k, _, v = item.partition("=")
+            overrides[k.lstrip("+")] = parse_value(v)
+        dirs = run_dirs([a for a in items if "=" not in a], runs)
+        if not dirs:
+            raise EvaluateError("name at least one run directory (or --runs DIR)")
+        for d in dirs:  # every file and override checked before anything is evaluated or appended
+            meta = artifacts.read_metadata(d)
+            check_overrides(overrides, meta["config"].get("adapter", {}))
+        for d in dirs:
+            evaluate_run(d, overrides)
+    except (ArtifactError, EvaluateError, *USER_ERRORS) as e:
+        print(f"pvera-bench: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0
