@@ -7,6 +7,7 @@
     pvera-bench report [--results CSV] ...           tables from the CSV
     pvera-bench data prepare|check task=...          VTAB-1k data
     pvera-bench results rebuild|check ...            the CSV from run records; its problems
+    pvera-bench export RUN_DIR --out DIR             a saved run as a PEFT checkpoint (--format peft)
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         from .data.cli import main as data_main
 
         return data_main(args[1:])
+    if args and args[0] == "export":
+        from .export import main as export_main
+
+        return export_main(args[1:])
     if args and args[0] == "results":
         from .results import main as results_main
 

@@ -409,3 +409,71 @@ def export_peft(model: nn.Module, adapter: str, out_dir: str | os.PathLike, *, m
         return info
     finally:
         model.train(was_training)
+
+
+# ------------------------------------------------------------------------------------------------
+# pvera-bench export RUN_DIR --format peft --out DIR
+# ------------------------------------------------------------------------------------------------
+FORMATS = ("peft",)
+
+
+def build_parser():
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="pvera-bench export",
+        description="Write a saved run's trained adapter and head in another library's format. "
+                    "peft: adapter_config.json + adapter_model.safetensors (the head as modules_to_save), "
+                    "loaded with peft.PeftModel.from_pretrained(timm ViT with num_classes=K, DIR); "
+                    f"exportable adapters: {', '.join(exportable())}.")
+    ap.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding adapter.safetensors")
+    ap.add_argument("--format", choices=FORMATS, default="peft")
+    ap.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) directory to write")
+    ap.add_argument("--inference", choices=("mean", "mc"),
+                    help="pvera only: the inference the export computes (default: the run's); mean is "
+                         "deterministic, mc samples z at every forward as PEFT's sample_at_inference")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    args = build_parser().parse_args(argv)
+
+    def fail(msg: str) -> int:
+        print(f"pvera-bench export: error: {msg}", file=sys.stderr)
+        return 2
+
+    from .artifacts import ArtifactError, load_run, read_metadata
+
+    try:
+        meta = read_metadata(args.run_dir)
+    except ArtifactError as e:
+        return fail(str(e))
+    cfg = meta["config"]
+    adapter = cfg["adapter"]["name"]
+    if adapter in _NO_FORM:  # before building anything
+        return fail(_NO_FORM[adapter])
+    if args.inference and adapter != "pvera":
+        return fail(f"--inference is for pvera runs; this run's adapter is {adapter}")
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        return fail("exporting to PEFT needs the peft package (pip install 'peft>=0.19')")
+    overrides = {"adapter.inference": args.inference} if args.inference else None
+    try:
+        model, run_cfg = load_run(args.run_dir, overrides)
+        task = run_cfg.get("task", {})
+        info = export_peft(model, adapter, args.out, meta={
+            "run_dir": str(Path(args.run_dir).resolve()), "task": task.get("name"),
+            "backbone": run_cfg.backbone.get("name"), "seed": run_cfg.get("seed"),
+            "train_hash": meta.get("train_hash"), "config_hash": meta.get("config_hash"),
+        })
+    except (ArtifactError, ExportError) as e:
+        return fail(str(e))
+    extra = f", rank {info['peft_rank']}" if "peft_rank" in info else ""
+    mode = f", pvera inference {info['pvera_inference']}" if "pvera_inference" in info else ""
+    print(f"wrote {args.out}: PEFT {info['peft_type']} ({adapter}{extra}{mode}) on {info['base_model']}, "
+          f"head of {info['num_classes']} classes as modules_to_save; PEFT's logits match within "
+          f"{info['self_check_max_rel_diff']:.1e} (relative, float32)")
+    return 0

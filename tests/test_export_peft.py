@@ -155,3 +155,78 @@ def test_no_peft_form_is_one_error(name, tmp_path):
     with pytest.raises(export.ExportError, match=f"^{name} has no PEFT form"):
         export.export_peft(Classifier(backbone, K), name, tmp_path / "p")
     assert not (tmp_path / "p").exists()
+
+
+# ---------------------------------------------------------------- the CLI on saved runs
+@pytest.fixture
+def saved_run(tmp_path):
+    """``make(adapter, **options) -> run_dir``: a run directory holding ``adapter.safetensors`` of the
+    demo setting (tiny random ViT, demo task) with every trainable tensor moved away from its
+    init, written by the artifact format's own ``save`` and read back by the CLI's ``load_run``."""
+    artifacts = pytest.importorskip("pvera_bench.artifacts")  # the saved-run format (issue 17, item 1)
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from pvera_bench.paths import config_dir
+
+    def make(adapter: str, *overrides: str):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            cfg = compose("config", overrides=["backbone=vit_tiny_random", "task=demo", f"adapter={adapter}",
+                                               *overrides])
+        config = OmegaConf.to_container(cfg, resolve=True)
+        model = artifacts.build_model(config)
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.copy_(p + torch.randn(p.shape, generator=g) * 0.3)
+        run_dir = tmp_path / f"run_{adapter}"
+        run_dir.mkdir()
+        artifacts.save(run_dir, model, config, chosen={}, train_key={"adapter": adapter}, config_hash="test",
+                       versions="test")
+        return run_dir
+
+    return make
+
+
+def test_cli_export_then_peft_loads_it(saved_run, cli, tmp_path):
+    """A PVeRA run evaluated with inference=fixed: refused as it is (PEFT has no fixed mode), then
+    exported with --inference mean, and PEFT's model gives the run's mean-mode logits."""
+    from pvera_bench.artifacts import load_run
+
+    run_dir = saved_run("pvera", "adapter.r=16", "adapter.inference=fixed")
+    out = tmp_path / "exported"
+    p = cli("export", str(run_dir), "--format", "peft", "--out", str(out))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "no PEFT form" in p.stderr
+    assert not out.exists()
+    p = cli("export", str(run_dir), "--format", "peft", "--out", str(out), "--inference", "mean")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"wrote {out}: PEFT PVERA (pvera, rank 32, pvera inference mean)")
+    model, cfg = load_run(run_dir, {"adapter.inference": "mean"})
+    vit = timm.create_model(cfg.backbone.model, pretrained=False, num_classes=cfg.task.num_classes,
+                            **cfg.backbone.kwargs)
+    vit.load_state_dict(export.plain_vit(model).state_dict())  # the run's frozen backbone and its head
+    vit.reset_classifier(cfg.task.num_classes)  # timm's own head: the checkpoint must bring ours
+    pm = peft.PeftModel.from_pretrained(vit, str(out)).eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(pm(x), model.head(model.backbone(x)), rtol=0, atol=1e-5)
+    meta = json.loads((out / export.META_FILE).read_text())
+    assert meta["task"] == "demo" and meta["num_classes"] == 10 and meta["run_dir"] == str(run_dir.resolve())
+    assert meta["pvera_inference"] == "mean"
+
+
+def test_cli_missing_weights_is_one_line(cli, tmp_path):
+    p = cli("export", str(tmp_path), "--out", str(tmp_path / "exported"))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "adapter.safetensors" in p.stderr
+    assert not (tmp_path / "exported").exists()
+
+
+@pytest.mark.parametrize("adapter", sorted(export.not_exportable()))
+def test_cli_refuses_an_adapter_without_a_peft_form(adapter, saved_run, cli, tmp_path):
+    run_dir = saved_run(adapter)
+    p = cli("export", str(run_dir), "--format", "peft", "--out", str(tmp_path / "exported"))
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip() == f"pvera-bench export: error: {export.not_exportable()[adapter]}"
+    assert not (tmp_path / "exported").exists()
+
