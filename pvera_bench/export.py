@@ -359,12 +359,14 @@ def build_peft(model: nn.Module, adapter: str):
     return peft_model, exp
 
 
-def export_peft(model: nn.Module, adapter: str, out_dir: str | os.PathLike, *, meta: dict | None = None,
-                check_batch: int = 2, seed: int = 0) -> dict:
+def export_peft(model: nn.Module, adapter: str, out_dir: str | os.PathLike, *, base_model: str | None = None,
+                meta: dict | None = None, check_batch: int = 2, seed: int = 0) -> dict:
     """Write ``model`` (our :class:`~pvera_bench.backbones.Classifier` with adapter ``adapter``) as
     a PEFT checkpoint in ``out_dir`` (which must not exist or be empty); returns the metadata written
-    to ``pvera_bench_export.json``. Raises :class:`ExportError` (nothing written) when there is no
-    exact PEFT form or PEFT's model does not reproduce our logits on a random batch."""
+    to ``pvera_bench_export.json`` (``meta`` added to it). ``base_model``: PEFT's
+    ``base_model_name_or_path`` (default: the backbone's hub id, see :func:`base_model_id`).
+    Raises :class:`ExportError` (nothing written) when there is no exact PEFT form or PEFT's model
+    does not reproduce our logits on a random batch."""
     import peft
 
     out = Path(out_dir)
@@ -385,7 +387,7 @@ def export_peft(model: nn.Module, adapter: str, out_dir: str | os.PathLike, *, m
         info = {
             "format": "peft", "peft_version": peft.__version__, "adapter": adapter,
             "peft_type": str(exp.config.peft_type.value), **exp.notes,
-            "base_model": base_model_id(model.backbone), "timm_architecture": pcfg.get("architecture"),
+            "base_model": base_model or base_model_id(model.backbone), "timm_architecture": pcfg.get("architecture"),
             "num_classes": model.head.out_features, "img_size": list(model.backbone.patch_embed.img_size),
             "input": "float NCHW images normalised with mean/std (0-1 scale): timm's ViT with "
                      "num_classes=num_classes, then peft.PeftModel.from_pretrained(vit, this directory)",
@@ -444,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pvera-bench export: error: {msg}", file=sys.stderr)
         return 2
 
+    from omegaconf import OmegaConf
+
     from .artifacts import ArtifactError, load_run, read_metadata
 
     try:
@@ -463,10 +467,18 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"adapter.inference": args.inference} if args.inference else None
     try:
         model, run_cfg = load_run(args.run_dir, overrides)
-        task = run_cfg.get("task", {})
-        info = export_peft(model, adapter, args.out, meta={
-            "run_dir": str(Path(args.run_dir).resolve()), "task": task.get("name"),
-            "backbone": run_cfg.backbone.get("name"), "seed": run_cfg.get("seed"),
+        bb = run_cfg.backbone
+        if bb.get("checkpoint"):
+            weights, base = f"file {bb.checkpoint}", str(bb.model)
+        elif bb.get("pretrained"):
+            weights, base = "hub", None  # the hub id of the weights (base_model_id)
+        else:
+            weights, base = f"random (torch.manual_seed({bb.get('init_seed', run_cfg.seed)}) before " \
+                            f"timm.create_model)", str(bb.model)
+        info = export_peft(model, adapter, args.out, base_model=base, meta={
+            "backbone": bb.get("name"), "backbone_weights": weights, "timm_model": str(bb.model),
+            "timm_kwargs": OmegaConf.to_container(bb.kwargs) if bb.get("kwargs") else {}, "run_dir": str(Path(args.run_dir).resolve()),
+            "task": run_cfg.task.get("name"), "seed": run_cfg.get("seed"),
             "train_hash": meta.get("train_hash"), "config_hash": meta.get("config_hash"),
         })
     except (ArtifactError, ExportError) as e:
@@ -474,6 +486,6 @@ def main(argv: list[str] | None = None) -> int:
     extra = f", rank {info['peft_rank']}" if "peft_rank" in info else ""
     mode = f", pvera inference {info['pvera_inference']}" if "pvera_inference" in info else ""
     print(f"wrote {args.out}: PEFT {info['peft_type']} ({adapter}{extra}{mode}) on {info['base_model']}, "
-          f"head of {info['num_classes']} classes as modules_to_save; PEFT's logits match within "
-          f"{info['self_check_max_rel_diff']:.1e} (relative, float32)")
+          f"head of {info['num_classes']} classes as modules_to_save; PEFT's logits vs this tool's: "
+          f"max relative difference {info['self_check_max_rel_diff']:.1e} (float32)")
     return 0
