@@ -414,6 +414,45 @@ def export_peft(model: nn.Module, adapter: str, out_dir: str | os.PathLike, *, b
 
 
 # ------------------------------------------------------------------------------------------------
+# the reverse: a PEFT checkpoint trained elsewhere, as our Classifier
+# ------------------------------------------------------------------------------------------------
+def load_peft(peft_dir: str | os.PathLike, backbone: nn.Module) -> nn.Module:
+    """A PEFT checkpoint trained elsewhere on this timm ViT, as our
+    :class:`~pvera_bench.backbones.Classifier` (uint8 NHWC images in, logits out, eval mode), so
+    that the evaluator scores it as it scores our runs.
+
+    ``backbone``: the frozen timm ViT without its classifier (``create_backbone``, ``num_classes=0``),
+    the one the checkpoint was trained on. The checkpoint must hold its classifier as
+    ``modules_to_save=["head"]`` (any PEFT tuner that applies to timm's layers works: PEFT's own
+    model runs inside, nothing is converted). Raises :class:`ExportError` otherwise."""
+    import peft
+
+    from .backbones import Classifier
+
+    path = Path(peft_dir)
+    if not (path / "adapter_config.json").is_file():
+        raise ExportError(f"{path} holds no adapter_config.json; pass a directory written by PEFT's save_pretrained")
+    config = peft.PeftConfig.from_pretrained(str(path))
+    state = peft.load_peft_weights(str(path), device="cpu")
+    head = {k[len(f"{PREFIX}head."):]: v for k, v in state.items() if k.startswith(f"{PREFIX}head.")}
+    if set(head) != {"weight", "bias"}:
+        raise ExportError(f"{path} holds no classifier head (head.weight, head.bias); train it with "
+                          f"modules_to_save=['head'] on timm's ViT")
+    config.modules_to_save = None  # the head is our Classifier's own
+    config.inference_mode = True
+    model = peft.get_peft_model(backbone, config)
+    adapter_state = {k: v for k, v in state.items() if not k.startswith(f"{PREFIX}head.")}
+    result = peft.set_peft_model_state_dict(model, adapter_state)
+    if result.unexpected_keys:
+        raise ExportError(f"{path} does not fit this backbone: unexpected tensors, e.g. {result.unexpected_keys[0]}")
+    clf = Classifier(model, head["weight"].shape[0])
+    clf.head.load_state_dict(head)
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    return clf.eval()
+
+
+# ------------------------------------------------------------------------------------------------
 # pvera-bench export RUN_DIR --format peft --out DIR
 # ------------------------------------------------------------------------------------------------
 FORMATS = ("peft",)

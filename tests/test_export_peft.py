@@ -230,3 +230,38 @@ def test_cli_refuses_an_adapter_without_a_peft_form(adapter, saved_run, cli, tmp
     assert p.stderr.strip() == f"pvera-bench export: error: {export.not_exportable()[adapter]}"
     assert not (tmp_path / "exported").exists()
 
+
+
+# ---------------------------------------------------------------- the reverse
+@pytest.mark.parametrize("make_config", [
+    lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "fc1"], modules_to_save=["head"]),
+    lambda: peft.VeraConfig(r=8, target_modules=["qkv", "attn.proj"], save_projection=True, modules_to_save=["head"]),
+], ids=["lora-qkv-fc1", "vera-qkv-proj"])
+def test_a_peft_checkpoint_trained_elsewhere_evaluates_as_our_classifier(make_config, tmp_path):
+    """A PEFT checkpoint in a form our adapters do not have (LoRA on qkv and fc1; VeRA on qkv and the
+    attention output) runs inside our Classifier: uint8 images in, PEFT's own logits out."""
+    pm = peft.get_peft_model(frozen_vit(num_classes=K), make_config())
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for p in pm.parameters():
+            if p.requires_grad:
+                p.copy_(p + torch.randn(p.shape, generator=g) * 0.3)
+    pm.save_pretrained(str(tmp_path / "elsewhere"))
+    clf = export.load_peft(tmp_path / "elsewhere", frozen_vit())
+    images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    pcfg = clf.backbone.pretrained_cfg
+    x = (images.permute(0, 3, 1, 2).float() / 255 - torch.tensor(pcfg["mean"]).view(1, 3, 1, 1)) \
+        / torch.tensor(pcfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(clf(images), pm.eval()(x), rtol=0, atol=1e-5)
+        plain = frozen_vit(num_classes=K)
+        plain.head.load_state_dict(clf.head.state_dict())
+        assert (plain(x) - clf(images)).abs().max() > 1e-2  # the adapter is in there
+    assert adapters.count_trainable(clf) == 0 and not clf.training
+
+
+def test_load_peft_without_a_head_is_refused(tmp_path):
+    pm = peft.get_peft_model(frozen_vit(), peft.LoraConfig(r=2, target_modules=["qkv"]))
+    pm.save_pretrained(str(tmp_path / "nohead"))
+    with pytest.raises(export.ExportError, match="holds no classifier head"):
+        export.load_peft(tmp_path / "nohead", frozen_vit())
