@@ -341,9 +341,12 @@ def build_peft(model: nn.Module, adapter: str):
         raise ExportError("the model's adapter is merged into its frozen weights; unmerge it before exporting")
     import peft
 
-    exp = _EXPORTERS[adapter](model)
-    vit = plain_vit(model)
-    peft_model = peft.get_peft_model(vit, exp.config)
+    try:
+        exp = _EXPORTERS[adapter](model)
+        peft_model = peft.get_peft_model(plain_vit(model), exp.config)
+    except (AttributeError, TypeError) as e:  # an older PEFT without this tuner or option
+        raise ExportError(f"PEFT {peft.__version__} cannot build {adapter}'s form ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}); upgrade PEFT (pip install -U peft)") from e
     head = {f"{PREFIX}head.{k}": v.detach() for k, v in model.head.state_dict().items()}
     state = {**exp.tensors, **head}
     result = peft.set_peft_model_state_dict(peft_model, state)
@@ -502,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import peft  # noqa: F401
     except ImportError:
-        return fail("exporting to PEFT needs the peft package (pip install 'peft>=0.19')")
+        return fail("exporting to PEFT needs the peft package (pip install 'pvera-bench[peft]')")
     overrides = {"adapter.inference": args.inference} if args.inference else None
     try:
         model, run_cfg = load_run(args.run_dir, overrides)
