@@ -6,6 +6,9 @@
     vit = timm.create_model(<the timm model>, pretrained=True, num_classes=K)
     model = peft.PeftModel.from_pretrained(vit, "out/")    # the same logits as ours
 
+    pvera-bench export RUN_DIR --format peft --out DIR    # the same from a saved run (:func:`main`)
+    clf = load_peft("DIR", backbone)   # the reverse: any PEFT checkpoint on timm's ViT as our Classifier
+
 PEFT adapts timm's *fused* ``attn.qkv`` layer (``Linear(d, 3d)``, output ``[q | k | v]``) as one
 layer (``target_modules=["qkv"]``), where our q/v adapters keep separate q and v factors and
 leave k alone. Each adapter below is written as the PEFT form that computes the same function,
@@ -515,11 +518,12 @@ def main(argv: list[str] | None = None) -> int:
         elif bb.get("pretrained"):
             weights, base = "hub", None  # the hub id of the weights (base_model_id)
         else:
-            weights, base = f"random (torch.manual_seed({bb.get('init_seed', run_cfg.seed)}) before " \
-                            f"timm.create_model)", str(bb.model)
+            seed = bb.get("init_seed", run_cfg.seed)  # run.py seeds this before creating the backbone
+            weights, base = f"random (torch.manual_seed({seed}) before timm.create_model)", str(bb.model)
         info = export_peft(model, adapter, args.out, base_model=base, meta={
             "backbone": bb.get("name"), "backbone_weights": weights, "timm_model": str(bb.model),
-            "timm_kwargs": OmegaConf.to_container(bb.kwargs) if bb.get("kwargs") else {}, "run_dir": str(Path(args.run_dir).resolve()),
+            "timm_kwargs": OmegaConf.to_container(bb.kwargs) if bb.get("kwargs") else {},
+            "run_dir": str(Path(args.run_dir).resolve()),
             "task": run_cfg.task.get("name"), "seed": run_cfg.get("seed"),
             "train_hash": meta.get("train_hash"), "config_hash": meta.get("config_hash"),
         })
