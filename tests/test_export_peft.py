@@ -202,21 +202,23 @@ def test_cli_export_then_peft_loads_it(saved_run, cli, tmp_path):
     p = cli("export", str(run_dir), "--format", "peft", "--out", str(out), "--inference", "mean")
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith(f"wrote {out}: PEFT PVERA (pvera, rank 32, pvera inference mean)")
-    model, cfg = load_run(run_dir, {"adapter.inference": "mean"})
-    vit = timm.create_model(cfg.backbone.model, pretrained=False, num_classes=cfg.task.num_classes,
-                            **cfg.backbone.kwargs)
-    vit.load_state_dict(export.plain_vit(model).state_dict())  # the run's frozen backbone and its head
-    vit.reset_classifier(cfg.task.num_classes)  # timm's own head: the checkpoint must bring ours
-    pm = peft.PeftModel.from_pretrained(vit, str(out)).eval()
-    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(6))
-    with torch.no_grad():
-        torch.testing.assert_close(pm(x), model.head(model.backbone(x)), rtol=0, atol=1e-5)
     meta = json.loads((out / export.META_FILE).read_text())
     assert meta["task"] == "demo" and meta["num_classes"] == 10 and meta["run_dir"] == str(run_dir.resolve())
     assert meta["pvera_inference"] == "mean"
+    # a PEFT user's model, from the export's own description of the (random) backbone
+    assert meta["backbone_weights"] == "random (torch.manual_seed(0) before timm.create_model)"
+    torch.manual_seed(0)
+    vit = timm.create_model(meta["timm_model"], pretrained=False, num_classes=0, **meta["timm_kwargs"])
+    vit.reset_classifier(meta["num_classes"])  # timm's own head: the checkpoint must bring ours
+    pm = peft.PeftModel.from_pretrained(vit, str(out)).eval()
+    model, _ = load_run(run_dir, {"adapter.inference": "mean"})
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(pm(x), model.head(model.backbone(x)), rtol=0, atol=1e-5)
 
 
 def test_cli_missing_weights_is_one_line(cli, tmp_path):
+    pytest.importorskip("pvera_bench.artifacts")  # the saved-run format (issue 17, item 1)
     p = cli("export", str(tmp_path), "--out", str(tmp_path / "exported"))
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "adapter.safetensors" in p.stderr
     assert not (tmp_path / "exported").exists()
