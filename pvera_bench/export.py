@@ -75,7 +75,8 @@ from .adapters.pvera import PveraQV
 from .adapters.qkv import SharedProjections
 from .adapters.vera import VeraQV
 
-PREFIX = "base_model.model."  # PEFT's key prefix for the wrapped model's modules (save_pretrained)
+TUNER = "base_model."  # PEFT's key prefix for the tuner's own tensors (VeRA/PVeRA's shared projections)
+PREFIX = TUNER + "model."  # ... and for the wrapped model's modules (save_pretrained)
 META_FILE = "pvera_bench_export.json"
 SELF_CHECK_ATOL = 1e-5  # float32, relative to max(1, |logits|)
 
@@ -128,13 +129,12 @@ def not_exportable() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------
 def _layers(model: nn.Module, path: str, cls: type) -> list[nn.Module]:
     """``blk.<path>`` of every block, each required to be exactly ``cls`` (not a subclass)."""
-    out = []
-    for i, blk in enumerate(model.backbone.blocks):
-        m = blk.get_submodule(path)
+    out = [blk.get_submodule(path) for blk in model.backbone.blocks]
+    for i, m in enumerate(out):
         if type(m) is not cls:
             raise ExportError(f"blocks.{i}.{path} is {type(m).__name__}, expected {cls.__name__}; "
                               f"the model does not carry the adapter it was exported as")
-    return [blk.get_submodule(path) for blk in model.backbone.blocks]
+    return out
 
 
 def _qkv_key(i: int, name: str) -> str:
@@ -227,8 +227,8 @@ def _vera(model: nn.Module) -> PeftExport:
 
     layers = _layers(model, "attn.qkv", VeraQV)
     shared, d, r = _shared(layers), layers[0].dim, layers[0].r
-    tensors = {f"{PREFIX[:-len('model.')]}vera_A": shared.A.detach().t().contiguous(),  # (2r, d)
-               f"{PREFIX[:-len('model.')]}vera_B": _vera_b(shared, d, r)}
+    tensors = {f"{TUNER}vera_A": shared.A.detach().t().contiguous(),  # (2r, d)
+               f"{TUNER}vera_B": _vera_b(shared, d, r)}
     for i, layer in enumerate(layers):
         tensors[_qkv_key(i, "vera_lambda_d")] = layer.lambda_d.detach().clone()  # [q | v], r each
         tensors[_qkv_key(i, "vera_lambda_b")] = _lambda_b(layer)
@@ -247,11 +247,10 @@ def _pvera(model: nn.Module) -> PeftExport:
     if modes - {"mean", "mc"}:
         raise ExportError(f"pvera with inference={'/'.join(sorted(modes))} has no PEFT form: PEFT's PVeRA "
                           f"uses z = mu (sample_at_inference=False) or a sample (True), never mu + std; "
-                          f"export with inference mean or mc")
+                          f"export with inference mean or mc (--inference mean|mc)")
     # ours: A (d, 2 projections x [mu r | logvar r]); PEFT: rows [mu_q, mu_v, logvar_q, logvar_v] (r each)
     a = shared.A.detach().view(d, 2, 2, r).permute(2, 1, 3, 0).reshape(4 * r, d).contiguous()
-    base = PREFIX[:-len("model.")]
-    tensors = {f"{base}pvera_A": a, f"{base}pvera_B": _vera_b(shared, d, r)}
+    tensors = {f"{TUNER}pvera_A": a, f"{TUNER}pvera_B": _vera_b(shared, d, r)}
     for i, layer in enumerate(layers):
         ld = layer.lambda_d.detach().view(2, 2, r).permute(1, 0, 2).reshape(-1).contiguous()
         tensors[_qkv_key(i, "pvera_lambda_d")] = ld
