@@ -1,4 +1,4 @@
-"""``pvera-bench``: ``report``, ``data`` and ``results`` are ordinary commands; anything else is a Hydra run.
+"""``pvera-bench``: ``report``, ``data``, ``results``, ``export`` are ordinary commands; anything else is a Hydra run.
 
     pvera-bench adapter=pvera task=cifar100          one run
     pvera-bench -m adapter=pvera,vera task=vtab      a sweep (task=vtab|natural|specialized|structured
@@ -9,6 +9,7 @@
     pvera-bench results rebuild|check ...            the CSV from run records; its problems
     pvera-bench evaluate RUN_DIR... [key=value ...]  saved weights scored again (inference modes,
                                                      ood_task=LIST|GROUP, calibration=temperature)
+    pvera-bench export RUN_DIR --out DIR             a saved run as a PEFT checkpoint (--format peft)
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         from .evaluate import main as evaluate_main
 
         return evaluate_main(args[1:])
+    if args and args[0] == "export":
+        from .export import main as export_main
+
+        return export_main(args[1:])
     if args and args[0] == "results":
         from .results import main as results_main
 
