@@ -534,3 +534,11 @@ def main(argv: list[str] | None = None) -> int:
           f"head of {info['num_classes']} classes as modules_to_save; PEFT's logits vs this tool's: "
           f"max relative difference {info['self_check_max_rel_diff']:.1e} (float32)")
     return 0
+no_peft_form("full", "full has no PEFT form: every backbone weight trains, so there is no adapter to write; save the "
+                     "whole model's state_dict instead (the run's weights hold every trained tensor)")
+no_peft_form("bitfit", "bitfit has no PEFT form (none exact): PEFT's bias tuner (BEFT, peft/tuners/beft) adds a bias to "
+                       "nn.Linear layers only, and BitFit also trains the LayerNorm and patch-embedding biases")
+no_peft_form("vpt", "vpt has no PEFT form: PEFT's prompt tuning prepends virtual tokens to a transformers model's "
+                    "word embeddings, not to a timm ViT's token sequence block by block")
+no_peft_form("ssf", "ssf has no PEFT form: PEFT has no scale-and-shift tuner; SSF merges into the frozen weights "
+                    "(the run's weights, merged, are a plain timm ViT)")

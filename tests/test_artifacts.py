@@ -89,9 +89,14 @@ def test_evaluation_options_are_not_in_the_training_key():
         return artifacts.split_key(resume_key(cfg), cfg)
 
     base = split("protocol=vtab")
-    for o in ("adapter.inference=mc", "adapter.mc_samples=32", "calibration=temperature", "ood_task=demo"):
+    for o in ("adapter.inference=mc", "calibration=temperature", "ood_task=demo"):
         other = split("protocol=vtab", o)
         assert other[0] == base[0] and other[1] != base[1], o  # same weights, another evaluation
+    # mc_samples under inference=mean changes no number: neither part of the key (README, The results CSV)
+    assert split("protocol=vtab", "adapter.mc_samples=32") == base
+    mc4, mc32 = split("protocol=vtab", "adapter.inference=mc", "adapter.mc_samples=4"), \
+        split("protocol=vtab", "adapter.inference=mc", "adapter.mc_samples=32")
+    assert mc4[0] == mc32[0] == base[0] and mc4[1] != mc32[1]
     assert split("protocol=vtab", "trainer.lr_adapter=0.1")[0] != base[0]
     # holdout keeps the best epoch by validation scores, which the inference mode computes: it trains
     assert split("protocol=holdout", "adapter.inference=mc")[0] != split("protocol=holdout")[0]

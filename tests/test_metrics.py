@@ -148,22 +148,20 @@ def test_auroc_takes_the_in_distribution_side_as_positive():
 
 
 def test_the_run_scores_its_own_test_split_as_in_distribution():
-    """run.ood_scores: this run's test predictions are the positive side, the other task's the negative;
-    a model confident on its own test images and flat on the other task's scores 1.0, not 0.0."""
-    from types import SimpleNamespace
+    """ood.score_ood (what a run and ``evaluate`` call): this run's test predictions are the positive
+    side, the other task's the negative; a model confident on its own test images and flat on the
+    other task's scores 1.0, not 0.0."""
+    import json
 
-    from omegaconf import OmegaConf
+    from pvera_bench import ood
 
-    from pvera_bench import run as run_mod, tasks
+    confident = torch.eye(10)[torch.arange(20) % 10] * 0.9 + 0.01
+    asked = []
 
-    other = tasks.task_configs()["demo"]
+    def flat_on(task):  # the other task's test probabilities
+        asked.append(task["name"])
+        return torch.full((30, 10), 0.1)
 
-    class FlatOnOther:
-        def predict(self, split):
-            return SimpleNamespace(probs=torch.full((len(split), 10), 0.1), sample_preds=None)
-
-    cfg = OmegaConf.create({"data": {"source": "tfds", "dir": None}})
-    preds = SimpleNamespace(probs=torch.eye(10)[torch.arange(20) % 10] * 0.9 + 0.01, sample_preds=None)
-    row = run_mod.ood_scores(other, cfg, FlatOnOther(), preds, dict(data_dir=None, img_size=8, cache_dir=None,
-                                                                    resize="bilinear"))
-    assert row == {"ood_task": "demo", "ood_auroc": 1.0}
+    row = ood.score_ood("demo", "cifar100", flat_on, confident, False)
+    assert asked == ["demo"] and row["ood_task"] == "demo" and row["ood_auroc"] == 1.0
+    assert json.loads(row["ood_aurocs"]) == {"demo": 1.0}
