@@ -97,10 +97,9 @@ def render(systems: list[np.ndarray], labels: np.ndarray, rng: np.random.Generat
         u = (pts[idx] - lo[idx]) / span[idx] * scale[idx]  # in [0, scale] (1% outliers clipped)
         off = rng.uniform(0, 1 - scale[idx], size=(len(idx), 1, 2))
         px = np.clip(((u + off) * r).astype(np.int64), 0, r - 1)
-        canvas = np.zeros((len(idx), r, r), np.float64)
-        for k in range(len(idx)):
-            np.add.at(canvas[k], (px[k, :, 1], px[k, :, 0]), 1.0)
-        canvas = np.log1p(canvas)
+        flat = (np.arange(len(idx))[:, None] * r + px[..., 1]) * r + px[..., 0]  # (image, row, col) -> one index
+        canvas = np.bincount(flat.ravel(), minlength=len(idx) * r * r).reshape(len(idx), r, r).astype(np.float64)
+        canvas = np.log1p(canvas)  # point counts per pixel, log-compressed
         canvas /= np.maximum(canvas.max(axis=(1, 2), keepdims=True), 1e-9)
         grey = (canvas * 255).round().astype(np.uint8)
         images[idx] = resize_uint8(grey, IMG)  # the data layer's resize (bilinear, antialiased)
@@ -123,7 +122,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="safetensors file of the backbone's weights (no head)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--classes", type=int, default=100, help="fractal classes (IFS systems)")
+    ap.add_argument("--classes", type=int, default=50, help="fractal classes (IFS systems)")
     ap.add_argument("--per-class", type=int, default=100, help="fresh training images per class and epoch")
     ap.add_argument("--val-per-class", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=40)
