@@ -200,8 +200,9 @@ def main(argv=None) -> int:
     state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(script="scripts/pretrain_tiny.py", args=json.dumps(vars(args) | dict(out=None), sort_keys=True),
-                val_acc=f"{history[-1]['val_acc']:.2f}")
+    # ONE metadata entry: safetensors writes a metadata map in hash order, which varies from run to run
+    meta = {"pretrain_tiny": json.dumps(dict(args=vars(args) | dict(out=None), val_acc=history[-1]["val_acc"]),
+                                        sort_keys=True)}
     tmp = out.with_suffix(out.suffix + ".tmp")
     save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, out)
