@@ -3,6 +3,7 @@ classifier that wraps one: uint8 images in, normalised on the device, pooled fea
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from pathlib import Path
@@ -122,13 +123,32 @@ def _use_hub_pos_embed(model: nn.Module, img_size: int) -> None:
         return self.pos_drop(x + hub_pos_embed(self.pos_embed, self.patch_embed.grid_size, self.num_prefix_tokens))
 
     model._pos_embed = _pos_embed.__get__(model)
+PACKAGE_PREFIX = "package:"  # backbone.checkpoint=package:weights/x.safetensors: a file shipped inside pvera_bench
+
+
+def checkpoint_path(checkpoint: str) -> Path:
+    """The file ``backbone.checkpoint`` names: ``package:REL`` is REL inside the installed package
+    (so the resume key holds the same string on every machine), anything else a local path."""
+    text = str(checkpoint)
+    if text.startswith(PACKAGE_PREFIX):
+        return Path(__file__).resolve().parent / text[len(PACKAGE_PREFIX):]
+    return Path(os.path.expanduser(text))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def create_backbone(cfg: Mapping) -> nn.Module:
     """A timm model without its classifier (``num_classes=0``), every weight frozen.
 
     ``cfg`` holds ``name``, ``model`` (the timm name and tag), ``pretrained``, ``checkpoint``
-    (a local ``.safetensors``/``.pth`` file that replaces the hub download), ``kwargs``,
+    (a local ``.safetensors``/``.pth`` file that replaces the hub download, or ``package:REL``, a
+    file shipped in the package), ``checkpoint_sha256`` (if set, the file's sha256 must equal it), ``kwargs``,
     ``drop_path_rate`` (stochastic depth in training, timm's rule: 0 in the first block rising
     linearly to this in the last), ``mean`` / ``std`` (the input normalisation, on the 0-1
     scale; null keeps the weights' own, which :class:`Classifier` reads from ``pretrained_cfg``) and
@@ -146,10 +166,15 @@ def create_backbone(cfg: Mapping) -> nn.Module:
     if dpr:
         kwargs["drop_path_rate"] = dpr
     if checkpoint:
-        path = Path(os.path.expanduser(str(checkpoint)))
+        path = checkpoint_path(checkpoint)
         if not path.is_file():
             raise BackboneError(f"backbone.checkpoint={checkpoint} does not exist; pass the path of a "
                                 f"weights file for timm model {model_name!r} (.safetensors or .pth)")
+        want = cfg.get("checkpoint_sha256")
+        if want and (got := sha256_file(path)) != str(want).lower():
+            raise BackboneError(f"backbone.checkpoint={checkpoint} has sha256 {got}, not the {want} that backbone "
+                                f"{name!r} expects; restore the file (reinstall the package for a shipped one) or "
+                                f"set backbone.checkpoint_sha256 to the file's checksum")
         overlay["file"] = str(path)
         pretrained = True
     elif pretrained:

@@ -47,13 +47,20 @@ class SweepSummary(Callback):
         for name in sorted({str(r.get("backbone", "")) for r in records}):
             if random_weights(name):
                 print(f"(backbone {name} has RANDOM weights: these numbers only show that the tool works)")
+            elif note := backbone_setting(name, "note"):
+                print(f"(backbone {name}: {note})")
 
 
-def random_weights(backbone: str) -> bool:
-    """Whether the backbone config ``backbone`` says its weights are random."""
+def backbone_setting(backbone: str, key: str):
+    """``key`` of the backbone config ``backbone`` (None when absent)."""
     from omegaconf import OmegaConf
 
     from .paths import config_dir
 
     path = config_dir() / "backbone" / f"{backbone}.yaml"
-    return path.is_file() and bool(OmegaConf.load(path).get("random_weights", False))
+    return OmegaConf.load(path).get(key) if path.is_file() else None
+
+
+def random_weights(backbone: str) -> bool:
+    """Whether the backbone config ``backbone`` says its weights are random."""
+    return bool(backbone_setting(backbone, "random_weights"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import adapters, artifacts, evaluate, loggers, ood, results, schema
 from .adapters import AdapterOptionError, UnknownAdapterError
-from .backbones import BackboneError, Classifier, create_backbone, input_size
+from .backbones import BackboneError, Classifier, checkpoint_path, create_backbone, input_size, sha256_file
 from .data import DataError, load_split
 from .data.core import open_split, resolve_source
 from .metric_registry import format_value
@@ -75,7 +74,7 @@ def backbone_fingerprint(bb: dict[str, Any]) -> str | None:
     a replaced file is another key, a moved one is not); for hub weights :func:`hub_revision`;
     None for random weights (``model``, ``kwargs`` and ``init_seed`` say all)."""
     if bb.get("checkpoint"):
-        path = Path(os.path.expanduser(str(bb["checkpoint"])))
+        path = checkpoint_path(bb["checkpoint"])  # package:REL is a file shipped in the package
         try:
             st = path.stat()
         except OSError:
@@ -88,11 +87,7 @@ def backbone_fingerprint(bb: dict[str, Any]) -> str | None:
 
 @functools.lru_cache(maxsize=8)  # keyed by size and mtime too: a file replaced in-process is read again
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(Path(path))
 
 
 def hub_revision(model_name: str) -> str | None:

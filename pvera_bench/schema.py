@@ -215,7 +215,9 @@ class BackboneConfig:
     model: str = rule(type=str)
     pretrained: bool = rule(type=bool)
     checkpoint: str = rule(type=str, nullable=True)  # in the key as its content's hash (run.backbone_fingerprint)
+    checkpoint_sha256: str = rule(type=str, nullable=True, required=False)
     random_weights: bool = rule(type=bool, required=False)
+    note: str = rule(type=str, nullable=True, required=False, label=True)  # printed under a sweep's summary table
     init_seed: int = rule(type=int, required=False)
     kwargs: dict = rule(type=dict, nullable=True, required=False)
     drop_path_rate: float = rule(type=float, ge=0, lt=1, required=False)

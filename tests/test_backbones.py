@@ -96,3 +96,22 @@ def test_drop_path_rate_follows_timms_rule_and_acts_in_training_only():
 def test_bad_backbone_options_are_clear_errors(key, value, match):
     with pytest.raises(BackboneError, match=match):
         create_backbone(dict(TINY, **{key: value}))
+
+
+def test_checkpoint_checksum_and_package_path(tmp_path):
+    from pvera_bench.backbones import PACKAGE_PREFIX, checkpoint_path, sha256_file
+
+    torch.manual_seed(7)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in create_backbone(TINY).state_dict().items()}, str(path))
+    good = sha256_file(path)
+    import hashlib
+    assert good == hashlib.sha256(path.read_bytes()).hexdigest()
+    create_backbone(dict(TINY, checkpoint=str(path), checkpoint_sha256=good))  # loads
+    with pytest.raises(BackboneError, match="has sha256 .* not the 0{64}"):
+        create_backbone(dict(TINY, checkpoint=str(path), checkpoint_sha256="0" * 64))
+    # package:REL is a file inside the installed pvera_bench package, whatever the working directory
+    import pvera_bench
+    from pathlib import Path
+    assert checkpoint_path(PACKAGE_PREFIX + "backbones.py") == Path(pvera_bench.__file__).resolve().parent / "backbones.py"
+    assert checkpoint_path(str(path)) == path

@@ -143,7 +143,7 @@ def test_command_line_values_win_over_the_recipe():
 
 def test_demo_experiment_keeps_its_settings():
     c = job("experiment=demo", "adapter=lora")
-    assert c["backbone"]["name"] == "vit_tiny_random" and c["task"]["name"] == "demo"
+    assert c["backbone"]["name"] == "vit_tiny_pretrained" and c["task"]["name"] == "demo"
     assert c["protocol"]["name"] == "holdout"
     assert (c["trainer"]["epochs"], c["trainer"]["batch_size"], c["trainer"]["warmup_epochs"]) == (25, 32, 1)
 
