@@ -88,7 +88,7 @@ def test_adaptformer_adapter_and_linear_probing_forms():
 
 
 @pytest.mark.slow
-def test_a_vpetl_run_with_augmentation_completes(cli, tmp_path, cache_dir):
+def test_a_vpetl_run_with_augmentation_completes(cli, tmp_path):
     """recipe=vpetl on the tiny ViT, task dtd (augmented in V-PETL-Bench) from a miniature folder tree:
     the run trains with hflip + RandAugment, the training split is cached bicubic and the test split
     bilinear, and the test split is scored at V-PETL-Bench's epochs (here every 2 from epoch 3: 4, 6)."""
@@ -100,7 +100,7 @@ def test_a_vpetl_run_with_augmentation_completes(cli, tmp_path, cache_dir):
     root = make_folder_tree(tmp_path / "vtab-1k", "dtd", n_per_split=12, num_classes=47, size=40)
     p = cli("recipe=vpetl", "adapter=adaptformer", "task=dtd", f"data.dir={root}", "backbone=vit_tiny_random",
             "trainer.epochs=6", "trainer.batch_size=8", "protocol.test_eval_every=2", "protocol.test_eval_from=3",
-            "runtime.progress=false")
+            "runtime.progress=false", f"data.cache_dir={tmp_path / 'cache'}")  # its own cache: only this run's entries
     assert p.returncode == 0, p.stderr[-3000:]
     row = results.read(tmp_path / "results" / "results.csv")[-1]
     assert row["status"] == "ok" and row["recipe"] == "vpetl"
@@ -112,7 +112,7 @@ def test_a_vpetl_run_with_augmentation_completes(cli, tmp_path, cache_dir):
               if line.split(",")[head.index("test_acc")]]
     assert tested == [4, 6]
     resize = {}
-    for m in cache_dir.glob("dtd/*/manifest.json"):
+    for m in (tmp_path / "cache").glob("dtd/*/manifest.json"):
         key = json.loads(m.read_text())["key"]
         resize[key["split"]] = key["resize"]
     assert resize == {"train800val200": "bicubic", "test": "bilinear"}
