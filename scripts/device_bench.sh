@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmark all eight adapters (and PEFT's lora/dora/vera/pvera/ia3) on ViT-B/16 with random
-# weights, bf16 autocast, on a lent CUDA GPU, in under 5 minutes; writes the tables to $OUT
+# Benchmark every registered adapter (and PEFT's lora/dora/vera/pvera/ia3) on ViT-B/16 with random
+# weights, bf16 autocast, on a lent CUDA GPU (under 5 minutes with the eight adapters of before; not
+# re-timed with twelve); writes the tables to $OUT
 # (or /tmp/pvera-device-bench when OUT is unset).
 #
 #   scripts/device_bench.sh            # on the GPU machine (python3 there holds torch, timm, peft)
