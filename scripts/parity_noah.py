@@ -16,16 +16,17 @@ on ``sys.path``.
 The checkout is copied to a scratch directory and only that copy is touched, where the code
 reaches a GPU or a package the shared venv lacks: ``torch.cuda.synchronize`` (called every step)
 is a no-op, ``--device cpu``; ``model/utils.py`` imports ``container_abcs`` from ``torch._six``
-(gone from torch 2) and gets it from ``collections.abc``; tiny stand-ins for ``easydict.EasyDict``, ``mmcv.runner`` (its
-``get_dist_info``/``init_dist``; only ``--launcher none`` runs) and the unused imports ``cv2`` and
-``skimage.io``; the experiment yaml names the tiny model and depth 4. Nothing of it is committed.
+(gone from torch 2) and gets it from ``collections.abc``; tiny stand-ins for ``easydict.EasyDict``,
+``mmcv.runner`` (its ``get_dist_info``/``init_dist``; only ``--launcher none`` runs) and the unused
+imports ``cv2`` and ``skimage.io``; the experiment yaml names the tiny model and depth 4. Nothing
+of it is committed.
 
 What is aligned, and how (the harness's own choices, printed in its output):
 
 - initial tensors: COPIED from ours to NOAH's through NOAH's own ``--resume x.pth`` path
   (``load_checkpoint(strict=False)`` after ``reset_classifier``), then checked bit for bit at the
-  first step. The two sides build their models in a different order (timm 1.x and 0.5.4, our
-  adapter added after the backbone), so independent builds cannot agree.
+  first step. NOAH's real runs load the backbone through ``--resume`` too; its adapters are drawn
+  inside its model's init, module by module, ours after the backbone, so those are copied as well.
 - the data order: NOAH's ``RandomSampler`` is replaced by one replaying our order of every epoch
   (ours draws it from its own generator, NOAH's from the global RNG).
 - the global torch RNG (dropout and drop path): its state at the start of each epoch's first
@@ -265,7 +266,8 @@ def main() -> None:
         ours = run_ours(data, work, args)
         initial = to_noah(ours["initial"])
         torch.save(initial, work / "initial.pth")
-        torch.save(dict(initial=initial, orders=ours["orders"], rngs=ours["rngs"], rng_handover=not args.no_rng_handover,
+        torch.save(dict(initial=initial, orders=ours["orders"], rngs=ours["rngs"],
+                        rng_handover=not args.no_rng_handover,
                         args=dict(batch_size=args.batch_size, epochs=args.epochs, drop_path=args.drop_path,
                                   dropout=args.dropout)), work / "handover.pt")
         scratch_copy(args.checkout, work)
