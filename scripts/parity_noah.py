@@ -33,6 +33,9 @@ What is aligned, and how (the harness's own choices, printed in its output):
   forward is handed from ours to NOAH's (set when NOAH's sampler yields its first index, after the
   DataLoader's own seed draw). Within the epoch both models consume it in the same order (block
   by block: drop path of the attention branch, drop path of the MLP branch, the adapter's dropout).
+  Handed over once only (before epoch 1), epoch 2 on differs (up to 5.6e-3 in a 3-epoch run):
+  between epochs each DataLoader iterator of NOAH's (train and test) draws its base seed from the
+  global RNG, while ours continues from the end of the epoch's training (its evaluation forks the RNG).
 - drop path's mask is drawn the same way by timm 0.5.4 and timm 1.x
   (``x.new_empty((B, 1, 1)).bernoulli_(keep)``, divided by keep), nothing is changed there.
 """
