@@ -272,7 +272,7 @@ def execute(cfg: DictConfig, run_dir: Path, state: RunState | None = None, on_ep
         c, index = with_point(cfg, candidate.point), candidate.index
         seed_everything(int(cfg.seed))
         bb = copy.deepcopy(backbone)
-        with adapters.building(adapters.Candidate(index, every, int(cfg.seed))):
+        with adapters.building(adapters.GridDraw(index, every, int(cfg.seed))):
             adapters.apply(bb, c.adapter.name, **adapter_options(c.adapter))
         head_draw = 0
         if cfg.backbone.get("head_draws", "run") == "after_backbone":  # the PVeRA code's j-th head

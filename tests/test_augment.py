@@ -2,7 +2,6 @@
 against timm's own op on a PIL image (timm.data.auto_augment, the code V-PETL-Bench's transform
 runs), the spec parser, and the batch-level draws."""
 
-import random
 
 import numpy as np
 import pytest

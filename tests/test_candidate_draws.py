@@ -47,7 +47,7 @@ def test_vera_candidates_get_the_codes_jth_draws(name, latent):
     for j in range(n):
         vit = tiny_vit(depth=DEPTH)
         torch.manual_seed(123)  # the global RNG plays no part
-        with adapters.building(adapters.Candidate(j, options, SEED)):
+        with adapters.building(adapters.GridDraw(j, options, SEED)):
             adapters.apply(vit, name, r=r, draws="pvera_code")
         shared = getattr(vit, f"{name}_shared")
         assert torch.equal(shared.A, torch.cat((qd[j], vd[j]), dim=1))
@@ -63,7 +63,7 @@ def test_lora_candidates_get_the_codes_jth_draws_in_every_block():
     options = tuple({"r": k} for k in ranks)
     for j, r in enumerate(ranks):
         vit = tiny_vit(depth=DEPTH)
-        with adapters.building(adapters.Candidate(j, options, SEED)):
+        with adapters.building(adapters.GridDraw(j, options, SEED)):
             adapters.apply(vit, "lora", r=r, alpha=16.0, init="pvera_code", draws="pvera_code")
         for blk in vit.blocks:
             torch.manual_seed(SEED)  # models.py: local_seed(self.seed) around each block's GridSearchLoRA

@@ -282,7 +282,7 @@ def test_real_runs_name_their_commits_and_a_replaced_checkpoint_reruns(cli, tmp_
     p = cli("report", "--results", str(csv))
     assert p.returncode == 0, p.stderr
     note = next(ln for ln in p.stdout.splitlines() if "mix code versions" in ln)
-    assert f"ia3 / demo (" in note and f"+g{head[:12]}" in note and f"+g{other[:12]}" in note, note
+    assert "ia3 / demo (" in note and f"+g{head[:12]}" in note and f"+g{other[:12]}" in note, note
     p = cli("results", "check", "--results", str(csv))
     assert f"+g{head[:12]}" in p.stdout and f"+g{other[:12]}" in p.stdout, p.stdout
     # the same weights under another path: skipped; the file replaced by other weights: trained again

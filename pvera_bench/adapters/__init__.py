@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 from torch import nn
 
 from .base import AdapterLayer, AdapterOptionError, ExampleNoise, UnknownAdapterError, adapter_layers, register
-from .base import Candidate, building, candidate, get, no_weight_decay, stream_seed
+from .base import GridDraw, building, get, grid_draw, no_weight_decay, stream_seed
 from .base import names as _names
 
 for _m in pkgutil.iter_modules(__path__):
@@ -29,7 +29,7 @@ for _m in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = [
-    "AdapterLayer", "AdapterOptionError", "Candidate", "building", "candidate", "UnknownAdapterError", "register", "get",
+    "AdapterLayer", "AdapterOptionError", "GridDraw", "building", "grid_draw", "UnknownAdapterError", "register", "get",
     "available", "apply", "merge", "unmerge", "aux_losses", "no_weight_decay", "eval_samples", "example_noise",
     "stream_seed", "set_inference", "count_trainable", "count_frozen_buffers",
 ]

@@ -192,7 +192,7 @@ def no_weight_decay(model: nn.Module) -> set[int]:
 
 
 @dataclass(frozen=True)
-class Candidate:
+class GridDraw:
     """Which grid candidate is being built, for adapters that draw per candidate as the PVeRA code
     does (option ``draws: pvera_code``): its ``index`` in the grid, every candidate's adapter options
     in grid order (``options``; a draw may depend on an earlier candidate's rank) and the run's
@@ -203,22 +203,22 @@ class Candidate:
     seed: int = 0
 
 
-_CANDIDATE: contextvars.ContextVar[Candidate] = contextvars.ContextVar("candidate", default=Candidate())
+_GRID_DRAW: contextvars.ContextVar[GridDraw] = contextvars.ContextVar("grid_draw", default=GridDraw())
 
 
 @contextlib.contextmanager
-def building(candidate: Candidate) -> Iterator[Candidate]:
-    """``with building(Candidate(j, options, seed)): apply(...)``: the candidate that ``apply`` builds."""
-    token = _CANDIDATE.set(candidate)
+def building(draw: GridDraw) -> Iterator[GridDraw]:
+    """``with building(GridDraw(j, options, seed)): apply(...)``: the candidate that ``apply`` builds."""
+    token = _GRID_DRAW.set(draw)
     try:
-        yield candidate
+        yield draw
     finally:
-        _CANDIDATE.reset(token)
+        _GRID_DRAW.reset(token)
 
 
-def candidate() -> Candidate:
+def grid_draw() -> GridDraw:
     """The candidate being built (index 0 of a one-point grid, seed 0, when none is set)."""
-    return _CANDIDATE.get()
+    return _GRID_DRAW.get()
 
 
 DRAWS = ("run", "pvera_code")

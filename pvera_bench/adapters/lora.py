@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .base import DRAWS, AdapterOptionError, candidate, check_choice, check_positive, register
+from .base import DRAWS, AdapterOptionError, check_choice, check_positive, grid_draw, register
 from .qkv import QV, QVAdapter, add_qv, replace_qkv
 
 TARGETS = {"qv": QV, "qkv": (0, 1, 2)}
@@ -81,7 +81,7 @@ def code_lora_a(d: int, r: int) -> torch.Tensor:
     """Candidate j's ``[A_q | A_v]`` (d, 2r) as the PVeRA code draws it in a block: torch seeded with
     the run's seed, then for each candidate in grid order ``randn(in_dim, rank) * std`` for q and v,
     ``std = 1 / torch.sqrt(torch.tensor(rank).float())`` (models/adapters/lora.py)."""
-    c = candidate()
+    c = grid_draw()
     ranks = [int(o.get("r", r)) for o in c.options]
     if ranks[c.index] != int(r):
         raise ValueError(f"candidate {c.index}: rank {r} is not the grid's {ranks[c.index]}")

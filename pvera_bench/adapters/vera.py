@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import DRAWS, AdapterOptionError, blocks, candidate, check_choice, register
+from .base import DRAWS, AdapterOptionError, blocks, check_choice, grid_draw, register
 from .qkv import PROJECTION_INITS, QVAdapter, SharedProjections, add_qv, code_projections, replace_qkv, share
 
 LAMBDA_D_RANGE = (1e-5, 1.0)  # the PVeRA code's np.random.uniform(1e-5, 1) (models/adapters/vera.py)
@@ -100,7 +100,7 @@ class VeraQV(QVAdapter):
 def code_draws(model: nn.Module, r: int, latent: int) -> tuple[tuple, list[tuple[float, float]]]:
     """The PVeRA code's draws for the candidate being built (``draws: pvera_code``): the projections
     (A, B) and one (q, v) pair of ``lambda_d`` values per block."""
-    c = candidate()
+    c = grid_draw()
     ranks = [int(o.get("r", r)) for o in c.options]
     if ranks[c.index] != int(r):
         raise ValueError(f"candidate {c.index}: rank {r} is not the grid's {ranks[c.index]}")
