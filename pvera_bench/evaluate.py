@@ -122,7 +122,6 @@ def evaluate_run(src: str | Path, overrides: Mapping[str, Any] | None = None, *,
     return it."""
     from . import run as runmod
     from .backbones import input_size
-    from .data import load_split
     from .train import Trainer, resolve_device
 
     src = Path(src)
@@ -149,27 +148,14 @@ def evaluate_run(src: str | Path, overrides: Mapping[str, Any] | None = None, *,
                      "force=true evaluates again", csv_path, src, prev.get("timestamp"), prev.get("test_acc"))
             return dict(prev, skipped=True)
     rt = cfg.runtime
-    threads = runmod.cpu_threads(rt.get("threads"))
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    runmod.set_threads(rt)
     device = resolve_device(rt.get("device"))
     settings = dict(OmegaConf.to_container(cfg.trainer, resolve=True), eval_batch_size=rt.eval_batch_size,
                     progress=rt.progress)
     trainer = Trainer(model, settings, device, seed=int(cfg.seed))
-    task = OmegaConf.to_container(cfg.task, resolve=True)
-    data_kw = dict(data_dir=cfg.data.get("dir"), img_size=input_size(model.backbone),
-                   cache_dir=cfg.data.get("cache_dir"), resize=cfg.data.get("resize", "bilinear_antialias"))
-
-    def load(split: str):
-        return load_split(task, split, source=runmod.data_source(task, cfg), **data_kw)
-
-    def load_task_test(other: dict):
-        return load_split(other, "test", source=runmod.data_source(other, cfg), **data_kw)
+    load, load_task_test = runmod.split_loaders(cfg, input_size(model.backbone))
 
     t0 = time.perf_counter()
-    runmod.seed_everything(int(cfg.seed))
     log.info("evaluating the saved weights of %s (no training): %s", src,
              " ".join(f"{k}={v}" for k, v in overrides.items()) or "its own settings")
     test = trainer.predict(load(cfg.protocol.test_split), stream="test")  # the stream of the run's own test pass

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -225,15 +225,38 @@ def run_state(cfg: DictConfig, key: str) -> RunState:
                     every=int(rt.get("checkpoint_every") or 0))
 
 
-def execute(cfg: DictConfig, run_dir: Path, state: RunState | None = None, on_epoch=None) -> dict[str, Any]:
+def split_loaders(cfg: DictConfig, img_size: int) -> tuple[Callable[[str], Any], Callable[[dict], Any]]:
+    """``(load(split), load_task_test(task_config))``: the run's task's splits, each opened once, the
+    splits a model trains on (``select_on``, ``final_on``) resized by ``data.train_resize`` (V-PETL-Bench:
+    bicubic for augmented training images, bilinear for evaluation), and another task's test split
+    (OOD), each from its own data source."""
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    data_kw = dict(data_dir=cfg.data.get("dir"), img_size=img_size, cache_dir=cfg.data.get("cache_dir"),
+                   resize=cfg.data.get("resize", "bilinear_antialias"))
+    train_kw = dict(data_kw, resize=cfg.data.get("train_resize") or data_kw["resize"])
+    train_splits = {cfg.protocol.get("select_on"), cfg.protocol.get("final_on")} - {None}
+    loaded: dict[str, Any] = {}
+
+    def load(split: str):
+        if split not in loaded:
+            kw = train_kw if split in train_splits else data_kw
+            loaded[split] = load_split(task, split, source=data_source(task, cfg), **kw)
+            log.info("%s/%s: %d images", task["name"], split, len(loaded[split]))
+        return loaded[split]
+
+    def load_task_test(other: dict):
+        return load_split(other, "test", source=data_source(other, cfg), **data_kw)
+
+    return load, load_task_test
+
+
+def execute(cfg: DictConfig, run_dir: Path, state: RunState | None = None, on_epoch=None,
+            keys: tuple[dict, dict] | None = None) -> dict[str, Any]:
     """Train and test one configuration; returns the result columns of its row. ``state`` keeps
     what is finished (``RunState``); ``on_epoch(tag, entry)`` receives each epoch of every fit
     (the experiment logger), as history.csv does."""
     rt = cfg.runtime
-    threads = cpu_threads(rt.get("threads"))
-    if threads:
-        torch.set_num_threads(threads)
-        log.info("torch CPU threads: %d", threads)
+    set_threads(rt)
     device = resolve_device(rt.get("device"))
     if cfg.backbone.get("random_weights"):
         log.warning("backbone %s has RANDOM weights: its numbers only show that the tool works", cfg.backbone.name)
@@ -243,27 +266,13 @@ def execute(cfg: DictConfig, run_dir: Path, state: RunState | None = None, on_ep
     backbone = create_backbone(OmegaConf.to_container(cfg.backbone, resolve=True))
     rng_after_backbone = torch.get_rng_state()  # where the PVeRA code draws its heads (backbone.head_draws)
     task = OmegaConf.to_container(cfg.task, resolve=True)
-    data_kw = dict(data_dir=cfg.data.get("dir"), img_size=input_size(backbone), cache_dir=cfg.data.get("cache_dir"),
-                   resize=cfg.data.get("resize", "bilinear_antialias"))
-    loaded: dict[str, Any] = {}
+    load, load_task_test = split_loaders(cfg, input_size(backbone))
     history = HistoryCSV(run_dir / "history.csv")  # every epoch of every fit, across resumes
 
     def epoch_done(tag: str, entry: dict[str, Any]) -> None:  # history.csv, then the experiment logger
         history(tag, entry)
         if on_epoch is not None:
             on_epoch(tag, entry)
-
-    # data.train_resize: the splits a model trains on may be resized otherwise than those it is scored on
-    # (V-PETL-Bench: bicubic for augmented training images, bilinear for evaluation)
-    train_splits = {cfg.protocol.get("select_on"), cfg.protocol.get("final_on")} - {None}
-    train_resize = cfg.data.get("train_resize") or data_kw["resize"]
-
-    def load(split: str):
-        if split not in loaded:
-            kw = dict(data_kw, resize=train_resize) if split in train_splits else data_kw
-            loaded[split] = load_split(task, split, source=data_source(task, cfg), **kw)
-            log.info("%s/%s: %d images", task["name"], split, len(loaded[split]))
-        return loaded[split]
 
     points = grid_points(OmegaConf.to_container(cfg.protocol, resolve=True).get("grid")) or [{}]
     every = tuple(adapter_options(with_point(cfg, q).adapter) for q in points)  # for draws made per candidate
@@ -289,12 +298,11 @@ def execute(cfg: DictConfig, run_dir: Path, state: RunState | None = None, on_ep
                            on_epoch=epoch_done)
     model = outcome.trainer.model
     preds = outcome.test
-    scores, probs = evaluate.score(cfg, outcome.trainer, preds, load,
-                                   lambda other: load_split(other, "test", source=data_source(other, cfg), **data_kw))
+    scores, probs = evaluate.score(cfg, outcome.trainer, preds, load, load_task_test)
     np.savez_compressed(run_dir / "predictions.npz", probs=probs.numpy().astype(np.float32),
                         labels=preds.labels.numpy())
     if rt.get("save_weights", True):  # the trained tensors, before the run's record (artifacts.py)
-        train_key, evo = artifacts.split_key(resume_key(cfg), cfg)
+        train_key, evo = keys if keys is not None else artifacts.split_key(resume_key(cfg), cfg)
         artifacts.save(run_dir, model, with_point(cfg, outcome.chosen), chosen=outcome.chosen, train_key=train_key,
                        config_hash=artifacts.key_hash(train_key, evo), versions=versions())
     head = sum(p.numel() for p in model.head.parameters())
@@ -308,6 +316,14 @@ def execute(cfg: DictConfig, run_dir: Path, state: RunState | None = None, on_ep
         **outcome.record(),
     )
     return row
+
+
+def set_threads(rt: DictConfig) -> None:
+    """torch's CPU threads for this process (:func:`cpu_threads`)."""
+    threads = cpu_threads(rt.get("threads"))
+    if threads:
+        torch.set_num_threads(threads)
+        log.info("torch CPU threads: %d", threads)
 
 
 def cpu_threads(given: Any) -> int | None:
@@ -387,7 +403,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
         logger = loggers.create(OmegaConf.to_container(cfg.get("logger") or {}, resolve=True), run_dir,
                                 f"{cfg.task.name}_{cfg.adapter.name}_s{cfg.seed}")
         logger.log_config(OmegaConf.to_container(cfg, resolve=True))
-        record.update(execute(cfg, run_dir, state, on_epoch=logger.log_epoch), status="ok")
+        record.update(execute(cfg, run_dir, state, on_epoch=logger.log_epoch, keys=(train_key, eval_options)),
+                      status="ok")
     except Exception as e:  # record every failure, then decide how loudly to end
         record.update(status="failed", error=one_line(e))
         _finish(logger, None, "failed")

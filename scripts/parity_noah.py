@@ -54,6 +54,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from parity_pvera import EASYDICT  # the easydict stand-in both harnesses write (scripts/ is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"train800": 8, "val200": 8, "test": 8}  # NOAH trains on train800val200: 16 images
 TINY = dict(patch_size=8, embed_dim=64, depth=4, num_heads=2, mlp_ratio=4.0, qkv_bias=True)  # backbone=vit_tiny_random
@@ -123,22 +125,7 @@ def to_noah(state: dict) -> dict:
 # NOAH's side (a subprocess: timm 0.5.4 first on sys.path)
 
 STUBS = {
-    "easydict.py": ("class EasyDict(dict):\n"
-                    "    def __init__(self, d=None):\n"
-                    "        super().__init__()\n"
-                    "        for k, v in (d or {}).items():\n"
-                    "            self[k] = v\n"
-                    "    def __setitem__(self, k, v):\n"
-                    "        if isinstance(v, dict) and not isinstance(v, EasyDict):\n"
-                    "            v = EasyDict(v)\n"
-                    "        super().__setitem__(k, v)\n"
-                    "    def __getattr__(self, k):\n"
-                    "        try:\n"
-                    "            return self[k]\n"
-                    "        except KeyError as e:\n"
-                    "            raise AttributeError(k) from e\n"
-                    "    def __setattr__(self, k, v):\n"
-                    "        self[k] = v\n"),
+    "easydict.py": EASYDICT,
     "mmcv/__init__.py": "",
     "mmcv/runner.py": ("def get_dist_info():\n    return 0, 1\n"
                        "def init_dist(*a, **k):\n    raise RuntimeError('parity harness: --launcher none only')\n"),

@@ -42,19 +42,29 @@ TINY = dict(name="vit_tiny_random", model="vit_tiny_patch16_224", pretrained=Fal
 LORA_RANKS = [2, 4, 8]
 
 
+# A stand-in for easydict (absent from the shared venv), for the PVeRA and NOAH harnesses alike:
+# a dict whose items are also attributes, nested dicts converted.
+EASYDICT = ("class EasyDict(dict):\n"
+            "    def __init__(self, d=None):\n"
+            "        super().__init__()\n"
+            "        for k, v in (d or {}).items():\n"
+            "            self[k] = v\n"
+            "    def __setitem__(self, k, v):\n"
+            "        if isinstance(v, dict) and not isinstance(v, EasyDict):\n"
+            "            v = EasyDict(v)\n"
+            "        super().__setitem__(k, v)\n"
+            "    def __getattr__(self, k):\n"
+            "        try:\n"
+            "            return self[k]\n"
+            "        except KeyError as e:\n"
+            "            raise AttributeError(k) from e\n"
+            "    def __setattr__(self, k, v):\n"
+            "        self[k] = v\n")
+
+
 def shims(where: Path) -> None:
     """Stand-ins for easydict and torchmetrics (absent from the shared venv)."""
-    (where / "easydict.py").write_text(
-        "class EasyDict(dict):\n"
-        "    def __init__(self, d=None):\n"
-        "        super().__init__()\n"
-        "        for k, v in (d or {}).items():\n"
-        "            self[k] = v\n"
-        "    def __setitem__(self, k, v):\n"
-        "        if isinstance(v, dict) and not isinstance(v, EasyDict):\n"
-        "            v = EasyDict(v)\n"
-        "        super().__setitem__(k, v)\n"
-        "    __getattr__ = dict.__getitem__\n")
+    (where / "easydict.py").write_text(EASYDICT)
     (where / "torchmetrics.py").write_text(
         "import torch\n"
         "class Accuracy:\n"

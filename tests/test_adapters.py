@@ -45,7 +45,7 @@ NAMES = [n for n in adapters.available() if n not in BASELINES]
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def tiny_vit(seed: int = 0) -> nn.Module:
+def tiny_vit(seed: int = 0, dtype=torch.float32) -> nn.Module:
     """A tiny frozen ViT in eval mode. Every bias is made non-zero (timm initialises them to 0),
     so that the adapters' handling of the bias (DoRA, IA3 merging) is actually exercised."""
     torch.manual_seed(seed)
@@ -58,7 +58,7 @@ def tiny_vit(seed: int = 0) -> nn.Module:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     for p in m.parameters():
         p.requires_grad_(False)
-    return m.eval()
+    return m.to(dtype).eval()
 
 
 def adapted(name: str, seed: int = 0, **overrides):

@@ -29,23 +29,10 @@ from pvera_bench.paths import config_dir
 from pvera_bench.schema import ConfigError, validate
 from pvera_bench.train import Trainer
 
+from test_adapters import tiny_vit  # a tiny frozen ViT (d=32, 2 blocks, 8x8 patches) with non-zero biases
+
 BASELINES = ("bitfit", "full", "ssf", "vpt")
-D, DEPTH, HIDDEN, PATCH = 32, 2, 128, 8
-
-
-def tiny_vit(seed: int = 0, dtype=torch.float32) -> nn.Module:
-    """A tiny frozen ViT (d=32, 2 blocks, 8x8 patches on 32x32 images) with non-zero biases."""
-    torch.manual_seed(seed)
-    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32,
-                          patch_size=PATCH, embed_dim=D, depth=DEPTH, num_heads=2)
-    g = torch.Generator().manual_seed(1000 + seed)
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if n.endswith(".bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    for p in m.parameters():
-        p.requires_grad_(False)
-    return m.to(dtype).eval()
+D, DEPTH, HIDDEN, PATCH = 32, 2, 128, 8  # the tiny ViT of test_adapters.py
 
 
 def images(seed: int = 0, batch: int = 3, dtype=torch.float32) -> torch.Tensor:

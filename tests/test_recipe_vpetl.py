@@ -3,25 +3,16 @@ composed by Hydra as the command line composes them, against the values of its s
 (synbol/Parameter-Efficient-Transfer-Learning-Benchmark, ImageClassification/) written out here."""
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from omegaconf import OmegaConf
 
 from pvera_bench import tasks
 from pvera_bench.paths import config_dir
 from pvera_bench.schema import ConfigError, validate
 
+from test_recipes import hydra_configs, job  # noqa: F401  (hydra_configs: the module's autouse fixture)
+
 AUG = "hflip+rand-m9-mstd0.5-inc1"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def hydra_configs():
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        yield
-
-
-def job(*overrides: str) -> dict:
-    return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
-
 
 # (task, lr, wd, label smoothing, train_aug): run_vit_lora.sh lines 16-52; configs/model_lora/vtab/<task>.yaml
 LORA = [("dtd", 0.0032, 0.04, 0.1, True), ("cifar100", 0.005, 0.005, 0.1, False),
