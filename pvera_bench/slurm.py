@@ -97,14 +97,6 @@ def parse_partitions(text: str) -> list[dict[str, str]]:
     return [f for f in map(_fields, text.splitlines()) if "PartitionName" in f]
 
 
-def partitions() -> tuple[list[str], str | None]:
-    """The partition names of the cluster, hidden ones included (``scontrol --all``), and the
-    default one (None when none is)."""
-    fields = _partition_fields()
-    return [f["PartitionName"] for f in fields], next((f["PartitionName"] for f in fields if f.get("Default") == "YES"),
-                                                      None)
-
-
 def _partition_fields() -> list[dict[str, str]]:
     p = _run("scontrol", "--all", "--oneliner", "show", "partition")
     if p.returncode != 0:

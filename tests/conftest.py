@@ -44,9 +44,26 @@ def cli(tmp_path, cache_dir):
     return run
 
 
-def tiny_vit(**kw):
+def tiny_vit(seed: int | None = None, dtype=None, *, frozen: bool = False, **kw):
+    """The tests' tiny timm ViT (d=32, 2 blocks, 8x8 patches of 32 px images; ``kw`` overrides any
+    of these). ``frozen=True``: built after ``torch.manual_seed(seed or 0)``, every bias made
+    non-zero (timm initialises them to 0, so the adapters' handling of the bias, DoRA's and IA3's
+    merging, is actually exercised), frozen, in eval mode and of ``dtype``."""
     import timm
+    import torch
 
+    if frozen:
+        torch.manual_seed(seed or 0)
     opts = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
     opts.update(kw)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **opts)
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **opts)
+    if not frozen:
+        return m
+    g = torch.Generator().manual_seed(1000 + (seed or 0))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m.to(dtype or torch.float32).eval()

@@ -13,11 +13,12 @@ from pvera_bench import adapters
 from pvera_bench.adapters import AdapterOptionError
 from pvera_bench.adapters.qkv import QVAdapter
 
-from test_adapters import D, DEPTH, HIDDEN, perturb, qkv_layers, thirds, tiny_vit, tokens
+from conftest import tiny_vit
+from test_adapters import D, DEPTH, HIDDEN, perturb, qkv_layers, thirds, tokens
 
 
 def apply(name, seed=0, **options):
-    return adapters.apply(copy.deepcopy(tiny_vit(seed)), name, **options).eval()
+    return adapters.apply(copy.deepcopy(tiny_vit(seed, frozen=True)), name, **options).eval()
 
 
 # ------------------------------------------------------------------------------------ counts
@@ -122,7 +123,7 @@ def test_vera_pvera_code_bounds():
 @pytest.mark.parametrize("name", ["vera", "pvera"])
 def test_without_projection_seed_the_runs_seed_draws(name):
     """projection_seed=null: projections and lambda_d come from the global RNG the run seeds."""
-    base = tiny_vit()  # (seeds the global RNG itself: built first)
+    base = tiny_vit(frozen=True)  # (seeds the global RNG itself: built first)
 
     def draw(seed):
         torch.manual_seed(seed)
@@ -242,7 +243,7 @@ def test_adaptformer_learnable_scale_trains_from_its_initial_value():
 def test_adaptformer_output_by_hand():
     m = apply("adaptformer", width=8, scale=0.7, learnable_scale=True, activation="gelu")
     perturb(m, seed=3)
-    frozen = tiny_vit()
+    frozen = tiny_vit(frozen=True)
     blk, ref_blk = m.blocks[0], frozen.blocks[0]
     x = tokens(1)
     ad = blk.mlp.adapter

@@ -22,6 +22,8 @@ from pvera_bench.adapters import AdapterLayer
 from pvera_bench.adapters.base import adapter_layers
 from pvera_bench.backbones import Classifier
 
+from conftest import tiny_vit
+
 D, DEPTH, HIDDEN = 32, 2, 128  # vit_tiny's mlp_ratio is 4: hidden = 4d
 BATCH = 3
 
@@ -45,25 +47,9 @@ NAMES = [n for n in adapters.available() if n not in BASELINES]
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def tiny_vit(seed: int = 0, dtype=torch.float32) -> nn.Module:
-    """A tiny frozen ViT in eval mode. Every bias is made non-zero (timm initialises them to 0),
-    so that the adapters' handling of the bias (DoRA, IA3 merging) is actually exercised."""
-    torch.manual_seed(seed)
-    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32,
-                          patch_size=8, embed_dim=D, depth=DEPTH, num_heads=2)
-    g = torch.Generator().manual_seed(1000 + seed)
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if n.endswith(".bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    for p in m.parameters():
-        p.requires_grad_(False)
-    return m.to(dtype).eval()
-
-
 def adapted(name: str, seed: int = 0, **overrides):
     """(frozen reference, adapted copy) with the matrix options for ``name``."""
-    frozen = tiny_vit(seed)
+    frozen = tiny_vit(seed, frozen=True)
     model = adapters.apply(copy.deepcopy(frozen), name, **{**OPTIONS[name], **overrides})
     return frozen, model.eval()
 
@@ -121,9 +107,9 @@ def qkv_layers(model):
 def test_registry_holds_the_eight_adapters():
     assert sorted(NAMES) == sorted(OPTIONS) and sorted(NAMES + list(BASELINES)) == adapters.available()
     with pytest.raises(adapters.UnknownAdapterError):
-        adapters.apply(tiny_vit(), "no_such_adapter")
+        adapters.apply(tiny_vit(frozen=True), "no_such_adapter")
     with pytest.raises(TypeError, match="lora"):
-        adapters.apply(tiny_vit(), "lora", rank=4)  # wrong option name is reported with the adapter
+        adapters.apply(tiny_vit(frozen=True), "lora", rank=4)  # wrong option name is reported with the adapter
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -142,7 +128,7 @@ def test_shape_and_identity_at_init(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_only_adapter_tensors_train(name):
-    model = tiny_vit()
+    model = tiny_vit(frozen=True)
     before = {id(p): (p, p.detach().clone()) for p in model.parameters()}
     adapters.apply(model, name, **OPTIONS[name])
     params = list(model.parameters())
@@ -171,7 +157,7 @@ def test_counts_match_the_formulas(name):
     expected = DEPTH * per_block(name, D, HIDDEN, o.get("r"), o.get("width"))
     assert adapters.count_trainable(model) == expected
     assert adapters.count_frozen_buffers(model) == frozen_extras(name, D, o.get("r"))
-    assert adapters.count_trainable(tiny_vit()) == 0
+    assert adapters.count_trainable(tiny_vit(frozen=True)) == 0
 
 
 @pytest.mark.parametrize("name", ["vera", "pvera"])

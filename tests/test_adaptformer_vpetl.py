@@ -11,7 +11,8 @@ from torch import nn
 from pvera_bench import adapters
 from pvera_bench.adapters import AdapterOptionError
 
-from test_adapters import perturb, tiny_vit, tokens
+from conftest import tiny_vit
+from test_adapters import perturb, tokens
 
 VPETL = dict(width=8, scale=1.0, activation="relu", init="noah", dropout=0.1, norm_input=True, outside_drop_path=True)
 
@@ -25,9 +26,9 @@ def test_vit_b_count_with_the_input_layernorm():
 
 
 def test_block_by_hand_and_the_drop_path_covers_only_the_frozen_path():
-    m = adapters.apply(copy.deepcopy(tiny_vit()), "adaptformer", **VPETL).eval()
+    m = adapters.apply(copy.deepcopy(tiny_vit(frozen=True)), "adaptformer", **VPETL).eval()
     perturb(m, seed=3)
-    ref = tiny_vit().blocks[0]
+    ref = tiny_vit(frozen=True).blocks[0]
     blk = m.blocks[0]
     assert isinstance(blk.drop_path2, nn.Identity) and blk.mlp.adapter_norm.weight.requires_grad
     with torch.no_grad():
@@ -49,7 +50,7 @@ class ZeroPath(nn.Module):
 
 
 def test_the_drop_path_moves_with_the_option():
-    m = tiny_vit()
+    m = tiny_vit(frozen=True)
     m.blocks[0].drop_path2 = ZeroPath()  # as a block with drop path, dropping
     inside = adapters.apply(copy.deepcopy(m), "adaptformer", width=4, init="pytorch")
     outside = adapters.apply(copy.deepcopy(m), "adaptformer", width=4, init="pytorch", outside_drop_path=True)
@@ -63,4 +64,4 @@ def test_the_drop_path_moves_with_the_option():
 
 def test_layer_scale_and_outside_drop_path_do_not_combine():
     with pytest.raises(AdapterOptionError, match="do not combine"):
-        adapters.apply(tiny_vit(), "adaptformer", inside_layer_scale=True, outside_drop_path=True)
+        adapters.apply(tiny_vit(frozen=True), "adaptformer", inside_layer_scale=True, outside_drop_path=True)

@@ -29,7 +29,7 @@ from pvera_bench.paths import config_dir
 from pvera_bench.schema import ConfigError, validate
 from pvera_bench.train import Trainer
 
-from test_adapters import tiny_vit  # a tiny frozen ViT (d=32, 2 blocks, 8x8 patches) with non-zero biases
+from conftest import tiny_vit  # frozen=True: a tiny frozen ViT (d=32, 2 blocks, 8x8 patches) with non-zero biases
 
 BASELINES = ("bitfit", "full", "ssf", "vpt")
 D, DEPTH, HIDDEN, PATCH = 32, 2, 128, 8  # the tiny ViT of test_adapters.py
@@ -97,7 +97,7 @@ def test_counts_on_vit_b16_equal_the_formulas(vit_b16, name, options, expected):
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_counts_on_the_tiny_vit_equal_the_formulas(name):
-    m = adapters.apply(tiny_vit(), name)
+    m = adapters.apply(tiny_vit(frozen=True), name)
     assert adapters.count_trainable(m) == formula(name, D, DEPTH, HIDDEN, PATCH, 1 + (32 // PATCH) ** 2)
 
 
@@ -106,7 +106,7 @@ def test_counts_on_the_tiny_vit_equal_the_formulas(name):
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["full", "bitfit"])
 def test_full_and_bitfit_train_backbone_tensors_and_start_as_the_frozen_model(name):
-    frozen = tiny_vit()
+    frozen = tiny_vit(frozen=True)
     model = adapters.apply(copy.deepcopy(frozen), name)
     assert not list(adapter_layers(model)) and adapters.merge(model) == 0
     assert not adapters.fully_mergeable(model)
@@ -118,7 +118,7 @@ def test_full_and_bitfit_train_backbone_tensors_and_start_as_the_frozen_model(na
 
 
 def test_bitfit_changes_only_biases_in_a_training_step():
-    model = Classifier(adapters.apply(tiny_vit(), "bitfit"), 5)
+    model = Classifier(adapters.apply(tiny_vit(frozen=True), "bitfit"), 5)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     imgs = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -148,7 +148,7 @@ def vpt_by_the_source(frozen: nn.Module, prompts: list[torch.Tensor], x: torch.T
 
 @pytest.mark.parametrize("depth", ["shallow", "deep"])
 def test_vpt_equals_the_source_formula_in_float64(depth):
-    frozen = tiny_vit(dtype=torch.float64)
+    frozen = tiny_vit(dtype=torch.float64, frozen=True)
     model = adapters.apply(copy.deepcopy(frozen), "vpt", length=3, depth=depth, dropout=0.3).eval()
     layers = list(adapter_layers(model))
     assert len(layers) == DEPTH and all(isinstance(m, PromptedBlock) for m in layers)
@@ -179,7 +179,7 @@ def test_vpt_init_and_dropout_as_the_source():
     (p,) = [p for p in m.parameters() if p.requires_grad]
     assert p.numel() == 76_800 and 0.99 * math.sqrt(6 / 768) < p.abs().max() <= math.sqrt(6 / 768)
     # prompt dropout: in training only, drawn per sample (the source drops the prompts expanded over the batch)
-    tiny = adapters.apply(tiny_vit(), "vpt", length=4, dropout=0.5)
+    tiny = adapters.apply(tiny_vit(frozen=True), "vpt", length=4, dropout=0.5)
     x = images(batch=1).expand(4, -1, -1, -1)
     with torch.no_grad():
         tiny.train()
@@ -193,7 +193,7 @@ def test_vpt_init_and_dropout_as_the_source():
 def test_vpt_keeps_timms_fused_attention(monkeypatch):
     """The blocks are wrapped, not changed: every attention still runs F.scaled_dot_product_attention,
     on the sequence with the prompts (CLS + prompts + patches)."""
-    model = adapters.apply(tiny_vit(), "vpt", length=5, depth="deep")
+    model = adapters.apply(tiny_vit(frozen=True), "vpt", length=5, depth="deep")
     assert all(b.block.attn.fused_attn for b in model.blocks)
     seen = []
     real = nn.functional.scaled_dot_product_attention
@@ -222,7 +222,7 @@ def test_vpt_options_are_checked_before_loading():
             validate(cfg(o))
         assert says in str(e.value), (o, str(e.value))
     with pytest.raises(adapters.AdapterOptionError):
-        adapters.apply(tiny_vit(), "vpt", length=0)
+        adapters.apply(tiny_vit(frozen=True), "vpt", length=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,7 +255,7 @@ def ssf_by_the_source(frozen: nn.Module, ssf: dict[str, tuple[torch.Tensor, torc
 
 
 def test_ssf_equals_the_source_formula_in_float64():
-    frozen = tiny_vit(dtype=torch.float64)
+    frozen = tiny_vit(dtype=torch.float64, frozen=True)
     model = adapters.apply(copy.deepcopy(frozen), "ssf").eval()
     perturb(model, 0.2)
     ssf = {n: (m.scale, m.shift) for n, m in model.named_modules() if isinstance(m, ScaleShift)}
@@ -278,7 +278,7 @@ def test_ssf_init_as_the_source(vit_b16):
 
 
 def test_ssf_merged_equals_unmerged_in_float64_and_unmerge_restores():
-    model = adapters.apply(tiny_vit(dtype=torch.float64), "ssf").eval()
+    model = adapters.apply(tiny_vit(dtype=torch.float64, frozen=True), "ssf").eval()
     perturb(model, 0.3)
     layers = list(adapter_layers(model))
     assert len(layers) == 2 + 6 * DEPTH and adapters.fully_mergeable(model)
@@ -302,7 +302,7 @@ def test_ssf_merged_equals_unmerged_in_float64_and_unmerge_restores():
 
 def test_ssf_is_evaluated_merged_by_the_trainer():
     torch.manual_seed(0)
-    clf = Classifier(adapters.apply(tiny_vit(), "ssf"), 5)
+    clf = Classifier(adapters.apply(tiny_vit(frozen=True), "ssf"), 5)
     perturb(clf, 0.2)
     rng = np.random.default_rng(0)
     data = Split(rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8), rng.integers(0, 5, 12).astype(np.int64))
@@ -329,7 +329,7 @@ def test_ssf_is_evaluated_merged_by_the_trainer():
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", BASELINES)
 def test_training_step_and_bf16(name):
-    backbone = adapters.apply(tiny_vit(), name)
+    backbone = adapters.apply(tiny_vit(frozen=True), name)
     clf = Classifier(backbone, 5).train()
     trainer = Trainer(clf, dict(epochs=1, batch_size=4, lr_head=1e-2, lr_adapter=1e-3, wd_head=0.0, wd_adapter=0.0,
                                 warmup_epochs=0, schedule="cosine", min_lr=0.0, shuffle=True, eval_every=1,

@@ -189,17 +189,12 @@ def test_valid_runtime_and_combinations_pass():
         validate(cfg(*ok))
 
 
-def test_cli_refuses_a_bad_device_in_one_line_within_seconds(cli, tmp_path):
-    import time
-
+def test_cli_refuses_a_bad_device_in_one_line(cli, tmp_path):
     for bad in (["runtime.device=gpu"], ["trainer.precision=auto", "runtime.device=gpu"]):
-        t = time.monotonic()
         p = cli("adapter=lora", "task=demo", "backbone=vit_tiny_random", *bad)
-        took = time.monotonic() - t
         assert p.returncode == 2, p.stderr
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
         assert lines == ["pvera-bench: error: runtime.device='gpu' is invalid: allowed auto, cpu, cuda, cuda:N or mps"]
-        assert took < 10, took
     assert not (tmp_path / "results").exists()
 
 

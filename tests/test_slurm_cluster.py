@@ -191,12 +191,11 @@ def test_check_reports_requests_the_partition_cannot_run(cluster, cli):
         with pytest.raises(SlurmError, match="timeout_min=120 exceeds the time limit of partition 'hidden' \\(60 min\\)"):
             check({"partition": "hidden", "timeout_min": 120})
     # the command line: one line, exit 2, before anything is submitted (slurm_gpu on a node without GPUs)
-    t = time.monotonic()
     p = cli("-m", "hydra/launcher=slurm_gpu", f"hydra.launcher.partition={PARTITION}", "adapter=lora",
             "task=demo", env=cluster.client_env)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
     assert "1 GPUs per node requested, but the largest node of partition 'batch' has 0" in p.stderr
-    assert len(p.stderr.strip().splitlines()) == 1 and time.monotonic() - t < 60
+    assert len(p.stderr.strip().splitlines()) == 1
     p = cli("-m", "hydra/launcher=slurm_cpu", "hydra.launcher.partition=gpu", "adapter=lora", "task=demo",
             env=cluster.client_env)
     assert p.returncode == 2 and "SLURM has no partition 'gpu'; set hydra.launcher.partition to one of (or a comma-separated list " \
@@ -210,14 +209,10 @@ def _rows(path: Path) -> list[dict]:
 
 def test_sweep_lands_each_row_once(cluster, cli, tmp_path):
     csv = tmp_path / "results" / "results.csv"
-    t = time.monotonic()
     p = cli(*SWEEP, "adapter=lora,vera", "trainer.epochs=2", env=cluster.client_env, timeout=600)
-    took = time.monotonic() - t
     assert p.returncode == 0, p.stderr[-3000:]
     got = _rows(csv)
     assert sorted(r["adapter"] for r in got) == ["lora", "vera"] and all(r["status"] == "ok" for r in got), got
-    assert took < 120, f"the 2-run sweep took {took:.0f} s"
-    print(f"2-run sweep through SLURM: {took:.1f} s")
     # the jobs went through sbatch as configured: --requeue, 1 CPU each, no GPU; logs under .submitit
     (sweep,) = (tmp_path / "multirun").glob("*/*")
     scripts = list(sweep.glob(".submitit/*/*_submission.sh"))
