@@ -161,3 +161,41 @@ def test_a_fresh_csv_keeps_its_header_through_evaluations_and_a_foreign_csv_is_r
     p = cli("evaluate", str(run), f"results_csv={foreign}")
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "is not a pvera-bench results CSV" in p.stderr
     assert foreign.read_text() == "name,score\nx,1\n"
+
+
+def _full_for(part):
+    """rundir's write primitive, finding the disk full for files whose name holds ``part``."""
+    def write(fd, data):
+        if part in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+    return write
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to tell the files apart")
+def test_a_full_disk_after_training_is_one_line_and_no_failed_row(tmp_path, monkeypatch, capsys):
+    from hydra import compose, initialize_config_dir
+
+    from pvera_bench import run as runmod
+    from pvera_bench.paths import config_dir
+
+    csv = tmp_path / "results.csv"
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=["task=demo", "adapter=lora", "backbone=vit_tiny_random", "trainer.epochs=1",
+                                           f"results_csv={csv}", f"runtime.checkpoint_dir={tmp_path / 'ck'}",
+                                           "runtime.progress=false", "runtime.threads=1"])
+    for i, part in enumerate(("predictions.npz", "results.csv")):
+        run_dir = tmp_path / f"run{i}"
+        run_dir.mkdir()
+        with monkeypatch.context() as m, pytest.raises(SystemExit) as e:
+            m.setattr(rundir, "_write", _full_for(part))
+            runmod.run(cfg, run_dir, [], False)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and err.count("\n") == 0 and "Traceback" not in err
+        assert err.startswith("pvera-bench: error: disk full: could not write ") and part in err
+        assert not csv.exists() or results.read(csv) == []  # no failed row: the numbers were complete
+    rec = runmod.run(cfg, tmp_path / "run2", [], False)  # space again: the saved record's row, no training
+    rows = results.read(csv)
+    assert [r["status"] for r in rows] == ["ok"] and rows[0]["run_dir"] == str(tmp_path / "run1")
+    assert rec["test_acc"] == pytest.approx(float(rows[0]["test_acc"]))
