@@ -3,8 +3,10 @@
 A run directory (``RunDir``) holds ``config.yaml``, ``record.json`` (the run's result, the source of
 truth of its CSV row), ``predictions.npz``, ``history.csv``, ``adapter.safetensors`` (the saved
 weights, :mod:`pvera_bench.artifacts`) and ``evaluations/<time>_<key>/`` (one ``RunDir`` per
-re-evaluation). The run's state until its row is appended lives elsewhere
-(``<runtime.checkpoint_dir>/<key>/``) and is named by ``checkpoint.RunState``.
+re-evaluation), and the experiment trackers' files, which their libraries write (``tensorboard/``,
+``mlflow.db``, wandb's directory). The run's state until its row is appended lives elsewhere
+(``<runtime.checkpoint_dir>/<key>/``) and is named by ``checkpoint.RunState``. A directory built
+whole (an export) is :func:`atomic_dir`.
 
 Every file is written by :func:`atomic_write`: a temporary file in the same directory, flushed,
 fsynced, renamed over the target, then the directory fsynced; a write that fails leaves the old
@@ -37,6 +39,7 @@ from typing import Any, Iterator, Mapping
 
 CONFIG, RECORD, PREDICTIONS, HISTORY = "config.yaml", "record.json", "predictions.npz", "history.csv"
 WEIGHTS, EVALUATIONS = "adapter.safetensors", "evaluations"
+TENSORBOARD, MLFLOW_DB = "tensorboard", "mlflow.db"  # the trackers' own files (written by their libraries)
 
 _write = os.write  # the one write primitive (tests replace it to simulate a full disk)
 
@@ -130,6 +133,39 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, mode: int | None = 
         raise
     fsync_dir(path.parent)
     return path
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A directory built whole: the caller fills the temporary directory this yields (beside
+    ``path``); on success every file in it and the directory are fsynced and it is renamed to
+    ``path`` (an existing EMPTY ``path`` is replaced), then the parent fsynced. On any error the
+    temporary directory is removed and nothing appears at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        try:
+            yield tmp
+            for f in sorted(tmp.rglob("*")):
+                if f.is_file():
+                    fd = os.open(f, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            fsync_dir(tmp)
+        except OSError as e:
+            if _full(e):
+                raise disk_full(path, sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())) from None
+            raise
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -149,3 +149,20 @@ def test_set_aside_keeps_the_file_under_another_name(tmp_path):
     p.write_bytes(b"junk")
     dest = rundir.set_aside(p)
     assert not p.exists() and dest.read_bytes() == b"junk" and dest.name.startswith("model.safetensors.corrupt-")
+
+
+def test_atomic_dir_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    out = tmp_path / "export"
+    out.mkdir()  # an existing empty directory is replaced
+    with rundir.atomic_dir(out) as d:
+        (d / "a.json").write_text("{}")
+        assert not (out / "a.json").exists()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["export"] and (out / "a.json").read_text() == "{}"
+    with pytest.raises(RuntimeError), rundir.atomic_dir(tmp_path / "b") as d:
+        (d / "x").write_text("half")
+        raise RuntimeError("killed")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["export"]
+    with pytest.raises(OSError):  # a non-empty target is never replaced
+        with rundir.atomic_dir(out) as d:
+            (d / "b.json").write_text("{}")
+    assert sorted(f.name for f in out.iterdir()) == ["a.json"] and len(list(tmp_path.iterdir())) == 1
