@@ -35,11 +35,10 @@ never rewritten.
 from __future__ import annotations
 
 import csv
-import io
+import errno
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -47,14 +46,16 @@ from filelock import FileLock
 
 from . import rundir
 from .columns import COLUMNS, IDENTITY, ROW, Column, make_row  # noqa: F401 - the row type, declared once
+from .csvlines import EXTRA, TORN, Table, describe_torn, is_whole, record_ends, split_cells  # noqa: F401
+from .csvlines import cell as _cell, encode as _encode, parse as _parse
 from .rundir import RunDir, new_file_mode, write_all
 
 
-EXTRA = "_extra_cells"  # where a hand-edited row's cells beyond the header are kept
-TORN = "pvera-bench:torn-line"  # the last cell of a torn line, written when the next append closes it
+class ResultsFileError(ValueError):
+    """A results file that cannot be written (a directory, a path that cannot be created): one line."""
 
 
-class ForeignFileError(ValueError):
+class ForeignFileError(ResultsFileError):
     """A file that is not this tool's results CSV: refused, never rewritten."""
 
 
@@ -63,68 +64,6 @@ def _lock(path: Path) -> FileLock:
 
 
 # -- reading: whole records, torn lines set aside -------------------------------------------------------
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[dict[str, Any]]
-    torn: list[tuple[int, str]]  # (line number, the torn text) of every line set aside
-
-
-def _record_ends(text: str) -> tuple[list[int], bool]:
-    """The offsets just after each newline outside quotes (record ends), and whether the text ends
-    inside a quoted cell."""
-    ends, pos = [], 0
-    parts = text.split('"')
-    for i, part in enumerate(parts):
-        if i % 2 == 0:  # outside quotes
-            j = part.find("\n")
-            while j >= 0:
-                ends.append(pos + j + 1)
-                j = part.find("\n", j + 1)
-        pos += len(part) + 1
-    return ends, len(parts) % 2 == 0
-
-
-def _cells(record: str) -> list[str]:
-    return next(csv.reader(io.StringIO(record, newline="")), [])
-
-
-def _whole(tail: str, header: list[str], in_quote: bool) -> bool:
-    """Whether ``tail`` (the text after the last record end) is a whole row that only lacks its
-    newline (a file saved by hand), not a torn one."""
-    if in_quote or not tail.strip():
-        return not in_quote
-    cells = _cells(tail)
-    return len(cells) >= len(header) and cells[-1] != TORN
-
-
-def _parse(text: str) -> Table:
-    ends, in_quote = _record_ends(text)
-    starts = [0] + ends
-    records = [text[a:b] for a, b in zip(starts, ends)]
-    tail = text[starts[-1]:]
-    if tail:
-        records.append(tail)
-    if not records:
-        return Table([], [], [])
-    header = _cells(records[0])
-    rows, torn, line = [], [], 1 + records[0].count("\n")
-    for i, rec in enumerate(records[1:], start=1):
-        cells = _cells(rec) if rec.strip() else []
-        last = bool(tail) and i == len(records) - 1
-        if (cells and cells[-1] == TORN) or (last and not _whole(tail, header, in_quote)):
-            torn.append((line, rec))
-        elif cells:
-            row: dict[str, Any] = dict(zip(header, cells))
-            if len(cells) > len(header):
-                row[EXTRA] = cells[len(header):]
-            for k in header[len(cells):]:
-                row[k] = None
-            rows.append(row)
-        line += rec.count("\n")
-    return Table(header, rows, torn)
-
-
 def _text(path: Path) -> str:
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -160,30 +99,6 @@ def without_torn(path: str | os.PathLike) -> tuple[str, list[tuple[int, str]]]:
     return text, torn
 
 
-def describe_torn(line: int, text: str) -> str:
-    snippet = " ".join(text.replace(TORN, "").split())[:60]
-    return f"torn line {line} (a write cut short, set aside; not a row): {snippet!r}"
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return "" if v != v else repr(round(v, 6))  # NaN -> empty
-    if isinstance(v, (dict, list)):
-        return json.dumps(v, sort_keys=True)
-    return str(v)
-
-
-def _encode(fields: list[str], rows: list[Mapping[str, Any]], header: bool = False) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, restval="", extrasaction="ignore", lineterminator="\n")
-    if header:
-        writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def _header(path: Path) -> list[str]:
     """The column names of the file's first line ([] for a missing or empty file)."""
     try:
@@ -205,12 +120,20 @@ def _check_ours(path: Path, header: list[str]) -> None:
 
 
 def check_writable(path: str | os.PathLike) -> None:
-    """Refuse, before anything runs, a results file that is a directory or not this tool's CSV."""
+    """Refuse, before anything runs, a results file that is a directory, that cannot be created
+    or written, or that is not this tool's CSV (:class:`ResultsFileError`, one line)."""
     path = Path(path)
     if path.is_dir():
-        raise ForeignFileError(f"results file {path} is a directory; name a CSV file (results_csv=...)")
+        raise ResultsFileError(f"results file {path} is a directory; name a CSV file (results_csv=...)")
     if path.is_file():
         _check_ours(path, _header(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # where the file will be: made now, or refused now
+        if not os.access(path if path.exists() else path.parent, os.W_OK):
+            raise PermissionError(errno.EACCES, "permission denied", str(path if path.exists() else path.parent))
+    except OSError as e:
+        why = f"{e.filename} is a file, not a directory" if e.errno == errno.EEXIST else f"{e.strerror}: {e.filename}"
+        raise ResultsFileError(f"results file {path} cannot be written ({why}); choose another results_csv=...") from None
 
 
 def _closing(fd: int, header: list[str]) -> bytes:
@@ -229,8 +152,8 @@ def _closing(fd: int, header: list[str]) -> bytes:
         size = len(raw)
         time.sleep(0.05)
     text = raw.decode("utf-8", errors="replace")
-    ends, in_quote = _record_ends(text)
-    if _whole(text[(ends or [0])[-1]:], header, in_quote):
+    ends, in_quote = record_ends(text)
+    if is_whole(text[(ends or [0])[-1]:], header, in_quote):
         return b"\n"  # a whole last row that lacks its newline (saved by hand)
     return (b'"' if in_quote else b"") + b"," + TORN.encode() + b"\n"
 
@@ -239,7 +162,7 @@ def append(path: str | os.PathLike, row: Mapping[str, Any]) -> None:
     """Append ``row`` to the CSV at ``path`` as one ``O_APPEND`` write (a new file gets the header
     in the same write); an old file lacking columns is upgraded once first (module docstring)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path)
     cells = {k: _cell(v) for k, v in row.items()}
     with _lock(path):
         header = _header(path)
@@ -319,7 +242,7 @@ def _upgrade(path: Path, fields: list[str]) -> None:
     for r in rows:
         if isinstance(r.get(EXTRA), list):
             r[EXTRA] = _cell(r[EXTRA])
-    torn = "".join(rec if _cells(rec)[-1:] == [TORN] else
+    torn = "".join(rec if split_cells(rec)[-1:] == [TORN] else
                    rec.rstrip("\n") + ('"' if rec.count('"') % 2 else "") + "," + TORN + "\n" for _, rec in table.torn)
     rundir.atomic_write(path, _encode(fields, rows, header=True) + torn)
 

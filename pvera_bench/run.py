@@ -40,7 +40,7 @@ log = logging.getLogger("pvera_bench")
 
 # Errors a user can cause: one clear message, no traceback.
 USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, AdapterOptionError, ProtocolError,
-               ConfigError, loggers.LoggerError, DiskFullError, results.ForeignFileError)
+               ConfigError, loggers.LoggerError, DiskFullError, results.ResultsFileError)
 
 # The resume key is exactly what changes a run's numbers (README, "The results CSV"): the groups
 # below as schema.key_view leaves them (labels such as protocol.name and backbone.name, and options
@@ -449,7 +449,7 @@ def _or_exit(fn: Callable[..., Any], *args: Any, multirun: bool = False) -> Any:
     line (exit 2; in a sweep, an error logged and no row) instead of a ``failed`` row."""
     try:
         return fn(*args)
-    except (DiskFullError, results.ForeignFileError) as e:
+    except (DiskFullError, results.ResultsFileError) as e:
         if multirun:
             log.error("%s (no row recorded)", one_line(e))
             return dict(status="failed", error=one_line(e))

@@ -118,7 +118,7 @@ def test_a_file_that_is_not_this_tools_csv_is_refused_never_rewritten(tmp_path, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a pvera-bench results CSV" in err
     assert path.read_bytes() == text.encode("latin-1")
-    with pytest.raises(results.ForeignFileError, match="is a directory"):
+    with pytest.raises(results.ResultsFileError, match="is a directory"):
         results.check_writable(tmp_path)
 
 
@@ -199,3 +199,11 @@ def test_a_full_disk_after_training_is_one_line_and_no_failed_row(tmp_path, monk
     rows = results.read(csv)
     assert [r["status"] for r in rows] == ["ok"] and rows[0]["run_dir"] == str(tmp_path / "run1")
     assert rec["test_acc"] == pytest.approx(float(rows[0]["test_acc"]))
+
+
+def test_a_results_path_that_cannot_be_created_is_one_line(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    with pytest.raises(results.ResultsFileError, match=f"cannot be written \\({blocker} is a file, not a directory\\)"):
+        results.append(blocker / "results.csv", row("demo"))
+    assert blocker.read_text() == "x"
