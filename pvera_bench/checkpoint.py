@@ -179,8 +179,9 @@ class RunState:
 
     Each ``commit_*`` writes its tensors first and its JSON last, each file atomically: a JSON
     file present means everything it names is saved. Other parts of the run keep their own files
-    here with ``put_tensors`` / ``put_json`` (same rule). Without a directory (``RunState(None)``)
-    nothing touches the disk: tensors and JSON are kept in memory for the run's lifetime."""
+    here with ``put_tensors`` / ``put_json`` (same rule). Every tensor file is sealed; opening the
+    state checks them all (``check``). Without a directory (``RunState(None)``) nothing touches
+    the disk: tensors and JSON are kept in memory for the run's lifetime."""
 
     def __init__(self, directory: str | Path | None, every: int = 0) -> None:
         self.dir = Path(directory) if directory else None
