@@ -413,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "rebuild":
             found, added = rebuild(args.runs, args.out, args.evaluations)
-            what = "evaluation records" if args.evaluations else "run records (evaluations/ left out: --evaluations)"
-            print(f"{found} {what} found; {added} rows added to {args.out}, {found - added} already there")
+            what, note = ("evaluation", "") if args.evaluations else ("run", " (evaluations/ left out: --evaluations)")
+            print(f"{found} {what} records found; {added} rows added to {args.out}, {found - added} already there{note}")
             return 0
         if not Path(args.results).is_file():
             raise FileNotFoundError(f"no results CSV at {args.results}; pass --results CSV")
