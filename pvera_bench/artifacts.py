@@ -49,10 +49,12 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import rundir
+
 log = logging.getLogger("pvera_bench")
 
 FORMAT = "pvera-bench-adapter/1"
-FILENAME = "adapter.safetensors"
+FILENAME = rundir.WEIGHTS  # named by the run directory's owner
 
 # Options that act only on evaluation passes: a new value needs no retraining. The adapter's
 # inference options also change the validation scores, so they are part of the training key too
@@ -177,7 +179,7 @@ def save(run_dir: str | os.PathLike, model: torch.nn.Module, config: Mapping[str
          chosen: Mapping[str, Any], train_key: Mapping[str, Any], config_hash: str, versions: str) -> Path:
     """Write ``run_dir/adapter.safetensors`` atomically; returns its path. ``config``: the resolved
     config of the trained model (the chosen point applied)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(run_dir) / FILENAME
     meta = dict(format=FORMAT, config=json.dumps(_plain(config), sort_keys=True, default=str),
@@ -185,12 +187,7 @@ def save(run_dir: str | os.PathLike, model: torch.nn.Module, config: Mapping[str
                 train_key=json.dumps(train_key, sort_keys=True, default=str), train_hash=digest(train_key),
                 config_hash=config_hash, backbone_digest=backbone_digest(model.backbone),
                 frozen_digest=frozen_digest(model), versions=versions)
-    tmp = path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
-    try:
-        save_file(trainable_tensors(model), str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    rundir.atomic_write(path, save(trainable_tensors(model), metadata=meta))
     return path
 
 

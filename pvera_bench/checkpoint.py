@@ -3,21 +3,26 @@ in it: tensors in safetensors, everything else in JSON.
 
 No pickles: a checkpoint holds the trainable tensors (adapter and head), the optimizer state,
 the RNG states and the epoch loop's bookkeeping (the schedule is a function of the epoch), never
-code. Files are written to a temporary name and renamed, so a job killed while saving leaves
-the previous file.
+code. Every file is written by ``rundir.atomic_write``, so a job killed while saving leaves the
+previous file; every tensor file is sealed (``rundir.seal``: a digest of each tensor in its
+header) and checked when read: a truncated or corrupt file is set aside (renamed
+``<name>.corrupt-<time>``), said in one log line, and what it held is trained again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+
+from . import rundir
+from .rundir import CorruptFileError
 
 log = logging.getLogger(__name__)
 
@@ -73,24 +78,46 @@ def _unpack(tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "") -> d
     )
 
 
-def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"pvera_bench": json.dumps(meta)})
-    os.replace(tmp, path)
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """``tensors`` (CPU) as a sealed safetensors file at ``path``, written atomically."""
+    rundir.atomic_write(path, rundir.seal(save_bytes(tensors, metadata=metadata)))
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """The tensors and metadata of sealed file ``path``; None when there is none, or when it is
+    corrupt: then it is set aside (:func:`set_aside`) so that its part is trained again."""
     if not path.is_file():
         return None
     try:
-        from safetensors import safe_open
+        blob, meta = rundir.read_sealed(path)
+        return load_bytes(blob), meta
+    except (CorruptFileError, OSError) as e:
+        set_aside(path, e)
+        return None
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["pvera_bench"])
-        return load_file(str(path)), meta
-    except Exception as e:  # a corrupt checkpoint is no checkpoint: train from the start
-        log.warning("ignoring unreadable checkpoint %s (%s: %s); training from the start", path, type(e).__name__, e)
+
+def set_aside(path: Path, why: Exception) -> None:
+    """Rename a damaged state file out of the way, with one log line saying what happens next."""
+    try:
+        dest = rundir.set_aside(path).name
+    except OSError:
+        dest = "(could not be renamed)"
+    log.warning("run state: %s; set aside as %s, and its part is trained again", " ".join(str(why).split()), dest)
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    write_tensors(path, tensors, {"pvera_bench": json.dumps(meta)})
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+    read = read_tensors(path)
+    if read is None:
+        return None
+    tensors, meta = read
+    try:
+        return tensors, json.loads(meta["pvera_bench"])
+    except (KeyError, ValueError) as e:  # sealed but not a checkpoint: no checkpoint
+        log.warning("ignoring checkpoint %s (it has no readable state: %s); training from the start", path, e)
         return None
 
 
@@ -152,13 +179,39 @@ class RunState:
 
     Each ``commit_*`` writes its tensors first and its JSON last, each file atomically: a JSON
     file present means everything it names is saved. Other parts of the run keep their own files
-    here with ``put_tensors`` / ``put_json`` (same rule). Without a directory (``RunState(None)``)
-    nothing touches the disk: tensors and JSON are kept in memory for the run's lifetime."""
+    here with ``put_tensors`` / ``put_json`` (same rule). Every tensor file is sealed; opening the
+    state checks them all (``check``). Without a directory (``RunState(None)``) nothing touches
+    the disk: tensors and JSON are kept in memory for the run's lifetime."""
 
     def __init__(self, directory: str | Path | None, every: int = 0) -> None:
         self.dir = Path(directory) if directory else None
         self.every = int(every or 0)
         self._memory: dict[str, Any] = {}
+        self.check()
+
+    # the committed records that name a kept tensor file: a corrupt one takes them with it
+    NAMED_BY = {"model": ("model",), "candidate-": ("candidate-{i}", "joint-grid")}
+
+    def check(self) -> list[str]:
+        """Check every tensor file of the state against its digests; set aside each corrupt one
+        with the records that name it (``candidate-<i>``, ``joint-grid``, ``model``), so that what
+        it held is trained again, once. Returns the names set aside."""
+        if self.dir is None or not self.dir.is_dir():
+            return []
+        gone = []
+        for path in sorted(self.dir.glob("*.safetensors")):
+            try:
+                rundir.read_sealed(path)
+                continue
+            except (CorruptFileError, OSError) as e:
+                set_aside(path, e)
+            gone.append(path.name)
+            stem = path.name[: -len(".safetensors")]
+            for prefix, records in self.NAMED_BY.items():
+                if stem == prefix or (prefix.endswith("-") and stem.startswith(prefix)):
+                    for rec in records:
+                        self.drop(rec.format(i=stem[len(prefix):]) + ".json")
+        return gone
 
     # -- generic files ------------------------------------------------------------------------------
     def _path(self, name: str) -> Path:
@@ -169,25 +222,20 @@ class RunState:
         if self.dir is None:
             self._memory[name + ".safetensors"] = cpu
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(name + ".safetensors.tmp")
-        save_file(cpu, str(tmp))
-        os.replace(tmp, self._path(name + ".safetensors"))
+        write_tensors(self._path(name + ".safetensors"), cpu)
 
     def get_tensors(self, name: str) -> dict[str, torch.Tensor] | None:
+        """The tensors of ``name``; None when absent or corrupt (set aside; see :meth:`check`)."""
         if self.dir is None:
             return self._memory.get(name + ".safetensors")
-        path = self._path(name + ".safetensors")
-        return load_file(str(path)) if path.is_file() else None
+        read = read_tensors(self._path(name + ".safetensors"))
+        return read[0] if read is not None else None
 
     def put_json(self, name: str, obj: Any) -> None:
         if self.dir is None:
             self._memory[name + ".json"] = json.loads(json.dumps(obj))
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(name + ".json.tmp")
-        tmp.write_text(json.dumps(obj))
-        os.replace(tmp, self._path(name + ".json"))
+        rundir.atomic_write(self._path(name + ".json"), json.dumps(obj))
 
     def get_json(self, name: str) -> Any | None:
         if self.dir is None:
@@ -198,7 +246,7 @@ class RunState:
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            log.warning("ignoring unreadable run state %s (%s)", path, e)
+            set_aside(path, ValueError(f"{path} is unreadable ({e})"))
             return None
 
     def drop(self, name: str) -> None:

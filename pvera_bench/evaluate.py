@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from . import artifacts, calibration, metrics, ood, results
 from .artifacts import ArtifactError
+from .rundir import RunDir
 
 log = logging.getLogger("pvera_bench")
 
@@ -141,6 +141,7 @@ def evaluate_run(src: str | Path, overrides: Mapping[str, Any] | None = None, *,
     train = meta["train_key"]
     key = artifacts.key_hash(train, evo)
     csv_path = Path(cfg.results_csv)
+    results.check_writable(csv_path)  # a file that is not this tool's CSV: refused before anything runs
     if not force:
         prev = results.find_ok(csv_path, key)
         if prev is not None:
@@ -162,7 +163,7 @@ def evaluate_run(src: str | Path, overrides: Mapping[str, Any] | None = None, *,
     cols, probs = score(cfg, trainer, test, load, load_task_test)
     seconds = time.perf_counter() - t0
     stamp = _dt.datetime.now()
-    out = Path(out_dir) if out_dir else src / "evaluations" / f"{stamp:%Y-%m-%d_%H-%M-%S-%f}_{key[:8]}"
+    out = Path(out_dir) if out_dir else RunDir(src).evaluation(stamp, key).path
     out.mkdir(parents=True, exist_ok=True)
     trained = _read_record(src)
     same_inference = all(meta["config"]["adapter"].get(k) == cfg.adapter.get(k) for k in artifacts.INFERENCE)
@@ -178,9 +179,9 @@ def evaluate_run(src: str | Path, overrides: Mapping[str, Any] | None = None, *,
         overrides=" ".join(f"{k}={v}" for k, v in overrides.items()), versions=runmod.versions(),
         train_seconds=0.0, eval_seconds=round(seconds, 3), **cols)
     record.update(record_extra or {})
-    np.savez_compressed(out / "predictions.npz", probs=probs.numpy().astype(np.float32), labels=test.labels.numpy())
+    RunDir(out).write_predictions(probs.numpy(), test.labels.numpy())
     results.write_json(out / "record.json", record)
-    results.append(csv_path, record)
+    results.append(csv_path, results.make_row(**record))
     log.info("%s %s seed %s evaluated (no training, train_seconds 0, %.1f s): test_acc %.2f nll %.4f ece %.4f -> %s",
              record["task"], record["adapter"], record["seed"], seconds, record["test_acc"], record["test_nll"],
              record["test_ece"], csv_path)
@@ -211,7 +212,7 @@ def run_dirs(paths: list[str], runs: list[str]) -> list[Path]:
         root = Path(r)
         if not root.is_dir():
             raise ArtifactError(f"--runs {r}: no such directory")
-        found = sorted(p.parent for p in root.rglob(artifacts.FILENAME) if "evaluations" not in p.parts)
+        found = sorted(p.parent for p in root.rglob(artifacts.FILENAME) if not RunDir.in_evaluation(p))
         if not found:
             raise ArtifactError(f"--runs {r}: no {artifacts.FILENAME} under it (no run saved weights there)")
         out += found

@@ -56,8 +56,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +64,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import adapters
+from . import adapters, rundir
 from .adapters.base import AdapterLayer
 from .adapters.dora import DoraQV
 from .adapters.ia3 import IA3FF, IA3KV
@@ -401,18 +399,11 @@ def export_peft(model: nn.Module, adapter: str, out_dir: str | os.PathLike, *, b
         }
         exp.config.base_model_name_or_path = info["base_model"]
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        with rundir.atomic_dir(out) as tmp:  # appears whole or not at all (an empty `out` is replaced)
             with warnings.catch_warnings():  # PEFT looks for a transformers config.json at the hub id
                 warnings.filterwarnings("ignore", message="Could not find a config file")
                 peft_model.save_pretrained(str(tmp))
             (tmp / META_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
-            if out.exists():
-                out.rmdir()  # empty, checked above
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return info
     finally:
         model.train(was_training)

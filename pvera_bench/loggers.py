@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .metric_registry import METRICS
+from .rundir import MLFLOW_DB, TENSORBOARD
 from .schema import flatten_dotted
 
 _LOGGERS: dict[str, Callable[..., "Logger"]] = {}
@@ -107,7 +108,7 @@ class TensorBoardLogger(Logger):
         _need("tensorboard", "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.dir = Path(dir) if dir else Path(run_dir) / "tensorboard"
+        self.dir = Path(dir) if dir else Path(run_dir) / TENSORBOARD
         self.writer = SummaryWriter(log_dir=str(self.dir))
 
     def log_config(self, cfg):
@@ -135,7 +136,7 @@ class MLflowLogger(Logger):
         _need("mlflow", "mlflow")
         from mlflow.tracking import MlflowClient
 
-        self.uri = tracking_uri or f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+        self.uri = tracking_uri or f"sqlite:///{Path(run_dir).resolve() / MLFLOW_DB}"
         self.client = MlflowClient(tracking_uri=self.uri)
         exp = self.client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)

@@ -3,24 +3,39 @@
 A run's ``record.json`` in its run directory is written first and is the source of truth; the CSV
 is an index of those records that ``pvera-bench results rebuild`` can regenerate or complete.
 
+The columns are declared once, in a fixed order, with a one-line help each (:data:`ROW`); a row is
+built by :func:`make_row`, which refuses a column :data:`ROW` does not declare. A new file gets
+every column of :data:`ROW` in its header, so that no later row (an evaluation's calibration or
+OOD columns) changes it.
+
 Appending encodes the row as one CSV line (its cells in the file's header order) and writes it
 with one ``os.write`` on a descriptor opened with ``O_APPEND``, then fsyncs: nothing already in the
-file is read back or rewritten, so a concurrent writer can never lose a recorded row. The writer
+file is rewritten, so a concurrent writer can never lose a recorded row. The append is all or
+nothing: a write that fails (a full disk) is cut back to the file's previous size. The writer
 also holds ``<csv>.lock`` (``filelock``) where locks work; on filesystems whose locks are per node
 (NFS ``nolock``/``local_lock``, some Lustre setups) the ``O_APPEND`` write alone keeps lines whole.
 A new file gets its header and first row in one file written beside it and hard-linked into
-place, so that it appears whole and only one writer creates it, locks or not (see ``_create``). Header upgrade: a file whose header lacks one of :data:`COLUMNS` (written by
-an older version) or a column the row fills is rewritten ONCE, under the lock, to a temporary file
-renamed over it (old rows keep their cells, new cells empty, unknown columns kept); every later
-append is a plain ``O_APPEND`` write. Do that first append after an upgrade while no other node is
-writing (a writer on another node without a shared lock could otherwise append to the replaced
-file; its ``record.json`` still has the row and ``results rebuild`` restores it).
+place, so that it appears whole and only one writer creates it, locks or not (see ``_create``).
+
+Torn lines: a writer killed mid-line (or a disk that filled up under another tool) can leave a
+last line that is not whole, possibly inside a quoted cell. Reading sets such a line aside (it is
+never a row; ``results check`` and ``report`` name it); the next append first closes it (its open
+quote too) and marks it with :data:`TORN`, so that it can never swallow the row appended after it.
+
+Header upgrade: a file whose header lacks one of :data:`COLUMNS` (written by an older version) or
+a column the row fills is rewritten ONCE, under the lock, to a temporary file renamed over it (old
+rows keep their cells, new cells empty, unknown columns kept); every later append is a plain
+``O_APPEND`` write. Do that first append after an upgrade while no other node is writing (a writer
+on another node without a shared lock could otherwise append to the replaced file; its
+``record.json`` still has the row and ``results rebuild`` restores it). A file whose header is not
+this tool's (it lacks ``task``, ``adapter`` or ``status``) is refused (:class:`ForeignFileError`),
+never rewritten.
 """
 
 from __future__ import annotations
 
 import csv
-import io
+import errno
 import json
 import os
 import tempfile
@@ -29,49 +44,59 @@ from typing import Any, Mapping
 
 from filelock import FileLock
 
-COLUMNS = [
-    "timestamp", "task", "adapter", "backbone", "protocol", "seed", "status",
-    "test_acc", "test_acc_max", "val_acc", "val_loss", "test_nll", "test_ece", "test_brier",
-    "mc_samples", "mc_entropy", "mc_acc_low", "mc_acc_high", "ood_task", "ood_auroc", "ood_auroc_entropy",
-    "params_adapter", "params_head", "params_trainable", "frozen_buffers",
-    "epochs", "best_epoch", "train_seconds", "eval_seconds",
-    "chosen", "grid_scores", "adapter_options", "recipe", "trainer", "data_source", "setting", "config_hash",
-    "overrides", "error", "run_dir", "versions",
-]
+from . import rundir
+from .columns import COLUMNS, IDENTITY, ROW, Column, make_row  # noqa: F401 - the row type, declared once
+from .csvlines import EXTRA, TORN, Table, describe_torn, is_whole, record_ends, split_cells  # noqa: F401
+from .csvlines import cell as _cell, encode as _encode, parse as _parse
+from .rundir import RunDir, new_file_mode, write_all
 
 
-EXTRA = "_extra_cells"  # where a hand-edited row's cells beyond the header are kept
+class ResultsFileError(ValueError):
+    """A results file that cannot be written (a directory, a path that cannot be created): one line."""
+
+
+class ForeignFileError(ResultsFileError):
+    """A file that is not this tool's results CSV: refused, never rewritten."""
 
 
 def _lock(path: Path) -> FileLock:
     return FileLock(str(path) + ".lock", timeout=600)
 
 
+# -- reading: whole records, torn lines set aside -------------------------------------------------------
+def _text(path: Path) -> str:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise ForeignFileError(f"{path} is not a pvera-bench results CSV (not UTF-8 text); it is left unchanged: "
+                               "name another file") from None
+
+
 def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    t = read_table(path, lock=False)
+    return t.header, t.rows
+
+
+def read_table(path: str | os.PathLike, lock: bool = True) -> Table:
+    """The file's header, its rows, and its torn lines (set aside, never rows)."""
+    path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
-        return [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, restkey=EXTRA)  # a row with too many cells is kept, not fatal
-        return list(reader.fieldnames or []), list(reader)
+        return Table([], [], [])
+    if lock:
+        with _lock(path):
+            return _parse(_text(path))
+    return _parse(_text(path))
 
 
-def _cell(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return "" if v != v else repr(round(v, 6))  # NaN -> empty
-    if isinstance(v, (dict, list)):
-        return json.dumps(v, sort_keys=True)
-    return str(v)
-
-
-def _encode(fields: list[str], rows: list[Mapping[str, Any]], header: bool = False) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, restval="", extrasaction="ignore", lineterminator="\n")
-    if header:
-        writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+def without_torn(path: str | os.PathLike) -> tuple[str, list[tuple[int, str]]]:
+    """The file's text with each torn line blanked (its newlines kept, so line numbers hold), and
+    the torn lines: what a reader of the whole file (the report) parses."""
+    text = _text(Path(path))
+    torn = _parse(text).torn
+    for _, rec in torn:
+        text = text.replace(rec, "\n" * rec.count("\n"), 1)
+    return text, torn
 
 
 def _header(path: Path) -> list[str]:
@@ -81,26 +106,63 @@ def _header(path: Path) -> list[str]:
             return next(csv.reader([f.readline()]), [])
     except FileNotFoundError:
         return []
+    except UnicodeDecodeError:
+        return ["\ufffd"]  # not text: foreign
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    n = os.write(fd, data)  # one write: O_APPEND places it at the end as a whole
-    while n < len(data):  # pragma: no cover - a short write (disk full, signal); finish the line
-        n += os.write(fd, data[n:])
-    os.fsync(fd)
+def _check_ours(path: Path, header: list[str]) -> None:
+    missing = [c for c in IDENTITY if c not in header]
+    if header and (missing or len(set(header)) != len(header)):
+        shown = ",".join(header)[:60]
+        raise ForeignFileError(f"{path} is not a pvera-bench results CSV (its header {shown!r} lacks "
+                               f"{', '.join(missing) or 'unique column names'}); it is left unchanged: "
+                               "name another file (results_csv=... or --out)")
 
 
-def _new_file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, before anything runs, a results file that is a directory, that cannot be created
+    or written, or that is not this tool's CSV (:class:`ResultsFileError`, one line)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ResultsFileError(f"results file {path} is a directory; name a CSV file (results_csv=...)")
+    if path.is_file():
+        _check_ours(path, _header(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # where the file will be: made now, or refused now
+        if not os.access(path if path.exists() else path.parent, os.W_OK):
+            raise PermissionError(errno.EACCES, "permission denied", str(path if path.exists() else path.parent))
+    except OSError as e:
+        why = f"{e.filename} is a file, not a directory" if e.errno == errno.EEXIST else f"{e.strerror}: {e.filename}"
+        raise ResultsFileError(f"results file {path} cannot be written ({why}); choose another results_csv=...") from None
+
+
+def _closing(fd: int, header: list[str]) -> bytes:
+    """What to write before a row so that the file's last line, if torn, ends as a torn line
+    (:data:`TORN`) and cannot swallow the row: ``b""`` for a whole file."""
+    import time
+
+    size = -1
+    for _ in range(20):  # a writer without a working lock may be mid-write: wait until the file is still
+        raw = os.pread(fd, os.fstat(fd).st_size, 0)
+        in_quote = raw.count(b'"') % 2 == 1
+        if not in_quote and raw.endswith(b"\n") or not raw:
+            return b""
+        if len(raw) == size:
+            break
+        size = len(raw)
+        time.sleep(0.05)
+    text = raw.decode("utf-8", errors="replace")
+    ends, in_quote = record_ends(text)
+    if is_whole(text[(ends or [0])[-1]:], header, in_quote):
+        return b"\n"  # a whole last row that lacks its newline (saved by hand)
+    return (b'"' if in_quote else b"") + b"," + TORN.encode() + b"\n"
 
 
 def append(path: str | os.PathLike, row: Mapping[str, Any]) -> None:
     """Append ``row`` to the CSV at ``path`` as one ``O_APPEND`` write (a new file gets the header
     in the same write); an old file lacking columns is upgraded once first (module docstring)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path)
     cells = {k: _cell(v) for k, v in row.items()}
     with _lock(path):
         header = _header(path)
@@ -108,19 +170,14 @@ def append(path: str | os.PathLike, row: Mapping[str, Any]) -> None:
             if _create(path, cells):
                 return
             header = _header(path)  # another node created it just now
+        _check_ours(path, header)
         missing = [c for c in COLUMNS if c not in header] + [c for c in cells if c not in header and c not in COLUMNS]
         if missing:
             _upgrade(path, header + missing)
             header = header + missing
         data = _encode(header, [cells]).encode("utf-8")
-        fd = os.open(path, os.O_RDWR | os.O_APPEND)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn last line (disk full): keep ours whole
-                data = b"\n" + data
-            _write_all(fd, data)
-        finally:
-            os.close(fd)
+        with rundir.appending(path) as fd:
+            write_all(fd, _closing(fd, header) + data, path)
 
 
 def _create(path: Path, cells: dict[str, str]) -> bool:
@@ -137,12 +194,13 @@ def _create(path: Path, cells: dict[str, str]) -> bool:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         try:
-            os.fchmod(fd, _new_file_mode())
-            _write_all(fd, data)
+            os.fchmod(fd, new_file_mode())
+            write_all(fd, data, path)
         finally:
             os.close(fd)
         try:
             os.link(tmp, path)
+            rundir.fsync_dir(path.parent)
             return True
         except FileExistsError:
             pass
@@ -155,6 +213,7 @@ def _create(path: Path, cells: dict[str, str]) -> bool:
         if not empty:
             return False
         os.replace(tmp, path)
+        rundir.fsync_dir(path.parent)
         return True
     finally:
         if os.path.exists(tmp):
@@ -167,45 +226,30 @@ def _create_excl(path: Path, data: bytes) -> bool:
     except FileExistsError:
         return False
     try:
-        _write_all(fd, data)
+        write_all(fd, data, path)
     finally:
         os.close(fd)
     return True
 
 
 def _upgrade(path: Path, fields: list[str]) -> None:
-    """Rewrite the file once with header ``fields`` (atomic rename; callers hold the lock)."""
-    _, rows = _read(path)
+    """Rewrite the file once with header ``fields`` (atomic rename; callers hold the lock). Torn
+    lines are kept, after the rows, each closed and marked :data:`TORN`."""
+    table = read_table(path, lock=False)
+    rows = table.rows
     if any(EXTRA in r for r in rows) and EXTRA not in fields:
         fields = fields + [EXTRA]
     for r in rows:
         if isinstance(r.get(EXTRA), list):
             r[EXTRA] = _cell(r[EXTRA])
-    _atomic_write(path, _encode(fields, rows, header=True))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync it and rename it over ``path``,
-    keeping ``path``'s permissions (a new file gets the umask's, as ``open`` would give it)."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else _new_file_mode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    torn = "".join(rec if split_cells(rec)[-1:] == [TORN] else
+                   rec.rstrip("\n") + ('"' if rec.count('"') % 2 else "") + "," + TORN + "\n" for _, rec in table.torn)
+    rundir.atomic_write(path, _encode(fields, rows, header=True) + torn)
 
 
 def read(path: str | os.PathLike) -> list[dict[str, str]]:
-    path = Path(path)
-    with _lock(path):
-        return _read(path)[1]
+    """The file's rows (torn lines left out: :func:`read_table` names them)."""
+    return read_table(path).rows
 
 
 def find_ok(path: str | os.PathLike, config_hash: str) -> dict[str, str] | None:
@@ -216,9 +260,7 @@ def find_ok(path: str | os.PathLike, config_hash: str) -> dict[str, str] | None:
     return hits[-1] if hits else None
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    _atomic_write(Path(path), json.dumps(obj, indent=2, sort_keys=True, default=str))
-
+write_json = rundir.write_json  # record.json and the like: atomically (rundir.atomic_write)
 
 
 # -- rebuilding the CSV from the runs' records, and checking it -------------------------------------
@@ -243,9 +285,10 @@ def row_identity(row: Mapping[str, Any]) -> tuple[str, str, str]:
     return (str(row.get("run_dir") or ""), str(row.get("timestamp") or ""), str(row.get("config_hash") or ""))
 
 
-def run_records(dirs: list[str | os.PathLike]) -> list[tuple[Path, dict[str, Any]]]:
-    """Every ``record.json`` in or under ``dirs`` (records of skipped runs, which copy an earlier
-    row, left out), oldest first."""
+def run_records(dirs: list[str | os.PathLike], evaluations: bool = False) -> list[tuple[Path, dict[str, Any]]]:
+    """Every training run's ``record.json`` in or under ``dirs`` (with ``evaluations``: every
+    re-evaluation's, from ``evaluations/`` directories, instead), oldest first; records of skipped
+    runs, which copy an earlier row, left out."""
     seen: set[Path] = set()
     out = []
     for d in dirs:
@@ -253,7 +296,7 @@ def run_records(dirs: list[str | os.PathLike]) -> list[tuple[Path, dict[str, Any
         if not d.is_dir():
             raise FileNotFoundError(f"run directory {d} does not exist")
         for p in sorted(d.rglob("record.json")):
-            if p.resolve() in seen:
+            if p.resolve() in seen or RunDir.in_evaluation(p.parent) != evaluations:
                 continue
             seen.add(p.resolve())
             try:
@@ -265,11 +308,13 @@ def run_records(dirs: list[str | os.PathLike]) -> list[tuple[Path, dict[str, Any
     return sorted(out, key=lambda pr: str(pr[1].get("timestamp", "")))
 
 
-def rebuild(dirs: list[str | os.PathLike], out: str | os.PathLike) -> tuple[int, int]:
-    """Append to ``out`` every run record under ``dirs`` that it lacks; returns (found, added)."""
+def rebuild(dirs: list[str | os.PathLike], out: str | os.PathLike, evaluations: bool = False) -> tuple[int, int]:
+    """Append to ``out`` every run record under ``dirs`` that it lacks (training runs; with
+    ``evaluations``, re-evaluations instead: they go to a CSV of their own); returns (found, added)."""
     out = Path(out)
+    check_writable(out)
     have = {row_identity(r) for r in (read(out) if out.exists() else [])}
-    found = run_records(dirs)
+    found = run_records(dirs, evaluations)
     added = 0
     for _, rec in found:
         ident = row_identity(rec)
@@ -283,7 +328,10 @@ def rebuild(dirs: list[str | os.PathLike], out: str | os.PathLike) -> tuple[int,
 
 def _run_dir_exists(run_dir: str, csv_path: Path) -> bool:
     p = Path(run_dir)
-    return p.is_dir() or (not p.is_absolute() and (csv_path.parent.parent / p).is_dir())
+    try:
+        return p.is_dir() or (not p.is_absolute() and (csv_path.parent.parent / p).is_dir())
+    except (OSError, ValueError):  # not a path at all (a damaged cell): no such directory
+        return False
 
 
 def latest_by_key(rows: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -302,9 +350,10 @@ def check(path: str | os.PathLike) -> list[str]:
     is judged by its latest row (:func:`latest_by_key`): a failed row followed by an ``ok`` row of
     the same key is no problem; an ``ok`` row followed by a failed one (a forced rerun) is."""
     path = Path(path)
-    rows = read(path)
+    table = read_table(path)
+    rows = table.rows
     latest = latest_by_key(rows)
-    problems: list[str] = []
+    problems: list[str] = [describe_torn(line, text) for line, text in table.torn]
     counts: dict[tuple, int] = {}
     ok_by_key: dict[str, list[dict]] = {}
     for r in rows:
@@ -340,28 +389,37 @@ def check(path: str | os.PathLike) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``pvera-bench results rebuild|check``."""
+def build_parser():
+    """The ``pvera-bench results`` command line."""
     import argparse
-    import sys
 
     ap = argparse.ArgumentParser(prog="pvera-bench results", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     rb = sub.add_parser("rebuild", help="rebuild or complete a results CSV from run directories' record.json")
     rb.add_argument("--runs", nargs="+", required=True, metavar="DIR", help="run or sweep directories (searched recursively)")
     rb.add_argument("--out", required=True, metavar="CSV", help="the CSV to create or complete (rows it has are kept)")
+    rb.add_argument("--evaluations", action="store_true",
+                    help="take the re-evaluations' records (RUN/evaluations/*/record.json) instead of the training runs'")
     ck = sub.add_parser("check", help="list duplicates, failed runs, missing run directories, mixed code versions")
     ck.add_argument("--results", default="results/results.csv", metavar="CSV")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pvera-bench results rebuild|check``."""
+    import sys
+
+    args = build_parser().parse_args(argv)
     try:
         if args.cmd == "rebuild":
-            found, added = rebuild(args.runs, args.out)
-            print(f"{found} run records found; {added} rows added to {args.out}, {found - added} already there")
+            found, added = rebuild(args.runs, args.out, args.evaluations)
+            what, note = ("evaluation", "") if args.evaluations else ("run", " (evaluations/ left out: --evaluations)")
+            print(f"{found} {what} records found; {added} rows added to {args.out}, {found - added} already there{note}")
             return 0
         if not Path(args.results).is_file():
             raise FileNotFoundError(f"no results CSV at {args.results}; pass --results CSV")
         problems = check(args.results)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, rundir.DiskFullError) as e:
         print(f"pvera-bench: error: {e}", file=sys.stderr)
         return 2
     n = len(read(args.results))

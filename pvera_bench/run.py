@@ -33,13 +33,14 @@ from .metric_registry import format_value
 from .checkpoint import RunState
 from .protocols import Candidate, ProtocolError, grid_points, run_protocol
 from .schema import ConfigError
-from .train import DivergedError, HistoryCSV, Trainer, resolve_device
+from .rundir import DiskFullError, RunDir
+from .train import DivergedError, Trainer, resolve_device
 
 log = logging.getLogger("pvera_bench")
 
 # Errors a user can cause: one clear message, no traceback.
 USER_ERRORS = (DataError, BackboneError, DivergedError, UnknownAdapterError, AdapterOptionError, ProtocolError,
-               ConfigError, loggers.LoggerError)
+               ConfigError, loggers.LoggerError, DiskFullError, results.ResultsFileError)
 
 # The resume key is exactly what changes a run's numbers (README, "The results CSV"): the groups
 # below as schema.key_view leaves them (labels such as protocol.name and backbone.name, and options
@@ -267,7 +268,7 @@ def execute(cfg: DictConfig, run_dir: Path, state: RunState | None = None, on_ep
     rng_after_backbone = torch.get_rng_state()  # where the PVeRA code draws its heads (backbone.head_draws)
     task = OmegaConf.to_container(cfg.task, resolve=True)
     load, load_task_test = split_loaders(cfg, input_size(backbone))
-    history = HistoryCSV(run_dir / "history.csv")  # every epoch of every fit, across resumes
+    history = RunDir(run_dir).history_writer()  # every epoch of every fit, across resumes
 
     def epoch_done(tag: str, entry: dict[str, Any]) -> None:  # history.csv, then the experiment logger
         history(tag, entry)
@@ -299,8 +300,7 @@ def execute(cfg: DictConfig, run_dir: Path, state: RunState | None = None, on_ep
     model = outcome.trainer.model
     preds = outcome.test
     scores, probs = evaluate.score(cfg, outcome.trainer, preds, load, load_task_test)
-    np.savez_compressed(run_dir / "predictions.npz", probs=probs.numpy().astype(np.float32),
-                        labels=preds.labels.numpy())
+    RunDir(run_dir).write_predictions(probs.numpy(), preds.labels.numpy())
     if rt.get("save_weights", True):  # the trained tensors, before the run's record (artifacts.py)
         train_key, evo = keys if keys is not None else artifacts.split_key(resume_key(cfg), cfg)
         artifacts.save(run_dir, model, with_point(cfg, outcome.chosen), chosen=outcome.chosen, train_key=train_key,
@@ -358,6 +358,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
     killed at any point, started again, trains nothing that had finished, and one killed after
     its record was saved only appends that record's row."""
     csv_path = Path(cfg.results_csv)
+    refused = _or_exit(results.check_writable, csv_path)  # not this tool's CSV: refused before training
+    if refused is not None:
+        return refused
     resolved = resume_key(cfg)
     train_key, eval_options = artifacts.split_key(resolved, cfg)  # what trains; what only evaluation reads
     key = artifacts.key_hash(train_key, eval_options)
@@ -397,7 +400,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
         overrides=" ".join(overrides),
         run_dir=str(run_dir), versions=versions(),
     )
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    RunDir(run_dir).write_config(OmegaConf.to_yaml(cfg, resolve=True))
     logger = loggers.Logger()
     try:
         logger = loggers.create(OmegaConf.to_container(cfg.get("logger") or {}, resolve=True), run_dir,
@@ -406,10 +409,13 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
         record.update(execute(cfg, run_dir, state, on_epoch=logger.log_epoch, keys=(train_key, eval_options)),
                       status="ok")
     except Exception as e:  # record every failure, then decide how loudly to end
+        if isinstance(e, DiskFullError):  # no failed row: the numbers may be complete (the state keeps them)
+            _finish(logger, None, "failed")
+            return _or_exit(_raise, e, multirun=multirun)
         record.update(status="failed", error=one_line(e))
         _finish(logger, None, "failed")
         results.write_json(run_dir / "record.json", record)  # first: kept even if the CSV cannot be written
-        results.append(csv_path, record)  # the state stays: a rerun resumes what had finished
+        results.append(csv_path, results.make_row(**record))  # the state stays: a rerun resumes what had finished
         if multirun:  # the sweep goes on
             log.error("run failed (recorded in %s): %s", csv_path, record["error"])
             return record
@@ -417,15 +423,38 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
             print(f"pvera-bench: error: {record['error']}", file=sys.stderr)
             sys.exit(2)
         raise
-    state.commit_record(record)  # from here a kill only leaves the row to append
-    results.write_json(run_dir / "record.json", record)
-    results.append(csv_path, record)
+    unsaved = _or_exit(_commit, state, record, run_dir, csv_path, multirun=multirun)
+    if unsaved is not None:  # the state keeps what was saved: a rerun appends the row
+        return unsaved
     state.clear()
     _finish(logger, record, "ok")
     log.info("%s %s %s seed %s: %s, %s adapter params -> %s", record["task"], record["adapter"], record["backbone"],
              record["seed"], ", ".join(f"{k} {format_value(k, v)}" for k, v in loggers.final_metrics(record).items()),
              record["params_adapter"], csv_path)
     return record
+
+
+def _commit(state: RunState, record: dict[str, Any], run_dir: Path, csv_path: Path) -> None:
+    state.commit_record(record)  # from here a kill only leaves the row to append
+    results.write_json(run_dir / "record.json", record)
+    results.append(csv_path, results.make_row(**record))
+
+
+def _raise(e: Exception) -> None:
+    raise e
+
+
+def _or_exit(fn: Callable[..., Any], *args: Any, multirun: bool = False) -> Any:
+    """``fn(*args)``; a full disk or a results file that is not this tool's ends the run with one
+    line (exit 2; in a sweep, an error logged and no row) instead of a ``failed`` row."""
+    try:
+        return fn(*args)
+    except (DiskFullError, results.ResultsFileError) as e:
+        if multirun:
+            log.error("%s (no row recorded)", one_line(e))
+            return dict(status="failed", error=one_line(e))
+        print(f"pvera-bench: error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _append_pending(record: dict[str, Any], csv_path: Path, run_dir: Path, state: RunState) -> dict[str, Any]:

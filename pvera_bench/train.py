@@ -13,12 +13,11 @@ split and the head trains on the cached features.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -26,13 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler, StepLRScheduler
-from torch import nn
 from tqdm.auto import tqdm
 
 from . import adapters, checkpoint, metrics, schema
 from .backbones import Classifier
 from .data import Split
 from .data.augment_ops import Augment
+from .compiled import CompiledOrEager
+from .selection import FitResult, Selection, test_epoch
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +56,6 @@ TrainerConfigError = schema.ConfigError  # a bad trainer setting: one message, n
 
 
 @dataclass
-class FitResult:
-    epochs: int  # epochs actually trained
-    best_epoch: int  # the epoch whose weights were kept (1-based)
-    val_acc: float = float("nan")
-    val_loss: float = float("nan")
-    seconds: float = 0.0  # training seconds, accumulated over every resumed segment
-    history: list[dict] = field(default_factory=list)
-
-    @property
-    def test_acc_max(self) -> float:
-        """The best test accuracy seen during the fit (``test_eval_every``); NaN when none was."""
-        accs = [e["test_acc"] for e in self.history if "test_acc" in e]
-        return max(accs) if accs else float("nan")
-
-
-@dataclass
 class Predictions:
     probs: torch.Tensor  # (N, C) float32 on the CPU: the (Monte-Carlo averaged) predictive distribution
     labels: torch.Tensor  # (N,) int64
@@ -87,101 +71,10 @@ class Predictions:
         return metrics.nll(self.probs, self.labels)
 
 
-def test_epoch(epoch: int, epochs: int, every: int, at: str = "start", first: int = 1) -> bool:
-    """Whether the test split is scored after ``epoch`` (1-based) of ``epochs``: every ``every``
-    epochs from ``first`` on; ``at="start"``: epochs 1, N + 1, 2N + 1, ... and the last (NOAH's
-    ``epoch % val_interval == 0`` on 0-based epochs), ``at="end"``: epochs N, 2N, ... (V-PETL-Bench's
-    ``ep % 10 == 9``)."""
-    if not every or epoch < first:
-        return False
-    if at == "end":
-        return epoch % every == 0
-    return (epoch - 1) % every == 0 or epoch == epochs
-
-
 def resolve_device(name: str | None) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-class Selection:
-    """Which epoch's weights a fit keeps and when it stops, as the PVeRA code decides it.
-
-    ``metric``: ``acc`` (higher is better), ``loss`` (lower is better) or None (keep the last
-    epoch, never stop early). The best score and its epoch move only when a validation score
-    improves on the best by more than ``min_rel_delta`` relative to it (for the loss:
-    ``(best - loss) / best > min_rel_delta``; the PVeRA code's ``relative_epsilon`` is this in
-    percent); the fit stops once ``patience`` or more epochs have passed since the best epoch.
-    ``update`` says whether the epoch just scored is the new best (its weights are the ones to keep).
-    """
-
-    def __init__(self, metric: str | None = None, patience: int | None = None, min_rel_delta: float = 0.0) -> None:
-        if metric not in (None, "acc", "loss"):
-            raise ValueError(f"selection metric must be acc, loss or None, not {metric!r}")
-        self.metric, self.patience, self.min_rel_delta = metric, patience, float(min_rel_delta or 0.0)
-        self.epoch = 0  # the last epoch scored
-        self.best_epoch = 0
-        self.best_score: float | None = None
-        self.val_acc = self.val_loss = float("nan")  # of the best epoch (of the last one without a metric)
-
-    def update(self, epoch: int, val_acc: float, val_loss: float) -> bool:
-        self.epoch = epoch
-        if self.metric is None:
-            self.val_acc, self.val_loss = val_acc, val_loss
-            return False
-        score = val_acc if self.metric == "acc" else -val_loss
-        improved = self.best_score is None or score - self.best_score > self.min_rel_delta * abs(self.best_score)
-        if improved:
-            self.best_score, self.best_epoch, self.val_acc, self.val_loss = score, epoch, val_acc, val_loss
-        return improved
-
-    @property
-    def should_stop(self) -> bool:
-        return (self.patience is not None and self.best_score is not None
-                and self.epoch - self.best_epoch >= int(self.patience))
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(epoch=self.epoch, best_epoch=self.best_epoch, best_score=self.best_score,
-                    val_acc=self.val_acc, val_loss=self.val_loss)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.epoch, self.best_epoch, self.best_score = state["epoch"], state["best_epoch"], state["best_score"]
-        self.val_acc, self.val_loss = state["val_acc"], state["val_loss"]
-
-
-class HistoryCSV:
-    """``on_epoch`` hook writing ``history.csv``: one line per epoch of every fit, appended as it
-    ends. An epoch seen again (a fit resumed from its checkpoint replays its history) replaces
-    that fit's lines from that epoch on, so the file holds each epoch once, across resumes."""
-
-    COLUMNS = ("fit", "epoch", "lr", "train_loss", "train_acc", "val_acc", "val_loss", "test_acc", "seconds")
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.rows: list[dict[str, Any]] = []
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                self.rows = list(csv.DictReader(f))
-
-    def __call__(self, tag: str, entry: Mapping[str, Any]) -> None:
-        row = {"fit": tag, **{k: entry.get(k, "") for k in self.COLUMNS[1:]}}
-        epoch = int(entry["epoch"])
-        stale = [r for r in self.rows if r["fit"] == tag and int(r["epoch"]) >= epoch]
-        if stale:
-            self.rows = [r for r in self.rows if not (r["fit"] == tag and int(r["epoch"]) >= epoch)] + [row]
-            self._write(self.rows, "w")
-        else:
-            self.rows.append(row)
-            self._write([row], "a")
-
-    def _write(self, rows: list[dict], mode: str) -> None:
-        new = mode == "w" or not self.path.is_file()
-        with open(self.path, mode, newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerows(rows)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: Mapping, epochs: int, steps_per_epoch: int):
@@ -206,28 +99,6 @@ def epoch_schedule_t(epoch: int) -> int:
     scheduler's initial value; so epoch e trains with t = max(e - 2, 0), and the first two
     epochs both run at t = 0 (``warmup_lr`` when warming up)."""
     return max(epoch - 2, 0)
-
-
-class CompiledOrEager:
-    """``torch.compile(model)``, replaced for good by the eager model the first time it fails."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.compiled = model, None
-        try:
-            self.compiled = torch.compile(model)
-        except Exception as e:  # pragma: no cover - depends on the platform
-            log.warning("torch.compile unavailable (%s); running eagerly", e)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compiled is not None:
-            try:
-                return self.compiled(x)
-            except torch.OutOfMemoryError:  # not a compilation failure: eager would fail the same way
-                raise
-            except Exception as e:
-                log.warning("torch.compile failed (%s: %s); running eagerly", type(e).__name__, str(e)[:200])
-                self.compiled = None
-        return self.model(x)
 
 
 class Trainer:
@@ -355,22 +226,16 @@ class Trainer:
                        tag=tag, stamp=stamp, test=test, test_eval_every=test_eval_every, test_eval_at=test_eval_at,
                        test_eval_from=test_eval_from)
 
-    def fit(self, train: Split, val: Split | None = None, *, select: str | None = None,
-            patience: int | None = None, min_rel_delta: float = 0.0, desc: str = "train",
-            tag: str = "fit", stamp: Any = None, test: Split | None = None, test_eval_every: int = 0,
-            test_eval_at: str = "start", test_eval_from: int = 1, checkpoint: Path | None = None,
-            every: int = 0) -> FitResult:
-        """Train for ``cfg.epochs`` epochs. With ``val`` and ``select`` (``acc`` or ``loss``), the
-        best epoch's weights are kept and ``patience`` stops early, by ``Selection``'s rule.
-        ``tag`` names this fit; ``stamp`` (JSON, e.g. the grid point) is written into its
-        checkpoint (``FitLoop.run``), and a checkpoint with another stamp is discarded. With
-        ``test`` and ``test_eval_every`` = N the test split is scored after epochs 1, N + 1,
-        2N + 1, ... and the last (NOAH's ``val_interval`` rule), for the history only: nothing
-        here reads it."""
-        loop = self.start(train, val, select=select, patience=patience, min_rel_delta=min_rel_delta, desc=desc,
-                          tag=tag, stamp=stamp, test=test, test_eval_every=test_eval_every, test_eval_at=test_eval_at,
-                          test_eval_from=test_eval_from)
-        return loop.run(checkpoint, every)
+    def fit(self, train: Split, val: Split | None = None, *, checkpoint: Path | None = None, every: int = 0,
+            **kw: Any) -> FitResult:
+        """Train for ``cfg.epochs`` epochs (``kw``: :meth:`start`'s). With ``val`` and ``select``
+        (``acc`` or ``loss``), the best epoch's weights are kept and ``patience`` stops early, by
+        ``Selection``'s rule. ``tag`` names this fit; ``stamp`` (JSON, e.g. the grid point) is
+        written into its checkpoint (``FitLoop.run``), and a checkpoint with another stamp is
+        discarded. With ``test`` and ``test_eval_every`` = N the test split is scored after epochs
+        1, N + 1, 2N + 1, ... and the last (NOAH's ``val_interval`` rule), for the history only:
+        nothing here reads it."""
+        return self.start(train, val, **kw).run(checkpoint, every)
 
     def _train_epoch(self, forward, inputs, labels, order, opt, step_sched, first_step: int, bar):
         """One pass over ``order``; returns the summed loss and the number correct (on the device).

@@ -110,7 +110,7 @@ def test_a_vpetl_run_with_augmentation_completes(cli, tmp_path):
 
 
 def test_test_epochs_follow_each_source():
-    from pvera_bench.train import test_epoch
+    from pvera_bench.selection import test_epoch
 
     def epochs(at, first=1):
         return [e for e in range(1, 101) if test_epoch(e, 100, 10, at, first)]

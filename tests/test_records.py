@@ -123,7 +123,7 @@ def test_rebuild_restores_deleted_csv_with_the_same_numbers(cli, tmp_path):
 def test_compile_fallback_reraises_out_of_memory():
     import torch
 
-    from pvera_bench.train import CompiledOrEager
+    from pvera_bench.compiled import CompiledOrEager
 
     model = torch.nn.Linear(3, 2)
     ce = CompiledOrEager(model)

@@ -118,8 +118,9 @@ def test_a_torn_last_line_does_not_swallow_the_next_row(tmp_path):
     with open(path, "a") as f:
         f.write("2026-01-01,half")  # a writer killed mid-line (disk full)
     results.append(path, {"task": "b", "status": "ok"})
-    rows = results.read(path)
-    assert [r["task"] for r in rows] == ["a", "half", "b"] and rows[2]["status"] == "ok"
+    table = results.read_table(path)  # the torn line is set aside, never a row (issue 24)
+    assert [r["task"] for r in table.rows] == ["a", "b"] and table.rows[1]["status"] == "ok"
+    assert [line for line, _ in table.torn] == [3] and table.torn[0][1].startswith("2026-01-01,half,")
 
 
 def _record(run_dir, **kw):
@@ -209,21 +210,21 @@ def test_two_unlocked_writers_creating_a_csv_write_one_header(tmp_path, monkeypa
 
     path = tmp_path / "results.csv"
     monkeypatch.setattr(results, "_lock", lambda p: contextlib.nullcontext())
-    real_write, calls = results._write_all, []
+    real_write, calls = results.write_all, []
 
-    def interrupted(fd, data):
+    def interrupted(fd, data, path):
         if not calls:
             calls.append(1)
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
             subprocess.run([sys.executable, "-c", _SECOND_WRITER, str(path)], check=True, env=env, timeout=120)
-        real_write(fd, data)
+        real_write(fd, data, path)
 
-    monkeypatch.setattr(results, "_write_all", interrupted)
+    monkeypatch.setattr(results, "write_all", interrupted)
     results.append(path, {"task": "first", "status": "ok"})
     assert calls and path.read_text().count("timestamp,task,") == 1
     assert sorted(r["task"] for r in results.read(path)) == ["first", "second"]
     assert not list(tmp_path.glob(".results.csv.*"))
     path.write_text("")  # an existing empty file: replaced whole
-    monkeypatch.setattr(results, "_write_all", real_write)
+    monkeypatch.setattr(results, "write_all", real_write)
     results.append(path, {"task": "third", "status": "ok"})
     assert path.read_text().count("timestamp,task,") == 1 and [r["task"] for r in results.read(path)] == ["third"]

@@ -102,7 +102,8 @@ def test_compile_falls_back_to_eager(monkeypatch):
 
 
 # -- selection: the PVeRA code's early-stopping rule, driven by scripted validation losses ----------
-from pvera_bench.train import HistoryCSV, Selection  # noqa: E402
+from pvera_bench.rundir import HistoryCSV  # noqa: E402
+from pvera_bench.selection import Selection  # noqa: E402
 
 
 def drive(sel, losses):

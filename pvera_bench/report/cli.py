@@ -12,6 +12,7 @@ import pandas as pd
 
 from .. import tasks as _tasks
 from ..metric_registry import METRICS
+from ..rundir import atomic_write
 from . import compare as _compare
 from . import figures, ood_matrix, ranks as _ranks, references as _refs
 from .load import ReportError, labels, load_runs, norm_seed, parse_filters, task_columns, warn
@@ -86,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(args, text: str) -> None:
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text, encoding="utf-8")
+        atomic_write(args.out, text)
         warn(f"wrote {args.out}")
     else:
         sys.stdout.write(text)

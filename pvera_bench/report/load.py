@@ -22,6 +22,7 @@ code identity; cells that mix code identities are reported with the identities t
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import tasks as _tasks
+from ..results import describe_torn, without_torn
 
 BASE_COLUMNS = ("task", "adapter", "backbone", "protocol", "seed", "params_adapter", "status")
 OPTIONAL_COLUMNS = ("adapter_options", "recipe", "trainer", "setting", "versions", "config_hash", "grid_scores",
@@ -138,7 +140,8 @@ def load_runs(path: str | Path, metric_col: str = "test_acc", filters: dict[str,
     if not path.is_file():
         raise ReportError(f"results file not found: {path}")
     try:
-        df = pd.read_csv(path, dtype=str, skip_blank_lines=False)
+        text, torn = without_torn(path)  # a torn line (a write cut short) is set aside, never a row
+        df = pd.read_csv(io.StringIO(text), dtype=str, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise ReportError(f"{path}: the file is empty (no header line)") from None
     except pd.errors.ParserError as e:
@@ -147,6 +150,8 @@ def load_runs(path: str | Path, metric_col: str = "test_acc", filters: dict[str,
     except (UnicodeDecodeError, ValueError) as e:
         raise ReportError(f"{path}: unreadable CSV: {e}") from None
 
+    for line, rec in torn:
+        warn(f"{path}: {describe_torn(line, rec)}")
     df.columns = [str(c).strip() for c in df.columns]
     required = list(BASE_COLUMNS) + [metric_col] + (["run_dir"] if need_run_dir else [])
     missing = [c for c in dict.fromkeys(required) if c not in df.columns]
