@@ -32,13 +32,15 @@ Built-in adapters are declared in ``pvera_bench/specs/<name>.py``. Other package
 in a module named by an entry point of group ``pvera_bench.adapters`` (see
 ``docs/guides/add-your-method.md``); that module may also add a folder of Hydra configs
 (:func:`add_configs`: ``adapter/<name>.yaml``, recipe values) and of published reference rows
-(:func:`add_references`). :func:`load` imports them all, once, the first time a name is looked up.
+(:func:`add_references`). :func:`load` imports them all, once, the first time a name is looked up
+(with ``PVERA_BENCH_PLUGINS=0`` in the environment, the built-in ones only).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import pkgutil
 import typing
 from dataclasses import dataclass
@@ -53,6 +55,7 @@ __all__ = ["Adapter", "OptionSpec", "option", "declare", "add_configs", "add_ref
            "ENTRY_POINT_GROUP", "UnknownAdapterError", "PluginError"]
 
 ENTRY_POINT_GROUP = "pvera_bench.adapters"
+PLUGINS_ENV = "PVERA_BENCH_PLUGINS"  # set to 0: installed plugin packages are not loaded (the built-ins only)
 REQUIRED: Any = dataclasses.MISSING  # an option without a default: the config must give it
 
 
@@ -178,6 +181,8 @@ def _import_builtins() -> None:
 
 
 def _import_plugins() -> None:
+    if os.environ.get(PLUGINS_ENV) == "0":
+        return
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         package = ep.dist.name if ep.dist is not None else ep.value
         _loading.append(package)
@@ -187,8 +192,8 @@ def _import_plugins() -> None:
             raise
         except Exception as e:  # noqa: BLE001 - any failure of someone else's module: one line naming it
             raise PluginError(f"package {package!r} (entry point {ENTRY_POINT_GROUP}: {ep.name} = {ep.value}) failed "
-                              f"to import: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; fix it or "
-                              f"uninstall it (pip uninstall {package})") from None
+                              f"to import: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; fix it, uninstall it "
+                              f"(pip uninstall {package}) or run without plugins ({PLUGINS_ENV}=0)") from None
         finally:
             _loading.pop()
 

@@ -106,7 +106,7 @@ def one_line(p) -> str:
 def test_an_adapter_declared_by_another_package_runs_the_whole_pipeline(cli, tmp_path):
     site = tmp_path / "site"
     make_plugin(site, "gain-plugin", "gain_plugin", "gain")
-    env = {"PYTHONPATH": str(site)}
+    env = {"PYTHONPATH": str(site), "PVERA_BENCH_PLUGINS": "1"}  # conftest turns plugins off
 
     def run(*args):
         return cli(*args, env=env)
@@ -153,13 +153,14 @@ def test_an_adapter_declared_by_another_package_runs_the_whole_pipeline(cli, tmp
 def test_a_plugin_that_fails_or_takes_an_existing_name_is_one_line_naming_its_package(cli, tmp_path):
     site = tmp_path / "site"
     make_plugin(site, "lora-again", "lora_again", "lora")
-    line = one_line(cli("adapter=lora", "task=demo", env={"PYTHONPATH": str(site)}))
+    line = one_line(cli("adapter=lora", "task=demo", env={"PYTHONPATH": str(site), "PVERA_BENCH_PLUGINS": "1"}))
     assert line == ("pvera-bench: error: package 'lora-again' declares adapter 'lora', which 'pvera-bench' already "
                     "declares; rename it in 'lora-again' or uninstall one of the two (pip uninstall lora-again)")
     site = tmp_path / "site2"
     make_plugin(site, "broken-plugin", "broken_plugin", "broken", declaration="import not_a_module\n")
     for args in (["--help"], ["adapter=lora", "task=demo"]):
-        line = one_line(cli(*args, env={"PYTHONPATH": str(site)}))
+        line = one_line(cli(*args, env={"PYTHONPATH": str(site), "PVERA_BENCH_PLUGINS": "1"}))
         assert line == ("pvera-bench: error: package 'broken-plugin' (entry point pvera_bench.adapters: broken = "
-                        "broken_plugin) failed to import: ModuleNotFoundError: No module named 'not_a_module'; fix it "
-                        "or uninstall it (pip uninstall broken-plugin)")
+                        "broken_plugin) failed to import: ModuleNotFoundError: No module named 'not_a_module'; fix it, "
+                        "uninstall it (pip uninstall broken-plugin) or run without plugins (PVERA_BENCH_PLUGINS=0)")
+    assert cli("adapter=lora", "task=demo", "--cfg", "job", env={"PYTHONPATH": str(site), "PVERA_BENCH_PLUGINS": "0"}).returncode == 0
