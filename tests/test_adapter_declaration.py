@@ -42,7 +42,7 @@ LAYERS = '''
 import torch
 from torch import nn
 
-from pvera_bench.adapters.base import AdapterLayer, blocks as vit_blocks
+from pvera_bench.adapters import AdapterLayer, blocks as vit_blocks
 
 
 class Gain(AdapterLayer):

@@ -19,12 +19,12 @@ from typing import Iterable, Iterator
 from torch import nn
 
 from .. import registry
-from .base import AdapterLayer, AdapterOptionError, ExampleNoise, UnknownAdapterError, adapter_layers
+from .base import AdapterLayer, AdapterOptionError, ExampleNoise, UnknownAdapterError, adapter_layers, blocks
 from .base import GridDraw, building, get, grid_draw, no_weight_decay, stream_seed
 from .base import names as _names
 
 __all__ = [
-    "AdapterLayer", "AdapterOptionError", "GridDraw", "building", "grid_draw", "UnknownAdapterError", "get",
+    "AdapterLayer", "AdapterOptionError", "blocks", "GridDraw", "building", "grid_draw", "UnknownAdapterError", "get",
     "available", "apply", "merge", "unmerge", "aux_losses", "no_weight_decay", "eval_samples", "example_noise",
     "stream_seed", "set_inference", "count_trainable", "count_frozen_buffers",
 ]

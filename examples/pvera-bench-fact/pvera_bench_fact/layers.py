@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pvera_bench.adapters.base import AdapterLayer, AdapterOptionError, blocks
+from pvera_bench.adapters import AdapterLayer, AdapterOptionError, blocks
 
 
 class Factors(AdapterLayer):
