@@ -39,6 +39,7 @@ in a module named by an entry point of group ``pvera_bench.adapters`` (see
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 import pkgutil
@@ -52,7 +53,7 @@ from . import specs  # the package of built-in declarations (torch-free; importe
 
 __all__ = ["Adapter", "OptionSpec", "option", "declare", "add_configs", "add_references", "get", "names",
            "options", "defaults", "option_used", "apply_function", "config_dirs", "reference_dirs", "load",
-           "ENTRY_POINT_GROUP", "UnknownAdapterError", "PluginError"]
+           "ENTRY_POINT_GROUP", "PLUGINS_ENV", "UnknownAdapterError", "PluginError"]
 
 ENTRY_POINT_GROUP = "pvera_bench.adapters"
 PLUGINS_ENV = "PVERA_BENCH_PLUGINS"  # set to 0: installed plugin packages are not loaded (the built-ins only)
@@ -133,6 +134,7 @@ def _type_of(name: str, ann: Any) -> tuple[type | tuple, bool]:
     return (rest[0] if len(rest) == 1 else rest), len(rest) < len(args)
 
 
+@functools.lru_cache(maxsize=None)
 def _specs(cls: type) -> dict[str, OptionSpec]:
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass; declare the options as @dataclass(frozen=True) fields")
@@ -227,7 +229,7 @@ def names() -> list[str]:
 
 def options(name: str) -> dict[str, OptionSpec]:
     """``{option: OptionSpec}`` of adapter ``name``, in declaration order."""
-    return _specs(get(name).options)
+    return dict(_specs(get(name).options))
 
 
 def defaults(name: str) -> dict[str, Any]:
