@@ -3,7 +3,7 @@
     pvera-bench adapter=pvera task=cifar100          one run
     pvera-bench -m adapter=pvera,vera task=vtab      a sweep (task=vtab|natural|specialized|structured
                                                      expands to the tasks of the benchmark or group)
-    pvera-bench experiment=demo                      the offline demo (eight adapters)
+    pvera-bench experiment=demo                      the offline demo
     pvera-bench report [--results CSV] ...           tables from the CSV
     pvera-bench data prepare|check task=...          VTAB-1k data
     pvera-bench results rebuild|check ...            the CSV from run records; its problems
@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
+from . import registry
 from .paths import config_dir
 
 # Config groups whose choice a user types on the command line, checked before Hydra starts.
@@ -37,7 +38,25 @@ def expand_task_words(args: list[str]) -> list[str]:
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    """The choices of a config group: pvera-bench's configs and those installed plugins add."""
+    return sorted({p.stem for d in (config_dir(), *registry.config_dirs()) for p in (d / group).glob("*.yaml")})
+
+
+def plugin_search_path(args: list[str]) -> list[str]:
+    """``args`` with the plugins' config folders on Hydra's search path (``hydra.searchpath``)."""
+    dirs = registry.config_dirs()
+    if not dirs or any(a.lstrip("+~").startswith("hydra.searchpath=") for a in args):
+        return args
+    return [*args, f"hydra.searchpath=[{','.join(f'file://{d}' for d in dirs)}]"]
+
+
+def adapter_lines() -> list[str]:
+    """One line per adapter, built in or from an installed plugin package, with its help."""
+    out = []
+    for name in registry.names():
+        a = registry.get(name)
+        out.append(f"  {name:<14}{a.help}" + (f"  [{a.package}]" if a.package != "pvera-bench" else ""))
+    return out
 
 
 def check_choices(args: list[str]) -> str | None:
@@ -59,6 +78,7 @@ def usage() -> str:
     lines = [__doc__.strip(), "", "Config groups (group=choice; any key: group.key=value):"]
     for group in CHOICE_GROUPS:
         lines.append(f"  {group:<11} {', '.join(group_options(group))}")
+    lines += ["", "Adapters (adapter=NAME; plugins add theirs: docs/guides/add-your-method.md):", *adapter_lines()]
     lines += ["", "Print a resolved config: pvera-bench task=demo --cfg job.  Hydra's help: --hydra-help."]
     return "\n".join(lines)
 
@@ -85,11 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         from .results import main as results_main
 
         return results_main(args[1:])
-    if "-h" in args or "--help" in args:
-        print(usage())
-        return 0
-    args = expand_task_words(args)
-    err = check_choices(args)
+    try:
+        if "-h" in args or "--help" in args:
+            print(usage())
+            return 0
+        args = plugin_search_path(expand_task_words(args))
+        err = check_choices(args)
+    except registry.PluginError as e:
+        err = str(e)
     if err:
         print(f"pvera-bench: error: {err}", file=sys.stderr)
         return 2

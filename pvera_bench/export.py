@@ -43,7 +43,8 @@ The classifier head is ``modules_to_save=["head"]``: timm's ViT with ``num_class
 the normalised float images (our Classifier normalises uint8 itself; the export's
 ``pvera_bench_export.json`` records the mean and std).
 
-Adapters with no exact PEFT form say so (:func:`no_peft_form`). Each export checks itself
+Adapters with no exact PEFT form say why in their declaration (``registry.Adapter.no_peft_form``).
+Each export checks itself
 before anything is written: PEFT's model, built in memory from the exported tensors, must give
 our logits on a fixed random batch (float32), or nothing is written.
 
@@ -64,7 +65,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import adapters, rundir
+from . import adapters, registry, rundir
 from .adapters.base import AdapterLayer
 from .adapters.dora import DoraQV
 from .adapters.ia3 import IA3FF, IA3KV
@@ -94,24 +95,17 @@ class PeftExport:
 
 
 _EXPORTERS: dict[str, Callable[[nn.Module], PeftExport]] = {}
-_NO_FORM: dict[str, str] = {}
 
 
 def peft_exporter(name: str):
     """Decorator: ``@peft_exporter("lora") def f(classifier) -> PeftExport``."""
 
     def deco(fn):
-        adapters.get(name)  # an unknown adapter name is a programming error here
+        registry.get(name)  # an unknown adapter name is a programming error here
         _EXPORTERS[name] = fn
         return fn
 
     return deco
-
-
-def no_peft_form(name: str, reason: str) -> None:
-    """Declare that adapter ``name`` has no exact PEFT form, and why (the user's error line)."""
-    adapters.get(name)
-    _NO_FORM[name] = reason
 
 
 def exportable() -> list[str]:
@@ -119,7 +113,8 @@ def exportable() -> list[str]:
 
 
 def not_exportable() -> dict[str, str]:
-    return dict(_NO_FORM)
+    """``{adapter: why it has no PEFT form}``, as each adapter declares (``registry.Adapter.no_peft_form``)."""
+    return {n: a.no_peft_form for n in registry.names() if (a := registry.get(n)).no_peft_form}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -273,15 +268,6 @@ def _ia3(model: nn.Module) -> PeftExport:
     return PeftExport(config, tensors)
 
 
-no_peft_form("adaptformer", "adaptformer has no PEFT form: PEFT has no tuner for a bottleneck MLP parallel to "
-                            "the block's MLP (AdaptFormer); its trained weights stay in the run directory")
-no_peft_form("bottleneck", "bottleneck has no PEFT form: PEFT has no serial bottleneck (Houlsby) adapter; its "
-                           "trained weights stay in the run directory")
-no_peft_form("linear_probe", "linear_probe has no PEFT form: it trains only the head, and PEFT builds no "
-                             "checkpoint without an adapter (an empty target_modules is refused); load the "
-                             "head straight into timm's ViT (num_classes=K) from the run's weights instead")
-
-
 # ------------------------------------------------------------------------------------------------
 # the common part
 # ------------------------------------------------------------------------------------------------
@@ -332,10 +318,10 @@ def _compare(model: nn.Module, peft_model: nn.Module, x: torch.Tensor, seed: int
 
 def build_peft(model: nn.Module, adapter: str):
     """``(peft_model, export)``: PEFT's model on :func:`plain_vit`, holding our tensors (in memory)."""
-    if adapter in _NO_FORM:
-        raise ExportError(_NO_FORM[adapter])
+    reason = registry.get(adapter).no_peft_form  # an unknown name: its own error, with the valid names
+    if reason:
+        raise ExportError(reason)
     if adapter not in _EXPORTERS:
-        adapters.get(adapter)  # unknown name: its own error, with the valid names
         raise ExportError(f"{adapter} has no PEFT exporter yet; exportable: {', '.join(exportable())}")
     if any(m.merged for m in adapters.adapter_layers(model) if hasattr(m, "merged")):
         raise ExportError("the model's adapter is merged into its frozen weights; unmerge it before exporting")
@@ -491,8 +477,12 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(e))
     cfg = meta["config"]
     adapter = cfg["adapter"]["name"]
-    if adapter in _NO_FORM:  # before building anything
-        return fail(_NO_FORM[adapter])
+    try:
+        reason = registry.get(adapter).no_peft_form
+    except (registry.UnknownAdapterError, registry.PluginError) as e:
+        return fail(f"{e} (the run's adapter; is the package that declares it installed?)")
+    if reason:  # before building anything
+        return fail(reason)
     if args.inference and adapter != "pvera":
         return fail(f"--inference is for pvera runs; this run's adapter is {adapter}")
     try:
@@ -525,11 +515,3 @@ def main(argv: list[str] | None = None) -> int:
           f"head of {info['num_classes']} classes as modules_to_save; PEFT's logits vs this tool's: "
           f"max relative difference {info['self_check_max_rel_diff']:.1e} (float32)")
     return 0
-no_peft_form("full", "full has no PEFT form: every backbone weight trains, so there is no adapter to write; save the "
-                     "whole model's state_dict instead (the run's weights hold every trained tensor)")
-no_peft_form("bitfit", "bitfit has no PEFT form (none exact): PEFT's bias tuner (BEFT, peft/tuners/beft) adds a bias to "
-                       "nn.Linear layers only, and BitFit also trains the LayerNorm and patch-embedding biases")
-no_peft_form("vpt", "vpt has no PEFT form: PEFT's prompt tuning prepends virtual tokens to a transformers model's "
-                    "word embeddings, not to a timm ViT's token sequence block by block")
-no_peft_form("ssf", "ssf has no PEFT form: PEFT has no scale-and-shift tuner; SSF merges into the frozen weights "
-                    "(the run's weights, merged, are a plain timm ViT)")

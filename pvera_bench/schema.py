@@ -3,14 +3,10 @@
 ``validate(cfg)`` runs on the composed config before a model or a split is loaded and raises
 :class:`ConfigError` with one line naming the key, the bad value and what is allowed.
 
-- **Adapters**: the schema of adapter ``name`` is its registered ``apply()`` signature (the one
-  source of truth for its options, their types and defaults): an option it does not take is an
-  error, a value must have the annotated type (``Literal[...]`` annotations give the choices),
-  and :data:`ADAPTER_OPTION_RULES` bounds options by name (a rank or width is >= 1 whichever
-  adapter has it). A new keyword argument of an ``apply()`` is picked up without an edit here;
+- **Adapters**: each adapter declares its options (type, default, bounds, choices, help, "used only
+  when") in :mod:`pvera_bench.registry`, torch-free; :func:`adapter_rules` turns them into Rules. An
+  option it does not declare is an error; one without a default is required.
   ``tests/test_schema.py`` checks that every ``configs/adapter/*.yaml`` value matches its default.
-- **Adapters' signatures**: unions (``int | str``) accept any of their types; an option without a
-  default is required and accepts null only where its annotation says ``| None``.
 - **trainer, protocol, data, backbone, runtime**: the dataclasses below. A key that is not a field
   is an error (a typo must not be ignored); a field with ``required=False`` may be absent (a config
   written before that key existed: the code that reads it supplies the default).
@@ -18,8 +14,8 @@
   nothing or something else than they say (``patience`` without ``checkpoint: best``, a fractional
   ``warmup_epochs`` stepped per epoch, ...).
 - **The resume key** (:func:`key_view`): a Rule's ``label`` (a name only) and ``used_when`` (when
-  the option is read at all) say what the key leaves out; adapters declare theirs in
-  ``OPTIONS_USED_ONLY_WHEN``.
+  the option is read at all) say what the key leaves out; adapters declare theirs with their
+  options (``used_when``).
 - **protocol.grid**: every key must exist in the config, every list must be non-empty, every
   point must give a valid config, and a key the adapter ignores (``trainer.lr_adapter`` for an
   adapter without trainable tensors) is an error.
@@ -27,11 +23,11 @@
 
 from __future__ import annotations
 
-import inspect
 import re
-import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
+
+from . import registry
 
 SPLITS = ("train800", "val200", "train800val200", "test")
 RESIZE_MODES = ("bilinear_antialias", "bicubic", "bilinear")
@@ -250,13 +246,6 @@ class RuntimeConfig:
 GROUPS: dict[str, type] = {"trainer": TrainerConfig, "protocol": ProtocolConfig, "data": DataConfig,
                            "backbone": BackboneConfig, "runtime": RuntimeConfig}
 
-# Bounds of adapter options by name, whichever adapter takes them (types come from apply()).
-ADAPTER_OPTION_RULES: dict[str, dict[str, Any]] = {
-    "r": dict(ge=1), "width": dict(ge=1), "mc_samples": dict(ge=1), "beta": dict(gt=0),
-    "alpha": dict(gt=0), "projection_seed": dict(ge=0), "dropout": dict(ge=0, lt=1), "length": dict(ge=1),
-}
-
-
 def _fmt(v: Any) -> str:
     return repr(v) if isinstance(v, str) else ("null" if v is None else str(v).replace("True", "true").replace("False", "false"))
 
@@ -288,199 +277,38 @@ def check_present(group: str, values: Mapping[str, Any], schema: type) -> None:
             _check(f"{group}.{f.name}", values[f.name], f.metadata["rule"])
 
 
-# -- adapters: the schema is the apply() signature -------------------------------------------------
+# -- adapters: each declares its options in pvera_bench.registry ------------------------------------
 
-NO_DEFAULT = inspect.Parameter.empty  # an option without a default: the config must give it
-
-
-def _annotation_rule(name: str, ann: Any, default: Any) -> Rule:
-    """The Rule of option ``name`` from its annotation and default (``NO_DEFAULT``: none, so it is
-    required and null only where the annotation allows it)."""
-    bounds = ADAPTER_OPTION_RULES.get(name, {})
-    required = default is NO_DEFAULT
-    nullable = default is None
-    if typing.get_origin(ann) is typing.Union or type(ann).__name__ == "UnionType":
-        args = typing.get_args(ann)
-        nullable = nullable or type(None) in args
-        rest = tuple(a for a in args if a is not type(None))
-        if len(rest) > 1:  # int | str: any of them (each plain; a Literal member gives its values' type)
-            types = tuple(dict.fromkeys(type(typing.get_args(a)[0]) if typing.get_origin(a) is typing.Literal else a
-                                        for a in rest))
-            if all(t in (int, float, str, bool) for t in types):
-                return Rule(type=types, nullable=nullable, required=required,
-                            **({k: v for k, v in bounds.items()} if set(types) <= {int, float} else {}))
-            return Rule(type=object, nullable=nullable, required=required)
-        ann = rest[0]
-    args = typing.get_args(ann)
-    if typing.get_origin(ann) is typing.Literal:
-        return Rule(type=type(args[0]), choices=tuple(args), nullable=nullable, required=required)
-    if ann in (int, float, str, bool):
-        return Rule(type=ann, nullable=nullable, required=required, **bounds)
-    if (ann is inspect.Parameter.empty or isinstance(ann, str)) and default not in (None, NO_DEFAULT):
-        t = float if isinstance(default, float) else type(default)  # unannotated: the default's type
-        return Rule(type=t, nullable=nullable, required=required, **(bounds if t in (int, float) else {}))
-    return Rule(type=object, nullable=nullable, required=required)
-
-
-def adapter_schema(fn: Callable[..., Any]) -> dict[str, tuple[Rule, Any]]:
-    """``{option: (Rule, default)}`` from an adapter's ``apply(model, **options)`` signature
-    (default ``NO_DEFAULT`` for an option without one)."""
-    sig = inspect.signature(fn)
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to the defaults' types
-        hints = {}
-    out = {}
-    for i, (name, p) in enumerate(sig.parameters.items()):
-        if i == 0 or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        out[name] = (_annotation_rule(name, hints.get(name, p.annotation), p.default), p.default)
-    return out
-
-
-def _choice_note(name: str, constants: Mapping[str, Any]) -> tuple | None:
-    """The allowed values an adapter module names for a string option: ``INFERENCE_MODES`` (or
-    ``INFERENCE_CHOICES``) for ``inference``; a ``Literal`` annotation says it more directly."""
-    for attr in (f"{name.upper()}_MODES", f"{name.upper()}_CHOICES"):
-        v = constants.get(attr)
-        if isinstance(v, (tuple, list, frozenset, set)) and v and all(isinstance(x, str) for x in v):
-            return tuple(v)
-    return None
+def adapter_rules(name: str) -> dict[str, Rule]:
+    """``{option: Rule}`` of adapter ``name``, from its declaration (:mod:`pvera_bench.registry`)."""
+    return {k: Rule(type=o.type, ge=o.ge, gt=o.gt, lt=o.lt, le=o.le, choices=o.choices, nullable=o.nullable,
+                    required=o.required) for k, o in registry.options(name).items()}
 
 
 def check_adapter(values: Mapping[str, Any]) -> None:
-    static = static_adapter_schemas()
     name = values.get("name")
-    if name in static:  # read from the source: no torch import, so a bad option fails in seconds
-        schema, constants = static[name]
-    else:  # an adapter whose apply() the reader cannot follow: import it
-        from . import adapters
-
-        if name not in adapters.available():
-            raise ConfigError(f"adapter.name={_fmt(name)} is invalid: allowed {', '.join(adapters.available())}")
-        fn = adapters.get(name)
-        schema, constants = adapter_schema(fn), vars(inspect.getmodule(fn))
-    for k, (r, _) in schema.items():
+    try:
+        rules = adapter_rules(name)
+    except registry.UnknownAdapterError:
+        raise ConfigError(f"adapter.name={_fmt(name)} is invalid: allowed {', '.join(registry.names())}") from None
+    except registry.PluginError as e:
+        raise ConfigError(str(e)) from None
+    for k, r in rules.items():
         if r.required and k not in values:
             raise ConfigError(f"adapter.{k} is missing: adapter {name} needs it ({r.allowed()}); "
                               f"add it to configs/adapter/{name}.yaml or pass adapter.{k}=VALUE")
     for k, v in values.items():
         if k == "name":
             continue
-        if k not in schema:
+        if k not in rules:
             raise ConfigError(f"adapter.{k}={_fmt(v)} is invalid: adapter {name} takes no option {k!r}; its options: "
-                              f"{', '.join(schema) or 'none'}")
-        r = schema[k][0]
-        if r.type is str and r.choices is None:
-            choices = _choice_note(k, constants)
-            if choices:
-                r = Rule(type=str, choices=choices, nullable=r.nullable, required=r.required)
-        _check(f"adapter.{k}", v, r, f" for adapter {name}")
-
-
-_STATIC: dict[str, tuple[dict[str, tuple[Rule, Any]], dict[str, Any]]] | None = None
-_EMPTY_BODY: dict[str, bool] = {}  # adapter name -> its apply() does nothing (inserts no tensors)
-
-
-def static_adapter_schemas() -> dict[str, tuple[dict[str, tuple[Rule, Any]], dict[str, Any]]]:
-    """``{name: (adapter_schema, module constants)}`` read with ``ast`` from the ``apply()`` functions
-    decorated ``@register("name")`` in ``pvera_bench/adapters/*.py``, the same signatures
-    :func:`adapter_schema` reads from the imported functions (a test checks both agree), without
-    importing torch. Adapters whose signature is not plain literals are left out (imported then)."""
-    global _STATIC
-    if _STATIC is None:
-        import ast
-        from pathlib import Path
-
-        _STATIC = {}
-        for path in sorted((Path(__file__).parent / "adapters").glob("*.py")):
-            try:
-                tree = ast.parse(path.read_text(encoding="utf-8"))
-            except (OSError, SyntaxError):
-                continue
-            constants = {}
-            for node in tree.body:
-                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                    try:
-                        constants[node.targets[0].id] = ast.literal_eval(node.value)
-                    except ValueError:
-                        pass
-            for node in tree.body:
-                if not isinstance(node, ast.FunctionDef):
-                    continue
-                for dec in node.decorator_list:
-                    if (isinstance(dec, ast.Call) and getattr(dec.func, "id", None) == "register" and dec.args
-                            and isinstance(dec.args[0], ast.Constant)):
-                        parsed = _static_signature(node)
-                        if parsed is not None:
-                            _STATIC[str(dec.args[0].value)] = (parsed, constants)
-                            _EMPTY_BODY[str(dec.args[0].value)] = all(
-                                isinstance(st, ast.Pass) or (isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant))
-                                for st in node.body)
-    return _STATIC
-
-
-_NAMES = {"int": int, "float": float, "str": str, "bool": bool}
-
-
-def _static_annotation(node: Any) -> Any:
-    import ast
-
-    if node is None:
-        return inspect.Parameter.empty
-    if isinstance(node, ast.Name) and node.id in _NAMES:
-        return _NAMES[node.id]
-    if isinstance(node, ast.Constant) and node.value is None:
-        return type(None)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):  # a | b | None: the Union of both sides
-        return typing.Union[_static_annotation(node.left), _static_annotation(node.right)]
-    if isinstance(node, ast.Subscript) and getattr(node.value, "id", getattr(node.value, "attr", None)) == "Literal":
-        return typing.Literal[ast.literal_eval(node.slice)]
-    raise ValueError("unsupported annotation")
-
-
-def _static_signature(fn: Any) -> dict[str, tuple[Rule, Any]] | None:
-    import ast
-
-    args = fn.args
-    if args.posonlyargs or args.kwonlyargs or args.vararg or args.kwarg:
-        return None
-    params = args.args[1:]
-    defaults = [NO_DEFAULT] * (len(args.args) - len(args.defaults)) + list(args.defaults)
-    out = {}
-    try:
-        for p, d in zip(params, defaults[1:]):
-            default = NO_DEFAULT if d is NO_DEFAULT else ast.literal_eval(d)
-            out[p.arg] = (_annotation_rule(p.arg, _static_annotation(p.annotation), default), default)
-    except ValueError:
-        return None
-    return out
-
-
-def trains_adapter_tensors(name: str) -> bool:
-    """Whether adapter ``name`` (default options) adds trainable tensors: probed on a one-block,
-    8-wide ViT (milliseconds, nothing downloaded), so no adapter has to declare it."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    from . import adapters
-
-    vit = VisionTransformer(img_size=8, patch_size=8, embed_dim=8, depth=1, num_heads=1, num_classes=0)
-    defaults = {k: d for k, (_, d) in adapter_schema(adapters.get(name)).items() if d not in (None, NO_DEFAULT)}
-    try:
-        adapters.apply(vit, name, **defaults)
-    except Exception:  # noqa: BLE001 - an adapter that cannot be probed this small: assume it trains
-        return True
-    return adapters.count_trainable(vit) > 0
+                              f"{', '.join(rules) or 'none'}")
+        _check(f"adapter.{k}", v, rules[k], f" for adapter {name}")
 
 
 def adapter_trains(name: str) -> bool:
-    """Whether adapter ``name`` adds trainable tensors: an ``apply()`` whose body is only a
-    docstring or ``pass`` inserts nothing (read from the source, see static_adapter_schemas);
-    otherwise probed with :func:`trains_adapter_tensors` (a test checks both agree)."""
-    static_adapter_schemas()
-    if name in _EMPTY_BODY:
-        return not _EMPTY_BODY[name]
-    return trains_adapter_tensors(name)
+    """Whether adapter ``name`` adds trainable tensors (its declaration's ``trains``)."""
+    return registry.get(name).trains
 
 
 # Settings that only an adapter with trainable tensors uses.
@@ -625,13 +453,9 @@ def validate(cfg: Any) -> None:
 # -- what changes a number: the view of the config the resume key hashes ---------------------------
 
 def adapter_constants(name: str) -> Mapping[str, Any]:
-    """The literal module constants of adapter ``name``'s module (read from the source, or imported)."""
-    static = static_adapter_schemas()
-    if name in static:
-        return static[name][1]
-    from . import adapters
-
-    return vars(inspect.getmodule(adapters.get(name)))
+    """Transitional: ``{"OPTIONS_USED_ONLY_WHEN": {option: {other: values}}}`` of adapter ``name``,
+    from its declared ``used_when`` (use :func:`pvera_bench.registry.option_used` instead)."""
+    return {"OPTIONS_USED_ONLY_WHEN": {k: dict(o.used_when) for k, o in registry.options(name).items() if o.used_when}}
 
 
 def _point_configs(c: Mapping[str, Any]) -> list[dict]:
@@ -652,18 +476,16 @@ def _point_configs(c: Mapping[str, Any]) -> list[dict]:
 
 
 def _adapter_option_used(option: str, adapter: Mapping[str, Any]) -> bool:
-    """An adapter declares options that only some values of another option read, in its module:
-    ``OPTIONS_USED_ONLY_WHEN = {"mc_samples": {"inference": ["mc"]}}``."""
-    when = (adapter_constants(adapter["name"]).get("OPTIONS_USED_ONLY_WHEN") or {}).get(option)
-    return when is None or all(adapter.get(k) in tuple(v) for k, v in when.items())
+    """Whether adapter ``adapter["name"]`` with these options reads ``option`` (its declared ``used_when``)."""
+    return registry.option_used(adapter["name"], option, adapter)
 
 
 def key_view(c: Mapping[str, Any]) -> dict:
     """The resolved config ``c`` without what changes no number: the options marked ``label``
     (``protocol.name``, ``backbone.name``), the options no grid point reads (a Rule's
     ``used_when``: ``trainer.min_lr`` under ``schedule=constant``, the selection options of a
-    protocol that selects nothing, ...) and the adapter options its module declares unread
-    (``OPTIONS_USED_ONLY_WHEN``: PVeRA's ``mc_samples`` unless ``inference=mc``). The groups
+    protocol that selects nothing, ...) and the adapter options its declaration marks unread
+    (``used_when``: PVeRA's ``mc_samples`` unless ``inference=mc``). The groups
     ``trainer``, ``protocol``, ``backbone`` and ``adapter`` are filtered; the rest is copied."""
     import copy
 

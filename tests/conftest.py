@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["PVERA_BENCH_PLUGINS"] = "0"  # the built-in adapters only, whatever plugin packages are installed
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from pvera_bench import adapters
+from pvera_bench import adapters, registry
 from pvera_bench.cli import group_options
 from pvera_bench.paths import config_dir
 
@@ -154,24 +154,24 @@ def test_every_recipe_and_adapter_composes_with_valid_options(recipe, adapter):
     """Every combination resolves, and its adapter options are accepted by apply()'s signature."""
     c = job(f"recipe={recipe}", f"adapter={adapter}", "task=cifar100")
     opts = {k: v for k, v in c["adapter"].items() if k != "name"}
-    inspect.signature(adapters.get(adapter)).bind(None, **opts)
+    inspect.signature(adapters.get(adapter)).bind(None, **{**registry.defaults(adapter), **opts})
     for key in c["protocol"]["grid"]:
         section, _, name = key.partition(".")
         assert name in c[section], key
 
 
 @pytest.mark.parametrize("adapter", adapters.available())
-def test_adapter_yaml_defaults_equal_apply_defaults(adapter):
-    """One source of truth: configs/adapter/<name>.yaml holds exactly apply()'s keyword arguments,
-    with the same default values (beta comes from the task table)."""
+def test_adapter_yaml_defaults_equal_declared_defaults(adapter):
+    """One source of truth: configs/adapter/<name>.yaml holds exactly the declared options (the
+    keyword arguments of apply()), with the same default values (beta comes from the task table)."""
     raw = OmegaConf.to_container(OmegaConf.load(config_dir() / "adapter" / f"{adapter}.yaml"), resolve=False)
     raw.pop("name")
-    params = dict(list(inspect.signature(adapters.get(adapter)).parameters.items())[1:])
-    assert set(raw) == set(params)
+    declared = registry.defaults(adapter)
+    assert set(raw) == set(declared) == set(list(inspect.signature(adapters.get(adapter)).parameters)[1:])
     for k, v in raw.items():
         if isinstance(v, str) and v.startswith("${"):
             continue
-        assert v == params[k].default and type(v) is type(params[k].default), (k, v, params[k].default)
+        assert v == declared[k] and type(v) is type(declared[k]), (k, v, declared[k])
 
 
 def test_every_recipe_with_per_adapter_files_covers_the_same_adapters():

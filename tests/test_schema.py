@@ -1,15 +1,17 @@
-"""Every option validated before anything loads: schemas from apply() signatures and dataclasses."""
+"""Every option validated before anything loads: schemas from the adapters' declarations and dataclasses."""
 
 from __future__ import annotations
 
-import inspect
-import typing
+import dataclasses
+import subprocess
+import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from pvera_bench import adapters, schema
+from pvera_bench import adapters, registry, schema
+from pvera_bench.registry import Adapter, option
 from pvera_bench.cli import group_options
 from pvera_bench.paths import config_dir
 from pvera_bench.schema import ConfigError, validate
@@ -89,37 +91,58 @@ def test_a_grid_over_a_setting_the_adapter_ignores():
     assert "linear_probe has no trainable adapter tensors" in msg and "trainer.lr_adapter" in msg
     validate(cfg("adapter=linear_probe", "++protocol.grid={trainer.lr_head:[1e-3,1e-4]}"))
     validate(cfg("adapter=ia3", "++protocol.grid={trainer.lr_adapter:[1e-3,1e-4]}"))  # ia3 has no options but trains
-    for name in adapters.available():  # the source reading agrees with a probe on a tiny ViT
-        assert schema.adapter_trains(name) == schema.trains_adapter_tensors(name) == (name != "linear_probe")
+    for name in adapters.available():  # the declared `trains` agrees with a probe on a tiny ViT
+        assert schema.adapter_trains(name) == _trains_on_a_probe(name) == (name != "linear_probe")
+
+
+def _trains_on_a_probe(name: str) -> bool:
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(img_size=8, patch_size=8, embed_dim=8, depth=1, num_heads=1, num_classes=0)
+    return adapters.count_trainable(adapters.apply(vit, name, **({"width": 2} if "width" in registry.options(name)
+                                                                  else {}))) > 0
 
 
 @pytest.mark.parametrize("name", adapters.available())
-def test_adapter_yaml_matches_its_apply_signature(name):
-    """One source of truth: every option in configs/adapter/<name>.yaml is an apply() keyword and a
-    literal value equals the signature's default (interpolations such as pvera's beta excepted)."""
+def test_adapter_yaml_matches_its_declaration(name):
+    """One source of truth: configs/adapter/<name>.yaml holds exactly the declared options, and a
+    literal value equals the declared default (interpolations such as pvera's beta excepted); the
+    apply function takes exactly the declared options."""
+    import inspect
+
     raw = OmegaConf.load(config_dir() / "adapter" / f"{name}.yaml")
-    sch = schema.adapter_schema(adapters.get(name))
+    declared = registry.options(name)
     for key in raw:
         if key == "name":
             continue
-        assert key in sch, f"{name}.yaml sets {key}, which apply() does not take"
+        assert key in declared, f"{name}.yaml sets {key}, which {name} does not declare"
         node = raw._get_node(key)
         if not OmegaConf.is_interpolation(raw, key):
-            assert node._value() == sch[key][1], f"{name}.yaml {key}={node._value()} but apply() default {sch[key][1]}"
-    assert set(sch) <= set(raw) - {"name"}, f"{name}.yaml lacks options {set(sch) - set(raw)}"
+            assert node._value() == declared[key].default, f"{name}.yaml {key}={node._value()} but declared " \
+                                                           f"{declared[key].default}"
+    assert set(declared) <= set(raw) - {"name"}, f"{name}.yaml lacks options {set(declared) - set(raw)}"
+    assert list(inspect.signature(adapters.get(name)).parameters)[1:] == list(declared)
+    assert all(o.help and "\n" not in o.help for o in declared.values()), name  # the docs reference is made from them
 
 
-def test_adapter_schema_follows_the_signature():
-    def apply(model, width: int = 4, mode: typing.Literal["a", "b"] = "a", gain=0.5, tag: str | None = None):
-        pass
+@dataclasses.dataclass(frozen=True)
+class _Made:
+    width: int = option(4, ge=1, help="w")
+    mode: str = option("a", choices=("a", "b"), help="m")
+    gain: float = option(0.5, help="g")
+    tag: str | None = option(None, help="t")
 
-    sch = schema.adapter_schema(apply)
+
+def test_adapter_rules_follow_the_declaration(monkeypatch):
+    monkeypatch.setattr(registry, "_ADAPTERS", dict(registry._ADAPTERS))
+    registry.declare(Adapter("made", _Made, apply="tests:none", help="a test adapter"))
+    sch = schema.adapter_rules("made")
     assert list(sch) == ["width", "mode", "gain", "tag"]
-    assert sch["width"][0].ok(1) and not sch["width"][0].ok(0) and not sch["width"][0].ok(True)
-    assert sch["mode"][0].choices == ("a", "b") and not sch["mode"][0].ok("c")
-    assert sch["gain"][0].type is float and sch["gain"][0].ok(2) and not sch["gain"][0].ok("x")
-    assert sch["tag"][0].ok(None) and sch["tag"][0].ok("x")
-    assert inspect.signature(adapters.get("lora")).parameters["r"].default == 8
+    assert sch["width"].ok(1) and not sch["width"].ok(0) and not sch["width"].ok(True)
+    assert sch["mode"].choices == ("a", "b") and not sch["mode"].ok("c")
+    assert sch["gain"].type is float and sch["gain"].ok(2) and not sch["gain"].ok("x")
+    assert sch["tag"].ok(None) and sch["tag"].ok("x")
+    assert registry.defaults("lora")["r"] == 8
 
 
 def test_cli_exits_2_with_one_line_before_loading(cli, tmp_path):
@@ -132,21 +155,21 @@ def test_cli_exits_2_with_one_line_before_loading(cli, tmp_path):
     assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
 
 
-def test_the_static_reading_of_apply_agrees_with_the_imported_signatures():
-    static = schema.static_adapter_schemas()
-    assert sorted(static) == adapters.available()
-    for name in adapters.available():
-        assert static[name][0] == schema.adapter_schema(adapters.get(name)), name
-    assert static["pvera"][1]["INFERENCE_MODES"] == ("mean", "fixed", "mc")
+def test_validation_reads_the_declarations_without_torch():
+    code = ("import sys; from pvera_bench import registry, schema; "
+            "schema.check_adapter({'name': 'pvera', 'inference': 'mc'}); "
+            "print(len(registry.names()), schema.adapter_constants('pvera'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["12", "{'OPTIONS_USED_ONLY_WHEN':", "{'mc_samples':", "{'inference':", "('mc',)}}}", "False"]
 
 
-def test_literal_choices_of_each_adapter_option_match_what_apply_accepts():
-    """The schema reads string choices from each apply()'s Literal annotation; apply() checks them
-    against its module's constants. The two lists must be one list."""
+def test_declared_choices_of_each_adapter_option_match_what_apply_accepts():
+    """Validation reads string choices from the declarations; apply() checks them against its
+    module's constants. The two lists must be one list."""
     from pvera_bench.adapters import base, bottleneck, dora, lora, pvera, qkv
 
-    static = schema.static_adapter_schemas()
-    choices = {name: {k: set(r.choices) for k, (r, _) in static[name][0].items() if r.choices} for name in static}
+    choices = {name: {k: set(r.choices) for k, r in schema.adapter_rules(name).items() if r.choices}
+               for name in adapters.available()}
     draws = set(base.DRAWS)
     assert choices["lora"] == {"targets": set(lora.TARGETS), "init": set(lora.INITS), "draws": draws}
     assert choices["vera"] == {"init": set(qkv.PROJECTION_INITS), "draws": draws}
@@ -198,41 +221,30 @@ def test_cli_refuses_a_bad_device_in_one_line(cli, tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_option_reader_handles_unions_and_options_without_defaults():
-    def apply(model, need: int, free, size: int | str = 4, mode: typing.Literal["a", "b"] | int = "a",
-              opt: float | None = None):
-        pass
+@dataclasses.dataclass(frozen=True)
+class _Needy:
+    need: int = option(help="required")
+    size: int | str = option(4, help="either")
+    mode: str | int = option("a", choices=("a", "b", 7), help="a choice or a number")
+    opt: float | None = option(None, help="nullable")
 
-    sch = schema.adapter_schema(apply)
-    size = sch["size"][0]
+
+def test_option_reader_handles_unions_and_options_without_defaults(monkeypatch):
+    monkeypatch.setattr(registry, "_ADAPTERS", dict(registry._ADAPTERS))
+    registry.declare(Adapter("needy", _Needy, apply="tests:none", help="a test adapter"))
+    sch = schema.adapter_rules("needy")
+    size = sch["size"]
     assert size.ok(3) and size.ok("x") and not size.ok(None) and not size.ok(2.5) and not size.ok(True)
     assert size.allowed() == "an integer or a string"
-    assert sch["mode"][0].ok("b") and sch["mode"][0].ok(7) and not sch["mode"][0].ok(None)
-    need = sch["need"][0]
-    assert need.required and not need.ok(None) and need.ok(3) and sch["need"][1] is schema.NO_DEFAULT
-    assert sch["free"][0].required and not sch["free"][0].ok(None) and sch["free"][0].ok("anything")
-    assert sch["opt"][0].ok(None) and sch["opt"][0].ok(1.5) and not sch["opt"][0].required
-    # the source reader (no torch import) reads the same unions
-    import ast
-    import textwrap
-
-    src = textwrap.dedent('''
-        def apply(model, need: int, size: int | str = 4, opt: float | None = None, w: int | None = 64):
-            pass
-    ''')
-    static = schema._static_signature(ast.parse(src).body[0])
-    assert static["size"][0].type == (int, str) and not static["size"][0].nullable
-    assert static["need"][0].required and not static["need"][0].ok(None)
-    assert static["opt"][0].nullable and static["w"][0].type is int and static["w"][0].nullable
-
-
-def test_a_required_adapter_option_missing_from_the_config_is_named(monkeypatch):
-    def apply(model, r: int, alpha: float = 1.0):
-        pass
-
-    monkeypatch.setitem(schema.static_adapter_schemas(), "needy", (schema.adapter_schema(apply), {}))
-    with pytest.raises(ConfigError, match="adapter.r is missing: adapter needy needs it"):
-        schema.check_adapter({"name": "needy", "alpha": 2.0})
-    with pytest.raises(ConfigError, match="adapter.r=null is invalid"):
-        schema.check_adapter({"name": "needy", "r": None})
-    schema.check_adapter({"name": "needy", "r": 4})
+    assert sch["mode"].ok("b") and sch["mode"].ok(7) and not sch["mode"].ok(None) and not sch["mode"].ok(8)
+    need = sch["need"]
+    assert need.required and not need.ok(None) and need.ok(3) and registry.options("needy")["need"].required
+    assert sch["opt"].ok(None) and sch["opt"].ok(1.5) and not sch["opt"].required
+    with pytest.raises(ConfigError, match="adapter.need is missing: adapter needy needs it"):
+        schema.check_adapter({"name": "needy", "opt": 2.0})
+    with pytest.raises(ConfigError, match="adapter.need=null is invalid"):
+        schema.check_adapter({"name": "needy", "need": None})
+    schema.check_adapter({"name": "needy", "need": 4})
+    with pytest.raises(TypeError, match="annotate it with int, float, str, bool"):
+        registry.declare(Adapter("badly", dataclasses.make_dataclass("B", [("x", list, option((), help="x"))]),
+                                 apply="tests:none", help="h"))

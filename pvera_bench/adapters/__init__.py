@@ -1,35 +1,30 @@
-"""Adapters for frozen timm ViTs, one module each, registered by name.
+"""Adapters for frozen timm ViTs: their layers, one module each, and the operations on a model.
 
     from pvera_bench import adapters
     adapters.available()                        # ['adaptformer', 'bottleneck', ...]
     adapters.apply(vit, "lora", r=8, alpha=8)   # in place; returns vit
 
-Adding an adapter means adding one module here that decorates its ``apply`` function with
-``@register("name")`` (modules in this package are imported automatically) and one config
-file ``configs/adapter/<name>.yaml``. An option that only some values of another option read
-is declared in the module as ``OPTIONS_USED_ONLY_WHEN = {"option": {"other": [values]}}`` (a
-literal): the resume key leaves it out otherwise (``schema.key_view``).
+Every adapter is declared, torch-free, in :mod:`pvera_bench.registry` (the built-in ones in
+``pvera_bench/specs/<name>.py``, others by installed packages through entry points): its options
+with their defaults, bounds and help, and ``apply = "module:function"``, the function that
+inserts its layers (here: ``pvera_bench/adapters/<name>.py``). Adding an adapter is its
+declaration, its layers and one config file ``configs/adapter/<name>.yaml``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import pkgutil
 from typing import Iterable, Iterator
 
 from torch import nn
 
-from .base import AdapterLayer, AdapterOptionError, ExampleNoise, UnknownAdapterError, adapter_layers, register
+from .. import registry
+from .base import AdapterLayer, AdapterOptionError, ExampleNoise, UnknownAdapterError, adapter_layers, blocks
 from .base import GridDraw, building, get, grid_draw, no_weight_decay, stream_seed
 from .base import names as _names
 
-for _m in pkgutil.iter_modules(__path__):
-    if _m.name not in ("base", "qkv"):
-        importlib.import_module(f"{__name__}.{_m.name}")
-
 __all__ = [
-    "AdapterLayer", "AdapterOptionError", "GridDraw", "building", "grid_draw", "UnknownAdapterError", "register", "get",
+    "AdapterLayer", "AdapterOptionError", "blocks", "GridDraw", "building", "grid_draw", "UnknownAdapterError", "get",
     "available", "apply", "merge", "unmerge", "aux_losses", "no_weight_decay", "eval_samples", "example_noise",
     "stream_seed", "set_inference", "count_trainable", "count_frozen_buffers",
 ]
@@ -40,16 +35,19 @@ def available() -> list[str]:
 
 
 def apply(model: nn.Module, name: str, **options) -> nn.Module:
-    """Freeze every weight of ``model`` and insert adapter ``name`` into every block, in place."""
+    """Freeze every weight of ``model`` and insert adapter ``name`` into every block, in place; an
+    option not given takes its declared default."""
     fn = get(name)
+    declared = registry.options(name)
+    unknown = [k for k in options if k not in declared]
+    missing = [k for k, s in declared.items() if s.required and k not in options]
+    if unknown or missing:
+        raise TypeError(f"adapter {name!r}: " + "; ".join(
+            [f"unexpected keyword argument {k!r}" for k in unknown] + [f"option {k!r} has no default" for k in missing])
+            + f" (its options: {', '.join(declared) or 'none'})")
     for p in model.parameters():
         p.requires_grad_(False)
-    try:
-        fn(model, **options)
-    except TypeError as e:
-        if "unexpected keyword argument" in str(e):
-            raise TypeError(f"adapter {name!r}: {e}") from None
-        raise
+    fn(model, **{**registry.defaults(name), **options})
     return model
 
 

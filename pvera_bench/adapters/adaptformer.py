@@ -26,12 +26,11 @@ Options (the keyword arguments of :func:`apply`):
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 from torch import nn
 
-from .base import AdapterLayer, AdapterOptionError, blocks, check_choice, check_positive, register
+from .base import AdapterLayer, AdapterOptionError, blocks, check_choice, check_positive
 from .bottleneck import Bottleneck, check_common, resolve_width
 
 
@@ -69,11 +68,9 @@ class ParallelMLP(AdapterLayer):
         return self.drop_path(self.ls(self.mlp(self.norm(x)))) + a * s
 
 
-@register("adaptformer")
-def apply(model: nn.Module, width: int | None = 64, reduction: float | None = None, scale: float = 0.1,
-          learnable_scale: bool = False, activation: Literal["gelu", "relu", "quick_gelu"] = "relu",
-          init: Literal["lora", "pytorch", "noah"] = "lora", dropout: float = 0.0,
-          inside_layer_scale: bool = False, norm_input: bool = False, outside_drop_path: bool = False) -> None:
+def apply(model: nn.Module, width: int | None, reduction: float | None, scale: float, learnable_scale: bool,
+          activation: str, init: str, dropout: float, inside_layer_scale: bool, norm_input: bool,
+          outside_drop_path: bool) -> None:
     d = model.embed_dim
     w = resolve_width(d, width, reduction)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):

@@ -1,7 +1,7 @@
 """The adapter registry and the pieces every adapter shares.
 
-An adapter is one module under ``pvera_bench/adapters/`` that calls :func:`register` on a
-function ``apply(model, **options)``. That function freezes nothing and returns nothing: it
+An adapter is declared in :mod:`pvera_bench.registry` (options, help, ``apply = "module:function"``);
+its function ``apply(model, **options)`` freezes nothing and returns nothing: it
 inserts :class:`AdapterLayer` modules into every block of a timm ``VisionTransformer`` in
 place. :func:`pvera_bench.adapters.apply` does the freezing around it, so after ``apply``
 exactly the adapter's own tensors require grad.
@@ -19,11 +19,10 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-_REGISTRY: dict[str, Callable[..., None]] = {}
+from .. import registry
+from ..specs.common import DRAWS  # noqa: F401 - lora and vera check their draws option against it
 
-
-class UnknownAdapterError(ValueError):
-    pass
+UnknownAdapterError = registry.UnknownAdapterError
 
 
 class AdapterOptionError(ValueError):
@@ -46,29 +45,13 @@ def check_positive(key: str, value, *, allow_zero: bool = False, upper: float | 
         raise AdapterOptionError(f"adapter.{key}={value!r} is not valid; it must be a number {lo}{hi}")
 
 
-def register(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Decorator: ``@register("lora") def apply(model, r=8, alpha=16): ...``."""
-
-    def deco(fn: Callable[..., None]) -> Callable[..., None]:
-        if name in _REGISTRY:
-            raise ValueError(f"adapter {name!r} is registered twice")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
-
 def get(name: str) -> Callable[..., None]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownAdapterError(
-            f"unknown adapter {name!r}; valid names: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+    """The function that inserts adapter ``name`` (declared in :mod:`pvera_bench.registry`)."""
+    return registry.apply_function(name)
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    return registry.names()
 
 
 class AdapterLayer(nn.Module):
@@ -219,9 +202,6 @@ def building(draw: GridDraw) -> Iterator[GridDraw]:
 def grid_draw() -> GridDraw:
     """The candidate being built (index 0 of a one-point grid, seed 0, when none is set)."""
     return _GRID_DRAW.get()
-
-
-DRAWS = ("run", "pvera_code")
 
 
 def adapter_layers(model: nn.Module) -> Iterator[AdapterLayer]:

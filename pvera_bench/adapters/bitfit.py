@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import register
 
 
 def bias_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] == "bias"]
 
 
-@register("bitfit")
 def apply(model: nn.Module) -> None:
     for p in bias_parameters(model):
         p.requires_grad_(True)

@@ -22,14 +22,15 @@ Options (the keyword arguments of :func:`apply`):
 
 from __future__ import annotations
 
-from typing import Literal
 
 import math
 
 import torch
 from torch import nn
 
-from .base import AdapterLayer, AdapterOptionError, blocks, check_choice, check_positive, register
+from ..specs.bottleneck import ACTIVATIONS as ACTIVATION_NAMES
+from ..specs.bottleneck import INITS, PLACEMENTS
+from .base import AdapterLayer, AdapterOptionError, blocks, check_choice, check_positive
 
 
 class QuickGELU(nn.Module):
@@ -39,9 +40,7 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "quick_gelu": QuickGELU}
-INITS = ("lora", "pytorch", "noah")
-PLACEMENTS = ("attn_mlp", "mlp", "mlp_after_drop_path")
+ACTIVATIONS = dict(zip(ACTIVATION_NAMES, (nn.GELU, nn.ReLU, QuickGELU)))
 
 
 def resolve_width(d: int, width, reduction) -> int:
@@ -101,11 +100,8 @@ def check_common(activation, init, dropout) -> None:
     check_positive("dropout", dropout, allow_zero=True, upper=1.0)
 
 
-@register("bottleneck")
-def apply(model: nn.Module, width: int | None = 8, reduction: float | None = None,
-          placement: Literal["attn_mlp", "mlp", "mlp_after_drop_path"] = "attn_mlp",
-          activation: Literal["gelu", "relu", "quick_gelu"] = "gelu",
-          init: Literal["lora", "pytorch", "noah"] = "lora", dropout: float = 0.0) -> None:
+def apply(model: nn.Module, width: int | None, reduction: float | None, placement: str, activation: str, init: str,
+          dropout: float) -> None:
     d = model.embed_dim
     w = resolve_width(d, width, reduction)
     check_choice("placement", placement, PLACEMENTS)

@@ -28,19 +28,16 @@ rounding; here the k third is the frozen layer's output, bit for bit.
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import check_choice, check_positive, register
+from ..specs.dora import INITS, NORM_AXES, SCALINGS
+from .base import check_choice, check_positive
 from .lora import LoraQV
 from .qkv import QV, QVAdapter, replace_qkv
 
-NORM_AXES = ("row", "column")
-SCALINGS = ("alpha_over_r", "one")
-INITS = ("peft", "pvera_code")
 
 
 class DoraQV(LoraQV):
@@ -109,10 +106,8 @@ class DoraQV(LoraQV):
         return self._adapted() - self._weights()
 
 
-@register("dora")
-def apply(model: nn.Module, r: int = 8, alpha: float = 8.0, norm_axis: Literal["row", "column"] = "row",
-          detach_norm: bool = True, train_magnitude: bool = True,
-          scaling: Literal["alpha_over_r", "one"] = "alpha_over_r", init: Literal["peft", "pvera_code"] = "peft") -> None:
+def apply(model: nn.Module, r: int, alpha: float, norm_axis: str, detach_norm: bool, train_magnitude: bool, scaling: str,
+          init: str) -> None:
     check_positive("r", r)
     check_choice("norm_axis", norm_axis, NORM_AXES)
     check_choice("detach_norm", detach_norm, (True, False))

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import register
 
 
-@register("full")
 def apply(model: nn.Module) -> None:
     for p in model.parameters():
         p.requires_grad_(True)

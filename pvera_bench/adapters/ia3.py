@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import AdapterLayer, blocks, register
+from .base import AdapterLayer, blocks
 
 
 class IA3KV(AdapterLayer):
@@ -54,7 +54,6 @@ class IA3FF(AdapterLayer):
         self._save(self.base.weight).mul_(self.scale_ff[None, :].to(self.base.weight.dtype))
 
 
-@register("ia3")
 def apply(model: nn.Module) -> None:
     for blk in blocks(model):
         blk.attn.qkv = IA3KV(blk.attn.qkv)

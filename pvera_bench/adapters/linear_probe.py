@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import register
 
 
-@register("linear_probe")
 def apply(model: nn.Module) -> None:
     """Nothing to insert: ``pvera_bench.adapters.apply`` has already frozen the backbone."""

@@ -22,21 +22,21 @@ Options (the keyword arguments of :func:`apply`):
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 from torch import nn
 
-from .base import DRAWS, AdapterOptionError, check_choice, check_positive, grid_draw, register
+from ..specs.common import DRAWS
+from ..specs.lora import INITS, TARGETS as TARGET_NAMES
+from .base import AdapterOptionError, check_choice, check_positive, grid_draw
 from .qkv import QV, QVAdapter, add_qv, replace_qkv
 
-TARGETS = {"qv": QV, "qkv": (0, 1, 2)}
-INITS = ("peft", "pvera_code", "noah")
+TARGETS = dict(zip(TARGET_NAMES, (QV, (0, 1, 2))))  # the projections (0 q, 1 k, 2 v) each target adapts
 
 
 class LoraQV(QVAdapter):
-    def __init__(self, base: nn.Linear, r: int, alpha: float, targets: Literal["qv", "qkv"] = "qv", dropout: float = 0.0,
-                 fused: bool = False, init: Literal["peft", "pvera_code", "noah"] = "peft") -> None:
+    def __init__(self, base: nn.Linear, r: int, alpha: float, targets: str = "qv", dropout: float = 0.0,
+                 fused: bool = False, init: str = "peft") -> None:
         super().__init__(base)
         d = self.dim
         self.ks = TARGETS[targets]
@@ -105,10 +105,7 @@ def check_lora_options(r, alpha, targets, dropout, fused, init, draws="run") -> 
                                  "adapter.targets=qv and adapter.fused=false")
 
 
-@register("lora")
-def apply(model: nn.Module, r: int = 8, alpha: float = 8.0, targets: Literal["qv", "qkv"] = "qv", dropout: float = 0.0,
-          fused: bool = False, init: Literal["peft", "pvera_code", "noah"] = "peft",
-          draws: Literal["run", "pvera_code"] = "run") -> None:
+def apply(model: nn.Module, r: int, alpha: float, targets: str, dropout: float, fused: bool, init: str, draws: str) -> None:
     check_lora_options(r, alpha, targets, dropout, fused, init, draws)
 
     def make(qkv: nn.Linear) -> LoraQV:

@@ -13,19 +13,13 @@ The block's KL is the mean of its q and v terms, summed over blocks; the loss ad
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 from torch import nn
 
-from .base import register
+from ..specs.pvera import INFERENCE_MODES
 from .qkv import SharedProjections
 from .vera import VeraQV, apply_vera
-
-INFERENCE_MODES = ("mean", "fixed", "mc")
-# Options that change no number unless another option has one of the listed values (the resume key
-# leaves them out otherwise: schema.key_view).
-OPTIONS_USED_ONLY_WHEN = {"mc_samples": {"inference": ["mc"]}}
 
 
 class _SampleKL(torch.autograd.Function):
@@ -78,7 +72,7 @@ class _SampleKL(torch.autograd.Function):
 class PveraQV(VeraQV):
     def __init__(self, base: nn.Linear, shared: SharedProjections, r: int, alpha: float,
                  lambda_d_init: float | None, beta: float, inference: str, mc_samples: int,
-                 init: Literal["pvera_code", "peft"] = "pvera_code", generator: torch.Generator | None = None,
+                 init: str = "pvera_code", generator: torch.Generator | None = None,
                  lambda_d_values: tuple[float, float] | None = None) -> None:
         super().__init__(base, shared, r, alpha, lambda_d_init, latent=2, init=init, generator=generator,
                          lambda_d_values=lambda_d_values)
@@ -125,11 +119,8 @@ class PveraQV(VeraQV):
         return kl / self.beta
 
 
-@register("pvera")
-def apply(model: nn.Module, r: int = 256, alpha: float = 16.0, init: Literal["pvera_code", "peft"] = "pvera_code",
-          lambda_d_init: float | None = None, projection_seed: int | None = None, beta: float = 1e6,
-          inference: Literal["mean", "fixed", "mc"] = "mean", mc_samples: int = 8,
-          draws: Literal["run", "pvera_code"] = "run") -> None:
+def apply(model: nn.Module, r: int, alpha: float, init: str, lambda_d_init: float | None, projection_seed: int | None,
+          beta: float, inference: str, mc_samples: int, draws: str) -> None:
     """Initialisation (``init``, ``lambda_d_init``, ``projection_seed``, ``draws``) as VeRA's, see
     :mod:`pvera_bench.adapters.vera`; A holds 2r columns per projection ([mu | logvar])."""
     apply_vera(model, "pvera_shared", PveraQV, 2, draws, projection_seed, r=r, alpha=alpha, lambda_d_init=lambda_d_init,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..specs.vera import PROJECTION_INITS  # noqa: F401 - vera and pvera import it from here
 from .base import AdapterLayer, blocks
 
 # Index of the q and v thirds in the fused output, in the order updates are stacked.
@@ -144,8 +145,6 @@ def replace_qkv(model: nn.Module, make) -> None:
     for blk in blocks(model):
         blk.attn.qkv = make(blk.attn.qkv)
 
-
-PROJECTION_INITS = ("pvera_code", "peft")
 
 
 class SharedProjections(nn.Module):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import AdapterLayer, blocks, register
+from .base import AdapterLayer, blocks
 
 
 class ScaleShift(AdapterLayer):
@@ -64,7 +64,6 @@ class ScaleShift(AdapterLayer):
         self._save(b).mul_(s).add_(self.shift.to(b.dtype))
 
 
-@register("ssf")
 def apply(model: nn.Module) -> None:
     d = model.embed_dim
     pe = model.patch_embed

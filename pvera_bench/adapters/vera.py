@@ -25,13 +25,13 @@ run's seed, taken block by block, candidate by candidate, q then v (models/adapt
 
 from __future__ import annotations
 
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from .base import DRAWS, AdapterOptionError, blocks, check_choice, grid_draw, register
+from ..specs.common import DRAWS
+from .base import AdapterOptionError, blocks, check_choice, grid_draw
 from .qkv import PROJECTION_INITS, QVAdapter, SharedProjections, add_qv, code_projections, replace_qkv, share
 
 LAMBDA_D_RANGE = (1e-5, 1.0)  # the PVeRA code's np.random.uniform(1e-5, 1) (models/adapters/vera.py)
@@ -57,7 +57,7 @@ def check_vera_options(init: str, lambda_d_init: float | None, draws: str = "run
 class VeraQV(QVAdapter):
     vector_params = ("lambda_d", "lambda_b")  # per-projection vectors, stored (2, ...) or (d,)
     def __init__(self, base: nn.Linear, shared: SharedProjections, r: int, alpha: float,
-                 lambda_d_init: float | None, latent: int = 1, init: Literal["pvera_code", "peft"] = "pvera_code",
+                 lambda_d_init: float | None, latent: int = 1, init: str = "pvera_code",
                  generator: torch.Generator | None = None, lambda_d_values: tuple[float, float] | None = None) -> None:
         super().__init__(base)
         object.__setattr__(self, "shared", shared)  # a reference, not a submodule: held once by the model
@@ -130,9 +130,7 @@ def apply_vera(model: nn.Module, shared_name: str, layer, latent: int, draws: st
     replace_qkv(model, lambda qkv: layer(qkv, shared, generator=g, **kw))
 
 
-@register("vera")
-def apply(model: nn.Module, r: int = 256, alpha: float = 16.0, init: Literal["pvera_code", "peft"] = "pvera_code",
-          lambda_d_init: float | None = None, projection_seed: int | None = None,
-          draws: Literal["run", "pvera_code"] = "run") -> None:
+def apply(model: nn.Module, r: int, alpha: float, init: str, lambda_d_init: float | None, projection_seed: int | None,
+          draws: str) -> None:
     apply_vera(model, "vera_shared", VeraQV, 1, draws, projection_seed, r=r, alpha=alpha, lambda_d_init=lambda_d_init,
                init=init)

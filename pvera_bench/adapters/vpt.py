@@ -26,15 +26,13 @@ as in the source); nothing to merge (the prompts are tokens, not weights).
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from torch import nn
 
-from .base import AdapterLayer, AdapterOptionError, blocks, check_choice, check_positive, register
+from ..specs.vpt import DEPTHS, INITS
+from .base import AdapterLayer, AdapterOptionError, blocks, check_choice, check_positive
 
-DEPTHS = ("shallow", "deep")
-INITS = ("vpt", "vpetl")
 
 
 class PromptedBlock(AdapterLayer):
@@ -75,9 +73,7 @@ def prompt_bound(model: nn.Module, init: str = "vpt") -> float:
     return math.sqrt(6.0 / float(3 * ph * pw + model.embed_dim))
 
 
-@register("vpt")
-def apply(model: nn.Module, length: int = 10, depth: Literal["shallow", "deep"] = "shallow",
-          dropout: float = 0.0, init: Literal["vpt", "vpetl"] = "vpt") -> None:
+def apply(model: nn.Module, length: int, depth: str, dropout: float, init: str) -> None:
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
         raise AdapterOptionError(f"adapter.length={length!r} is not valid; it must be an integer >= 1")
     check_choice("depth", depth, DEPTHS)

@@ -8,7 +8,8 @@ chosen the same way), ``differences`` (recipe differences that remain, for the l
 that our row must have too, e.g. ``{depth: deep}`` for VPT-Deep, ``recipe`` = the recipe that
 produced the row (a ``configs/recipe/`` name, or the name of a source this tool has no recipe for)
 with ``recipe_note`` saying how that is known, ``params`` as printed, ``mean`` as printed,
-``values`` per task). Adding a reference is one file.
+``values`` per task). Adding a reference is one file; a plugin package adds a folder of them
+(``pvera_bench.registry.add_references``).
 
 A Δ row (ours − published) is made for each of our rows whose adapter and backbone match a
 published row, and whose adapter options include the row's ``adapter_options``: per task where
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .. import registry
 from .load import ReportError
 from .table import aggregates
 
@@ -50,14 +52,22 @@ class Reference:
 
 
 def _files():
-    return sorted((p for p in resources.files(__package__).joinpath("references").iterdir()
-                   if p.name.endswith(".yaml")), key=lambda p: p.name)
+    """The shipped reference files, then those of installed plugins (``registry.add_references``)."""
+    try:
+        plugin_dirs = registry.reference_dirs()
+    except registry.PluginError as e:
+        raise ReportError(str(e)) from None
+    folders = [resources.files(__package__).joinpath("references"), *plugin_dirs]
+    return [p for d in folders for p in sorted((q for q in d.iterdir() if q.name.endswith(".yaml")), key=lambda q: q.name)]
 
 
 def available() -> dict[str, Reference]:
     out = {}
     for p in _files():
         d = yaml.safe_load(p.read_text(encoding="utf-8"))
+        if d["name"] in out:
+            raise ReportError(f"reference file {p} names its reference {d['name']!r}, which another reference file "
+                              f"already uses; rename one of them")
         out[d["name"]] = Reference(**d)
     return out
 
