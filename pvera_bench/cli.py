@@ -94,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pvera-bench: error: {err}", file=sys.stderr)
         return 2
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    from .preflight import PreflightError, check
+    from .schema import ConfigError
+
+    try:  # every job of the command, before Hydra creates a directory or a run writes a row
+        check(args)
+    except (PreflightError, ConfigError) as e:
+        print(f"pvera-bench: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     from .hydra_app import hydra_main
 
     sys.argv = [sys.argv[0] if sys.argv else "pvera-bench"] + args
