@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return evaluate_main(args[1:])
     if args and args[0] == "export":
-        from .export import main as export_main
+        from .export_cli import main as export_main
 
         return export_main(args[1:])
     if args and args[0] == "results":

@@ -6,7 +6,7 @@
     vit = timm.create_model(<the timm model>, pretrained=True, num_classes=K)
     model = peft.PeftModel.from_pretrained(vit, "out/")    # the same logits as ours
 
-    pvera-bench export RUN_DIR --format peft --out DIR    # the same from a saved run (:func:`main`)
+    pvera-bench export RUN_DIR --format peft --out DIR    # the same from a saved run (export_cli.py)
     clf = load_peft("DIR", backbone)   # the reverse: any PEFT checkpoint on timm's ViT as our Classifier
 
 PEFT adapts timm's *fused* ``attn.qkv`` layer (``Linear(d, 3d)``, output ``[q | k | v]``) as one
@@ -61,12 +61,13 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from . import adapters
+from . import export_bundle as bundle
 from .adapters.base import AdapterLayer
 from .adapters.dora import DoraQV
 from .adapters.ia3 import IA3FF, IA3KV
@@ -77,7 +78,7 @@ from .adapters.vera import VeraQV
 
 TUNER = "base_model."  # PEFT's key prefix for the tuner's own tensors (VeRA/PVeRA's shared projections)
 PREFIX = TUNER + "model."  # ... and for the wrapped model's modules (save_pretrained)
-META_FILE = "pvera_bench_export.json"
+META_FILE = bundle.META_FILE
 SELF_CHECK_ATOL = 1e-5  # float32, relative to max(1, |logits|)
 
 
@@ -170,6 +171,9 @@ def _lora_export(model: nn.Module, cls: type, dora: bool) -> PeftExport:
 
     layers = _layers(model, "attn.qkv", cls)
     first = layers[0]
+    if dora and any(layer.norm_dim != -1 for layer in layers):
+        raise ExportError("dora with norm_axis=column has no PEFT form: PEFT's DoRA divides each output row of "
+                          "W + dW by its norm (norm_axis=row); its trained weights stay in the run directory")
     tensors: dict[str, torch.Tensor] = {}
     for i, layer in enumerate(layers):
         a, b, rank = _lora_factors(layer)
@@ -365,13 +369,18 @@ def build_peft(model: nn.Module, adapter: str):
 
 
 def export_peft(model: nn.Module, adapter: str, out_dir: str | os.PathLike, *, base_model: str | None = None,
-                meta: dict | None = None, check_batch: int = 2, seed: int = 0) -> dict:
+                meta: dict | None = None, check_batch: int = 2, seed: int = 0, run: Mapping | None = None) -> dict:
     """Write ``model`` (our :class:`~pvera_bench.backbones.Classifier` with adapter ``adapter``) as
     a PEFT checkpoint in ``out_dir`` (which must not exist or be empty); returns the metadata written
-    to ``pvera_bench_export.json`` (``meta`` added to it). ``base_model``: PEFT's
-    ``base_model_name_or_path`` (default: the backbone's hub id, see :func:`base_model_id`).
-    Raises :class:`ExportError` (nothing written) when there is no exact PEFT form or PEFT's model
-    does not reproduce our logits on a random batch."""
+    to ``pvera_bench_export.json`` (``meta`` added to it).
+
+    ``run`` (``{"backbone": ..., "data": ..., "seed": ...}``, the run's resolved config groups): the
+    export is self-contained (export_bundle.py): the frozen backbone named by a hub id, saved in
+    timm's ``local-dir:`` layout, or drawn from a seed; a model card with the loading code; and the
+    self-check loads the written files with that code. Without ``run`` (a model built in Python),
+    ``base_model`` (default :func:`base_model_id`) names the backbone and the self-check compares
+    PEFT's model on our plain ViT. Raises :class:`ExportError` (nothing written) when there is no
+    exact PEFT form or the export does not reproduce our logits on a random batch."""
     import peft
 
     out = Path(out_dir)
@@ -381,23 +390,21 @@ def export_peft(model: nn.Module, adapter: str, out_dir: str | os.PathLike, *, b
     model.eval()
     try:
         peft_model, exp = build_peft(model, adapter)
-        g = torch.Generator().manual_seed(seed)
-        size = model.backbone.patch_embed.img_size
-        x = torch.randn(check_batch, 3, size[0], size[1], generator=g)
-        diff = _compare(model, peft_model, x, seed)
-        if not diff <= SELF_CHECK_ATOL:
-            raise ExportError(f"PEFT's {adapter} does not reproduce this model's logits (max relative "
-                              f"difference {diff:.2e} > {SELF_CHECK_ATOL:g}); nothing written")
+        base = bundle.base_model(run["backbone"], model.backbone, int(run.get("seed") or 0)) if run else None
+        diff = 0.0 if run else _self_check(model, peft_model, adapter, check_batch, seed)
         pcfg = getattr(model.backbone, "pretrained_cfg", None) or {}
         info = {
             "format": "peft", "peft_version": peft.__version__, "adapter": adapter,
             "peft_type": str(exp.config.peft_type.value), **exp.notes,
-            "base_model": base_model or base_model_id(model.backbone), "timm_architecture": pcfg.get("architecture"),
+            "base_model": base.name if base else base_model or base_model_id(model.backbone),
+            "timm_architecture": pcfg.get("architecture"),
             "num_classes": model.head.out_features, "img_size": list(model.backbone.patch_embed.img_size),
             "input": "float NCHW images normalised with mean/std (0-1 scale): timm's ViT with "
-                     "num_classes=num_classes, then peft.PeftModel.from_pretrained(vit, this directory)",
+                     "num_classes=num_classes, then peft.PeftModel.from_pretrained(vit, this directory)"
+                     + ("; README.md has the code" if run else ""),
             "mean": list(pcfg.get("mean", (0.5, 0.5, 0.5))), "std": list(pcfg.get("std", (0.5, 0.5, 0.5))),
             "self_check_max_rel_diff": diff, **(meta or {}),
+            **(bundle.meta_facts(run["backbone"], run.get("data") or {}, base) if run else {}),
         }
         exp.config.base_model_name_or_path = info["base_model"]
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -406,7 +413,12 @@ def export_peft(model: nn.Module, adapter: str, out_dir: str | os.PathLike, *, b
             with warnings.catch_warnings():  # PEFT looks for a transformers config.json at the hub id
                 warnings.filterwarnings("ignore", message="Could not find a config file")
                 peft_model.save_pretrained(str(tmp))
-            (tmp / META_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+            if run:
+                info["self_check_max_rel_diff"] = _bundle(model, adapter, run["backbone"], base, info, tmp,
+                                                          check_batch, seed)
+                bundle.write(tmp, info, base)
+            else:
+                (tmp / META_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
             if out.exists():
                 out.rmdir()  # empty, checked above
             os.replace(tmp, out)
@@ -416,6 +428,44 @@ def export_peft(model: nn.Module, adapter: str, out_dir: str | os.PathLike, *, b
         return info
     finally:
         model.train(was_training)
+
+
+def _self_check(model: nn.Module, peft_model: nn.Module, adapter: str, batch: int, seed: int) -> float:
+    g = torch.Generator().manual_seed(seed)
+    size = model.backbone.patch_embed.img_size
+    diff = _compare(model, peft_model, torch.randn(batch, 3, size[0], size[1], generator=g), seed)
+    if not diff <= SELF_CHECK_ATOL:
+        raise ExportError(f"PEFT's {adapter} does not reproduce this model's logits (max relative "
+                          f"difference {diff:.2e} > {SELF_CHECK_ATOL:g}); nothing written")
+    return diff
+
+
+def _bundle(model: nn.Module, adapter: str, bb: Mapping, base: "bundle.BaseModel", info: dict, tmp: Path,
+            batch: int, seed: int) -> float:
+    """Complete the export in ``tmp`` (the backbone in timm's layout where it needs one) and load it
+    with the model card's own code: its logits of random uint8 images must be ours."""
+    plain = plain_vit(model)
+    if base.kind == "local-dir":
+        bundle.save_backbone(plain, bb, tmp)
+    build, use = bundle.loading_code(info, base)
+    # hub weights: the card downloads them; here the frozen backbone this run loaded from the hub stands in
+    ns = bundle.run_code(build, use, tmp, vit=plain if base.kind == "hub" else None)
+    size = info["img_size"]
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, size[0], size[1], 3), generator=g, dtype=torch.uint8)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ours = model(images)
+        torch.manual_seed(seed)
+        theirs = ns["logits"](images)
+    diff = float((ours - theirs).abs().max() / max(1.0, float(ours.abs().max())))
+    if not diff <= SELF_CHECK_ATOL:
+        why = (" (backbone.pos_embed=dinov2_hub: the backbone is saved with its position embeddings resampled "
+               "for this input size)" if bb.get("pos_embed") == "dinov2_hub" else "")
+        raise ExportError(f"the export, loaded with timm and PEFT as its model card says, does not reproduce this "
+                          f"model's logits (max relative difference {diff:.2e} > {SELF_CHECK_ATOL:g}){why}; "
+                          f"nothing written")
+    return diff
 
 
 # ------------------------------------------------------------------------------------------------
@@ -457,83 +507,6 @@ def load_peft(peft_dir: str | os.PathLike, backbone: nn.Module) -> nn.Module:
     return clf.eval()
 
 
-# ------------------------------------------------------------------------------------------------
-# pvera-bench export RUN_DIR --format peft --out DIR
-# ------------------------------------------------------------------------------------------------
-FORMATS = ("peft",)
-
-
-def build_parser():
-    import argparse
-
-    ap = argparse.ArgumentParser(
-        prog="pvera-bench export",
-        description="Write a saved run's trained adapter and head in another library's format. "
-                    "peft: adapter_config.json + adapter_model.safetensors (the head as modules_to_save), "
-                    "loaded with peft.PeftModel.from_pretrained(timm ViT with num_classes=K, DIR); "
-                    f"exportable adapters: {', '.join(exportable())}.")
-    ap.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding adapter.safetensors")
-    ap.add_argument("--format", choices=FORMATS, default="peft")
-    ap.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) directory to write")
-    ap.add_argument("--inference", choices=("mean", "mc"),
-                    help="pvera only: the inference the export computes (default: the run's); mean is "
-                         "deterministic, mc samples z at every forward as PEFT's sample_at_inference")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    args = build_parser().parse_args(argv)
-
-    def fail(msg: str) -> int:
-        print(f"pvera-bench export: error: {msg}", file=sys.stderr)
-        return 2
-
-    from omegaconf import OmegaConf
-
-    from .artifacts import ArtifactError, load_run, read_metadata
-
-    try:
-        meta = read_metadata(args.run_dir)
-    except ArtifactError as e:
-        return fail(str(e))
-    cfg = meta["config"]
-    adapter = cfg["adapter"]["name"]
-    if adapter in _NO_FORM:  # before building anything
-        return fail(_NO_FORM[adapter])
-    if args.inference and adapter != "pvera":
-        return fail(f"--inference is for pvera runs; this run's adapter is {adapter}")
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        return fail("exporting to PEFT needs the peft package (pip install 'pvera-bench[peft]')")
-    overrides = {"adapter.inference": args.inference} if args.inference else None
-    try:
-        model, run_cfg = load_run(args.run_dir, overrides)
-        bb = run_cfg.backbone
-        if bb.get("checkpoint"):
-            weights, base = f"file {bb.checkpoint}", str(bb.model)
-        elif bb.get("pretrained"):
-            weights, base = "hub", None  # the hub id of the weights (base_model_id)
-        else:
-            seed = bb.get("init_seed", run_cfg.seed)  # run.py seeds this before creating the backbone
-            weights, base = f"random (torch.manual_seed({seed}) before timm.create_model)", str(bb.model)
-        info = export_peft(model, adapter, args.out, base_model=base, meta={
-            "backbone": bb.get("name"), "backbone_weights": weights, "timm_model": str(bb.model),
-            "timm_kwargs": OmegaConf.to_container(bb.kwargs) if bb.get("kwargs") else {},
-            "run_dir": str(Path(args.run_dir).resolve()),
-            "task": run_cfg.task.get("name"), "seed": run_cfg.get("seed"),
-            "train_hash": meta.get("train_hash"), "config_hash": meta.get("config_hash"),
-        })
-    except (ArtifactError, ExportError) as e:
-        return fail(str(e))
-    extra = f", rank {info['peft_rank']}" if "peft_rank" in info else ""
-    mode = f", pvera inference {info['pvera_inference']}" if "pvera_inference" in info else ""
-    print(f"wrote {args.out}: PEFT {info['peft_type']} ({adapter}{extra}{mode}) on {info['base_model']}, "
-          f"head of {info['num_classes']} classes as modules_to_save; PEFT's logits vs this tool's: "
-          f"max relative difference {info['self_check_max_rel_diff']:.1e} (float32)")
-    return 0
 no_peft_form("full", "full has no PEFT form: every backbone weight trains, so there is no adapter to write; save the "
                      "whole model's state_dict instead (the run's weights hold every trained tensor)")
 no_peft_form("bitfit", "bitfit has no PEFT form (none exact): PEFT's bias tuner (BEFT, peft/tuners/beft) adds a bias to "
