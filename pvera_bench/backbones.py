@@ -178,7 +178,7 @@ def create_backbone(cfg: Mapping) -> nn.Module:
     import timm
 
     kwargs = dict(cfg.get("kwargs") or {})
-    model_name, name = cfg["model"], cfg.get("name", cfg["model"])
+    model_name = cfg["model"]
     pretrained = bool(cfg.get("pretrained", False))
     checkpoint = cfg.get("checkpoint")
     overlay = {k: v for k in ("mean", "std") if (v := _normalisation(cfg, k)) is not None}

@@ -53,7 +53,6 @@ registry has either an exporter or a reason (a test checks it).
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -68,7 +67,7 @@ from torch import nn
 
 from . import adapters
 from . import export_bundle as bundle
-from .adapters.base import AdapterLayer
+from .export_bundle import SELF_CHECK_ATOL, ExportError, plain_vit  # noqa: F401  (export.ExportError, ...)
 from .adapters.dora import DoraQV
 from .adapters.ia3 import IA3FF, IA3KV
 from .adapters.lora import LoraQV
@@ -79,11 +78,6 @@ from .adapters.vera import VeraQV
 TUNER = "base_model."  # PEFT's key prefix for the tuner's own tensors (VeRA/PVeRA's shared projections)
 PREFIX = TUNER + "model."  # ... and for the wrapped model's modules (save_pretrained)
 META_FILE = bundle.META_FILE
-SELF_CHECK_ATOL = 1e-5  # float32, relative to max(1, |logits|)
-
-
-class ExportError(ValueError):
-    """An export that cannot be written (no exact PEFT form, a merged model, ...): one line."""
 
 
 @dataclass
@@ -291,27 +285,6 @@ no_peft_form("linear_probe", "linear_probe has no PEFT form: it trains only the 
 # ------------------------------------------------------------------------------------------------
 # the common part
 # ------------------------------------------------------------------------------------------------
-def plain_vit(model: nn.Module) -> nn.Module:
-    """The timm ViT a PEFT user has: a copy of our backbone with every adapter layer replaced by
-    the frozen layer it wraps, the shared projections removed, and our head as timm's ``head``."""
-    vit = copy.deepcopy(model.backbone)
-    for name, m in list(vit.named_modules()):
-        parent_name, _, child = name.rpartition(".")
-        parent = vit.get_submodule(parent_name) if parent_name else vit
-        if isinstance(m, AdapterLayer):
-            base = getattr(m, "base", None)
-            if not isinstance(base, nn.Module):
-                raise ExportError(f"{name} ({type(m).__name__}) wraps no frozen layer; no plain ViT to export onto")
-            setattr(parent, child, base)
-        elif isinstance(m, SharedProjections):
-            delattr(parent, child)
-    vit.head = copy.deepcopy(model.head)
-    vit.num_classes = model.head.out_features
-    for p in vit.parameters():
-        p.requires_grad_(False)
-    return vit
-
-
 def base_model_id(backbone: nn.Module) -> str:
     """The Hugging Face Hub id of the backbone's weights (``timm/...``), else its timm name."""
     pcfg = getattr(backbone, "pretrained_cfg", None) or {}
@@ -414,8 +387,8 @@ def export_peft(model: nn.Module, adapter: str, out_dir: str | os.PathLike, *, b
                 warnings.filterwarnings("ignore", message="Could not find a config file")
                 peft_model.save_pretrained(str(tmp))
             if run:
-                info["self_check_max_rel_diff"] = _bundle(model, adapter, run["backbone"], base, info, tmp,
-                                                          check_batch, seed)
+                info["self_check_max_rel_diff"] = bundle.complete_and_check(model, run["backbone"], base, info, tmp,
+                                                                            check_batch, seed)
                 bundle.write(tmp, info, base)
             else:
                 (tmp / META_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
@@ -437,34 +410,6 @@ def _self_check(model: nn.Module, peft_model: nn.Module, adapter: str, batch: in
     if not diff <= SELF_CHECK_ATOL:
         raise ExportError(f"PEFT's {adapter} does not reproduce this model's logits (max relative "
                           f"difference {diff:.2e} > {SELF_CHECK_ATOL:g}); nothing written")
-    return diff
-
-
-def _bundle(model: nn.Module, adapter: str, bb: Mapping, base: "bundle.BaseModel", info: dict, tmp: Path,
-            batch: int, seed: int) -> float:
-    """Complete the export in ``tmp`` (the backbone in timm's layout where it needs one) and load it
-    with the model card's own code: its logits of random uint8 images must be ours."""
-    plain = plain_vit(model)
-    if base.kind == "local-dir":
-        bundle.save_backbone(plain, bb, tmp)
-    build, use = bundle.loading_code(info, base)
-    # hub weights: the card downloads them; here the frozen backbone this run loaded from the hub stands in
-    ns = bundle.run_code(build, use, tmp, vit=plain if base.kind == "hub" else None)
-    size = info["img_size"]
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (batch, size[0], size[1], 3), generator=g, dtype=torch.uint8)
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        ours = model(images)
-        torch.manual_seed(seed)
-        theirs = ns["logits"](images)
-    diff = float((ours - theirs).abs().max() / max(1.0, float(ours.abs().max())))
-    if not diff <= SELF_CHECK_ATOL:
-        why = (" (backbone.pos_embed=dinov2_hub: the backbone is saved with its position embeddings resampled "
-               "for this input size)" if bb.get("pos_embed") == "dinov2_hub" else "")
-        raise ExportError(f"the export, loaded with timm and PEFT as its model card says, does not reproduce this "
-                          f"model's logits (max relative difference {diff:.2e} > {SELF_CHECK_ATOL:g}){why}; "
-                          f"nothing written")
     return diff
 
 

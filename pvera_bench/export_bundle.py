@@ -22,6 +22,7 @@ self-check runs it (export.py) and a test runs it in an environment without this
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,17 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .adapters.base import AdapterLayer
+from .adapters.qkv import SharedProjections
+
+SELF_CHECK_ATOL = 1e-5  # float32, relative to max(1, |logits|)
 BACKBONE_DIR = "backbone"
 CARD = "README.md"
 META_FILE = "pvera_bench_export.json"
+
+
+class ExportError(ValueError):
+    """An export that cannot be written (no exact PEFT form, a merged model, ...): one line."""
 
 
 @dataclass
@@ -185,3 +194,52 @@ def meta_facts(bb: Mapping[str, Any], data: Mapping[str, Any], base: BaseModel) 
 def write(out: Path, info: Mapping[str, Any], base: BaseModel) -> None:
     (out / CARD).write_text(card(info, base), encoding="utf-8")
     (out / META_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+
+
+def plain_vit(model: nn.Module) -> nn.Module:
+    """The timm ViT a PEFT user has: a copy of our backbone with every adapter layer replaced by
+    the frozen layer it wraps, the shared projections removed, and our head as timm's ``head``."""
+    vit = copy.deepcopy(model.backbone)
+    for name, m in list(vit.named_modules()):
+        parent_name, _, child = name.rpartition(".")
+        parent = vit.get_submodule(parent_name) if parent_name else vit
+        if isinstance(m, AdapterLayer):
+            base = getattr(m, "base", None)
+            if not isinstance(base, nn.Module):
+                raise ExportError(f"{name} ({type(m).__name__}) wraps no frozen layer; no plain ViT to export onto")
+            setattr(parent, child, base)
+        elif isinstance(m, SharedProjections):
+            delattr(parent, child)
+    vit.head = copy.deepcopy(model.head)
+    vit.num_classes = model.head.out_features
+    for p in vit.parameters():
+        p.requires_grad_(False)
+    return vit
+
+
+def complete_and_check(model: nn.Module, bb: Mapping, base: BaseModel, info: dict, tmp: Path,
+            batch: int, seed: int) -> float:
+    """Complete the export in ``tmp`` (the backbone in timm's layout where it needs one) and load it
+    with the model card's own code: its logits of random uint8 images must be ours."""
+    plain = plain_vit(model)
+    if base.kind == "local-dir":
+        save_backbone(plain, bb, tmp)
+    build, use = loading_code(info, base)
+    # hub weights: the card downloads them; here the frozen backbone this run loaded from the hub stands in
+    ns = run_code(build, use, tmp, vit=plain if base.kind == "hub" else None)
+    size = info["img_size"]
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, size[0], size[1], 3), generator=g, dtype=torch.uint8)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ours = model(images)
+        torch.manual_seed(seed)
+        theirs = ns["logits"](images)
+    diff = float((ours - theirs).abs().max() / max(1.0, float(ours.abs().max())))
+    if not diff <= SELF_CHECK_ATOL:
+        why = (" (backbone.pos_embed=dinov2_hub: the backbone is saved with its position embeddings resampled "
+               "for this input size)" if bb.get("pos_embed") == "dinov2_hub" else "")
+        raise ExportError(f"the export, loaded with timm and PEFT as its model card says, does not reproduce this "
+                          f"model's logits (max relative difference {diff:.2e} > {SELF_CHECK_ATOL:g}){why}; "
+                          f"nothing written")
+    return diff

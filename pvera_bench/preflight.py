@@ -66,9 +66,9 @@ def check(args: list[str]) -> None:
             compose_job = lambda overrides: compose(config_name="config", overrides=overrides,  # noqa: E731
                                                     return_hydra_config=True)
             if ns.cfg:  # --cfg job|hydra|all prints the config: it must compose and resolve
-                cfg = compose_job(ns.overrides)
-                check_per_task(cfg)
-                _resolved(cfg)
+                job = job_part(compose_job(ns.overrides))
+                check_per_task(job)
+                _resolved(job)
                 return
             multirun, jobs = expand(ns.overrides, ns.multirun, loader, compose_job)
             check_jobs(jobs, multirun, compose_job)
@@ -119,14 +119,8 @@ def check_jobs(jobs: list[list[str]], multirun: bool, compose_job: Callable) -> 
 
 def check_job(cfg: Any, multirun: bool, memo: dict[str, str | None]) -> str | None:
     """Check one composed job (with its ``hydra`` node); returns a warning line or None."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict, read_write
-
-    HydraConfig.instance().set_config(cfg)
+    job = job_part(cfg)
     out_dir = str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
-    job = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    with read_write(job), open_dict(job):
-        del job["hydra"]
     validate(job)
     c = _resolved(job)
     num_classes = (c.get("task") or {}).get("num_classes")
@@ -148,6 +142,19 @@ def check_job(cfg: Any, multirun: bool, memo: dict[str, str | None]) -> str | No
         if memo[key]:
             raise PreflightError(memo[key])
     return warmup_warning(c["trainer"])
+
+
+def job_part(cfg: Any) -> Any:
+    """The job's config without its ``hydra`` node (what the task function receives), with the
+    ``hydra`` node set where ``${hydra:...}`` resolves."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    HydraConfig.instance().set_config(cfg)
+    job = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with read_write(job), open_dict(job):
+        del job["hydra"]
+    return job
 
 
 def needs(c: Mapping[str, Any]) -> list[tuple[str, Callable[[Any], None], Any]]:

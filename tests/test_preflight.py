@@ -107,3 +107,10 @@ def test_writable_dir_probes_and_leaves_nothing(tmp_path):
     with pytest.raises(preflight.PreflightError, match="is a file"):
         (tmp_path / "f").write_text("")
         preflight.writable_dir(tmp_path / "f" / "g", "x")
+
+
+@pytest.mark.parametrize("args", [["task=demo", "--cfg", "job"], ["task=demo", "--cfg", "hydra", "-p", "hydra.run"],
+                                  ["task=demo", "--info"], ["task=demo", "backbone=vit_tiny_random"]])
+def test_good_commands_pass(cwd, args):
+    preflight.check(args)
+    assert sorted(p.name for p in cwd.iterdir()) == ["adir", "afile"]
