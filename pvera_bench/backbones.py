@@ -143,6 +143,26 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_weights(cfg: Mapping) -> None:
+    """That the weights backbone config ``cfg`` names can be had, before anything is built: a
+    ``checkpoint`` file that exists (with its ``checkpoint_sha256`` when given), or ``pretrained``
+    hub weights in the local cache or a reachable Hub. Raises :class:`BackboneError` (one line)."""
+    model_name, name, checkpoint = cfg["model"], cfg.get("name", cfg["model"]), cfg.get("checkpoint")
+    if checkpoint:
+        path = checkpoint_path(checkpoint)
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "does not exist"
+            raise BackboneError(f"backbone.checkpoint={checkpoint} {what}; pass the path of a "
+                                f"weights file for timm model {model_name!r} (.safetensors or .pth)")
+        want = cfg.get("checkpoint_sha256")
+        if want and (got := sha256_file(path)) != str(want).lower():
+            raise BackboneError(f"backbone.checkpoint={checkpoint} has sha256 {got}, not the {want} that backbone "
+                                f"{name!r} expects; restore the file (reinstall the package for a shipped one) or "
+                                f"set backbone.checkpoint_sha256 to the file's checksum")
+    elif cfg.get("pretrained", False):
+        _check_hub_weights(model_name, name)
+
+
 def create_backbone(cfg: Mapping) -> nn.Module:
     """A timm model without its classifier (``num_classes=0``), every weight frozen.
 
@@ -158,27 +178,17 @@ def create_backbone(cfg: Mapping) -> nn.Module:
     import timm
 
     kwargs = dict(cfg.get("kwargs") or {})
-    model_name, name = cfg["model"], cfg.get("name", cfg["model"])
+    model_name = cfg["model"]
     pretrained = bool(cfg.get("pretrained", False))
     checkpoint = cfg.get("checkpoint")
     overlay = {k: v for k in ("mean", "std") if (v := _normalisation(cfg, k)) is not None}
     dpr = _drop_path_rate(cfg)
     if dpr:
         kwargs["drop_path_rate"] = dpr
+    check_weights(cfg)
     if checkpoint:
-        path = checkpoint_path(checkpoint)
-        if not path.is_file():
-            raise BackboneError(f"backbone.checkpoint={checkpoint} does not exist; pass the path of a "
-                                f"weights file for timm model {model_name!r} (.safetensors or .pth)")
-        want = cfg.get("checkpoint_sha256")
-        if want and (got := sha256_file(path)) != str(want).lower():
-            raise BackboneError(f"backbone.checkpoint={checkpoint} has sha256 {got}, not the {want} that backbone "
-                                f"{name!r} expects; restore the file (reinstall the package for a shipped one) or "
-                                f"set backbone.checkpoint_sha256 to the file's checksum")
-        overlay["file"] = str(path)
+        overlay["file"] = str(checkpoint_path(checkpoint))
         pretrained = True
-    elif pretrained:
-        _check_hub_weights(model_name, name)
     if overlay:
         kwargs["pretrained_cfg_overlay"] = overlay
     pos_embed = cfg.get("pos_embed") or "timm"

@@ -3,7 +3,7 @@
     pvera-bench adapter=pvera task=cifar100          one run
     pvera-bench -m adapter=pvera,vera task=vtab      a sweep (task=vtab|natural|specialized|structured
                                                      expands to the tasks of the benchmark or group)
-    pvera-bench experiment=demo                      the offline demo
+    pvera-bench experiment=demo                      the offline demo (every adapter)
     pvera-bench report [--results CSV] ...           tables from the CSV
     pvera-bench data prepare|check task=...          VTAB-1k data
     pvera-bench results rebuild|check ...            the CSV from run records; its problems
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return evaluate_main(args[1:])
     if args and args[0] == "export":
-        from .export import main as export_main
+        from .export_cli import main as export_main
 
         return export_main(args[1:])
     if args and args[0] == "results":
@@ -117,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pvera-bench: error: {err}", file=sys.stderr)
         return 2
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    from .preflight import PreflightError, check
+    from .schema import ConfigError
+
+    try:  # every job of the command, before Hydra creates a directory or a run writes a row
+        check(args)
+    except (PreflightError, ConfigError) as e:
+        print(f"pvera-bench: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     from .hydra_app import hydra_main
 
     sys.argv = [sys.argv[0] if sys.argv else "pvera-bench"] + args

@@ -6,7 +6,7 @@
     vit = timm.create_model(<the timm model>, pretrained=True, num_classes=K)
     model = peft.PeftModel.from_pretrained(vit, "out/")    # the same logits as ours
 
-    pvera-bench export RUN_DIR --format peft --out DIR    # the same from a saved run (:func:`main`)
+    pvera-bench export RUN_DIR --format peft --out DIR    # the same from a saved run (export_cli.py)
     clf = load_peft("DIR", backbone)   # the reverse: any PEFT checkpoint on timm's ViT as our Classifier
 
 PEFT adapts timm's *fused* ``attn.qkv`` layer (``Linear(d, 3d)``, output ``[q | k | v]``) as one
@@ -54,19 +54,19 @@ registry has either an exporter or a reason (a test checks it).
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from . import adapters, registry, rundir
-from .adapters.base import AdapterLayer
+from . import export_bundle as bundle
+from .export_bundle import SELF_CHECK_ATOL, ExportError, plain_vit  # noqa: F401  (export.ExportError, ...)
 from .adapters.dora import DoraQV
 from .adapters.ia3 import IA3FF, IA3KV
 from .adapters.lora import LoraQV
@@ -76,12 +76,7 @@ from .adapters.vera import VeraQV
 
 TUNER = "base_model."  # PEFT's key prefix for the tuner's own tensors (VeRA/PVeRA's shared projections)
 PREFIX = TUNER + "model."  # ... and for the wrapped model's modules (save_pretrained)
-META_FILE = "pvera_bench_export.json"
-SELF_CHECK_ATOL = 1e-5  # float32, relative to max(1, |logits|)
-
-
-class ExportError(ValueError):
-    """An export that cannot be written (no exact PEFT form, a merged model, ...): one line."""
+META_FILE = bundle.META_FILE
 
 
 @dataclass
@@ -163,6 +158,9 @@ def _lora_export(model: nn.Module, cls: type, dora: bool) -> PeftExport:
 
     layers = _layers(model, "attn.qkv", cls)
     first = layers[0]
+    if dora and any(layer.norm_dim != -1 for layer in layers):
+        raise ExportError("dora with norm_axis=column has no PEFT form: PEFT's DoRA divides each output row of "
+                          "W + dW by its norm (norm_axis=row); its trained weights stay in the run directory")
     tensors: dict[str, torch.Tensor] = {}
     for i, layer in enumerate(layers):
         a, b, rank = _lora_factors(layer)
@@ -271,27 +269,6 @@ def _ia3(model: nn.Module) -> PeftExport:
 # ------------------------------------------------------------------------------------------------
 # the common part
 # ------------------------------------------------------------------------------------------------
-def plain_vit(model: nn.Module) -> nn.Module:
-    """The timm ViT a PEFT user has: a copy of our backbone with every adapter layer replaced by
-    the frozen layer it wraps, the shared projections removed, and our head as timm's ``head``."""
-    vit = copy.deepcopy(model.backbone)
-    for name, m in list(vit.named_modules()):
-        parent_name, _, child = name.rpartition(".")
-        parent = vit.get_submodule(parent_name) if parent_name else vit
-        if isinstance(m, AdapterLayer):
-            base = getattr(m, "base", None)
-            if not isinstance(base, nn.Module):
-                raise ExportError(f"{name} ({type(m).__name__}) wraps no frozen layer; no plain ViT to export onto")
-            setattr(parent, child, base)
-        elif isinstance(m, SharedProjections):
-            delattr(parent, child)
-    vit.head = copy.deepcopy(model.head)
-    vit.num_classes = model.head.out_features
-    for p in vit.parameters():
-        p.requires_grad_(False)
-    return vit
-
-
 def base_model_id(backbone: nn.Module) -> str:
     """The Hugging Face Hub id of the backbone's weights (``timm/...``), else its timm name."""
     pcfg = getattr(backbone, "pretrained_cfg", None) or {}
@@ -349,13 +326,18 @@ def build_peft(model: nn.Module, adapter: str):
 
 
 def export_peft(model: nn.Module, adapter: str, out_dir: str | os.PathLike, *, base_model: str | None = None,
-                meta: dict | None = None, check_batch: int = 2, seed: int = 0) -> dict:
+                meta: dict | None = None, check_batch: int = 2, seed: int = 0, run: Mapping | None = None) -> dict:
     """Write ``model`` (our :class:`~pvera_bench.backbones.Classifier` with adapter ``adapter``) as
     a PEFT checkpoint in ``out_dir`` (which must not exist or be empty); returns the metadata written
-    to ``pvera_bench_export.json`` (``meta`` added to it). ``base_model``: PEFT's
-    ``base_model_name_or_path`` (default: the backbone's hub id, see :func:`base_model_id`).
-    Raises :class:`ExportError` (nothing written) when there is no exact PEFT form or PEFT's model
-    does not reproduce our logits on a random batch."""
+    to ``pvera_bench_export.json`` (``meta`` added to it).
+
+    ``run`` (``{"backbone": ..., "data": ..., "seed": ...}``, the run's resolved config groups): the
+    export is self-contained (export_bundle.py): the frozen backbone named by a hub id, saved in
+    timm's ``local-dir:`` layout, or drawn from a seed; a model card with the loading code; and the
+    self-check loads the written files with that code. Without ``run`` (a model built in Python),
+    ``base_model`` (default :func:`base_model_id`) names the backbone and the self-check compares
+    PEFT's model on our plain ViT. Raises :class:`ExportError` (nothing written) when there is no
+    exact PEFT form or the export does not reproduce our logits on a random batch."""
     import peft
 
     out = Path(out_dir)
@@ -365,23 +347,21 @@ def export_peft(model: nn.Module, adapter: str, out_dir: str | os.PathLike, *, b
     model.eval()
     try:
         peft_model, exp = build_peft(model, adapter)
-        g = torch.Generator().manual_seed(seed)
-        size = model.backbone.patch_embed.img_size
-        x = torch.randn(check_batch, 3, size[0], size[1], generator=g)
-        diff = _compare(model, peft_model, x, seed)
-        if not diff <= SELF_CHECK_ATOL:
-            raise ExportError(f"PEFT's {adapter} does not reproduce this model's logits (max relative "
-                              f"difference {diff:.2e} > {SELF_CHECK_ATOL:g}); nothing written")
+        base = bundle.base_model(run["backbone"], model.backbone, int(run.get("seed") or 0)) if run else None
+        diff = 0.0 if run else _self_check(model, peft_model, adapter, check_batch, seed)
         pcfg = getattr(model.backbone, "pretrained_cfg", None) or {}
         info = {
             "format": "peft", "peft_version": peft.__version__, "adapter": adapter,
             "peft_type": str(exp.config.peft_type.value), **exp.notes,
-            "base_model": base_model or base_model_id(model.backbone), "timm_architecture": pcfg.get("architecture"),
+            "base_model": base.name if base else base_model or base_model_id(model.backbone),
+            "timm_architecture": pcfg.get("architecture"),
             "num_classes": model.head.out_features, "img_size": list(model.backbone.patch_embed.img_size),
             "input": "float NCHW images normalised with mean/std (0-1 scale): timm's ViT with "
-                     "num_classes=num_classes, then peft.PeftModel.from_pretrained(vit, this directory)",
+                     "num_classes=num_classes, then peft.PeftModel.from_pretrained(vit, this directory)"
+                     + ("; README.md has the code" if run else ""),
             "mean": list(pcfg.get("mean", (0.5, 0.5, 0.5))), "std": list(pcfg.get("std", (0.5, 0.5, 0.5))),
             "self_check_max_rel_diff": diff, **(meta or {}),
+            **(bundle.meta_facts(run["backbone"], run.get("data") or {}, base) if run else {}),
         }
         exp.config.base_model_name_or_path = info["base_model"]
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -389,10 +369,25 @@ def export_peft(model: nn.Module, adapter: str, out_dir: str | os.PathLike, *, b
             with warnings.catch_warnings():  # PEFT looks for a transformers config.json at the hub id
                 warnings.filterwarnings("ignore", message="Could not find a config file")
                 peft_model.save_pretrained(str(tmp))
-            (tmp / META_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+            if run:
+                info["self_check_max_rel_diff"] = bundle.complete_and_check(model, run["backbone"], base, info, tmp,
+                                                                            check_batch, seed)
+                bundle.write(tmp, info, base)
+            else:
+                (tmp / META_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
         return info
     finally:
         model.train(was_training)
+
+
+def _self_check(model: nn.Module, peft_model: nn.Module, adapter: str, batch: int, seed: int) -> float:
+    g = torch.Generator().manual_seed(seed)
+    size = model.backbone.patch_embed.img_size
+    diff = _compare(model, peft_model, torch.randn(batch, 3, size[0], size[1], generator=g), seed)
+    if not diff <= SELF_CHECK_ATOL:
+        raise ExportError(f"PEFT's {adapter} does not reproduce this model's logits (max relative "
+                          f"difference {diff:.2e} > {SELF_CHECK_ATOL:g}); nothing written")
+    return diff
 
 
 # ------------------------------------------------------------------------------------------------
@@ -432,86 +427,3 @@ def load_peft(peft_dir: str | os.PathLike, backbone: nn.Module) -> nn.Module:
     for p in clf.parameters():
         p.requires_grad_(False)
     return clf.eval()
-
-
-# ------------------------------------------------------------------------------------------------
-# pvera-bench export RUN_DIR --format peft --out DIR
-# ------------------------------------------------------------------------------------------------
-FORMATS = ("peft",)
-
-
-def build_parser():
-    import argparse
-
-    ap = argparse.ArgumentParser(
-        prog="pvera-bench export",
-        description="Write a saved run's trained adapter and head in another library's format. "
-                    "peft: adapter_config.json + adapter_model.safetensors (the head as modules_to_save), "
-                    "loaded with peft.PeftModel.from_pretrained(timm ViT with num_classes=K, DIR); "
-                    f"exportable adapters: {', '.join(exportable())}.")
-    ap.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding adapter.safetensors")
-    ap.add_argument("--format", choices=FORMATS, default="peft")
-    ap.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) directory to write")
-    ap.add_argument("--inference", choices=("mean", "mc"),
-                    help="pvera only: the inference the export computes (default: the run's); mean is "
-                         "deterministic, mc samples z at every forward as PEFT's sample_at_inference")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    args = build_parser().parse_args(argv)
-
-    def fail(msg: str) -> int:
-        print(f"pvera-bench export: error: {msg}", file=sys.stderr)
-        return 2
-
-    from omegaconf import OmegaConf
-
-    from .artifacts import ArtifactError, load_run, read_metadata
-
-    try:
-        meta = read_metadata(args.run_dir)
-    except ArtifactError as e:
-        return fail(str(e))
-    cfg = meta["config"]
-    adapter = cfg["adapter"]["name"]
-    try:
-        reason = registry.get(adapter).no_peft_form
-    except (registry.UnknownAdapterError, registry.PluginError) as e:
-        return fail(f"{e} (the run's adapter; is the package that declares it installed?)")
-    if reason:  # before building anything
-        return fail(reason)
-    if args.inference and adapter != "pvera":
-        return fail(f"--inference is for pvera runs; this run's adapter is {adapter}")
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        return fail("exporting to PEFT needs the peft package (pip install 'pvera-bench[peft]')")
-    overrides = {"adapter.inference": args.inference} if args.inference else None
-    try:
-        model, run_cfg = load_run(args.run_dir, overrides)
-        bb = run_cfg.backbone
-        if bb.get("checkpoint"):
-            weights, base = f"file {bb.checkpoint}", str(bb.model)
-        elif bb.get("pretrained"):
-            weights, base = "hub", None  # the hub id of the weights (base_model_id)
-        else:
-            seed = bb.get("init_seed", run_cfg.seed)  # run.py seeds this before creating the backbone
-            weights, base = f"random (torch.manual_seed({seed}) before timm.create_model)", str(bb.model)
-        info = export_peft(model, adapter, args.out, base_model=base, meta={
-            "backbone": bb.get("name"), "backbone_weights": weights, "timm_model": str(bb.model),
-            "timm_kwargs": OmegaConf.to_container(bb.kwargs) if bb.get("kwargs") else {},
-            "run_dir": str(Path(args.run_dir).resolve()),
-            "task": run_cfg.task.get("name"), "seed": run_cfg.get("seed"),
-            "train_hash": meta.get("train_hash"), "config_hash": meta.get("config_hash"),
-        })
-    except (ArtifactError, ExportError) as e:
-        return fail(str(e))
-    extra = f", rank {info['peft_rank']}" if "peft_rank" in info else ""
-    mode = f", pvera inference {info['pvera_inference']}" if "pvera_inference" in info else ""
-    print(f"wrote {args.out}: PEFT {info['peft_type']} ({adapter}{extra}{mode}) on {info['base_model']}, "
-          f"head of {info['num_classes']} classes as modules_to_save; PEFT's logits vs this tool's: "
-          f"max relative difference {info['self_check_max_rel_diff']:.1e} (float32)")
-    return 0

@@ -98,14 +98,19 @@ def _need(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise LoggerError(f"logger={extra} needs the {extra} package: pip install -e \".[{extra}]\" "
-                          f"(or choose logger=none)") from None
+        raise LoggerError(_missing(extra)) from None
+
+
+def _missing(extra: str) -> str:
+    return f"logger={extra} needs the {extra} package: pip install -e \".[{extra}]\" (or choose logger=none)"
 
 
 @register("tensorboard")
 class TensorBoardLogger(Logger):
+    package = "tensorboard"  # what check() looks for before a run starts
+
     def __init__(self, run_dir: Path, default_name: str, dir: str | None = None, **_: Any) -> None:
-        _need("tensorboard", "tensorboard")
+        _need(self.package, "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
         self.dir = Path(dir) if dir else Path(run_dir) / TENSORBOARD
@@ -131,9 +136,11 @@ class TensorBoardLogger(Logger):
 
 @register("mlflow")
 class MLflowLogger(Logger):
+    package = "mlflow"
+
     def __init__(self, run_dir: Path, default_name: str, tracking_uri: str | None = None,
                  experiment: str = "pvera-bench", run_name: str | None = None, **_: Any) -> None:
-        _need("mlflow", "mlflow")
+        _need(self.package, "mlflow")
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri or f"sqlite:///{Path(run_dir).resolve() / MLFLOW_DB}"
@@ -173,9 +180,11 @@ class MLflowLogger(Logger):
 
 @register("wandb")
 class WandbLogger(Logger):
+    package = "wandb"
+
     def __init__(self, run_dir: Path, default_name: str, mode: str = "offline", project: str = "pvera-bench",
                  entity: str | None = None, dir: str | None = None, **_: Any) -> None:
-        wandb = _need("wandb", "wandb")
+        wandb = _need(self.package, "wandb")
         self.dir = Path(dir) if dir else Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(mode=mode, project=project, entity=entity, dir=str(self.dir), name=default_name,
@@ -194,10 +203,23 @@ class WandbLogger(Logger):
         self.run.finish(exit_code=0 if status == "ok" else 1)
 
 
-def create(cfg: Mapping[str, Any] | None, run_dir: Path, default_name: str) -> Logger:
-    """The logger ``cfg`` (the ``logger`` config group) names; ``none`` when absent."""
-    cfg = dict(cfg or {})
-    name = cfg.pop("name", "none") or "none"
+def check(cfg: Mapping[str, Any] | None) -> None:
+    """That the logger ``cfg`` names can start, without starting it: a known name whose tracker
+    package (its class's ``package``) is installed; :class:`LoggerError` otherwise (preflight.py
+    calls this before a run directory exists)."""
+    import importlib.util
+
+    name = dict(cfg or {}).get("name", "none") or "none"
     if name not in _LOGGERS:
         raise LoggerError(f"unknown logger {name!r}; valid loggers: {', '.join(names())}")
+    package = getattr(_LOGGERS[name], "package", None)
+    if package and importlib.util.find_spec(package) is None:
+        raise LoggerError(_missing(name))
+
+
+def create(cfg: Mapping[str, Any] | None, run_dir: Path, default_name: str) -> Logger:
+    """The logger ``cfg`` (the ``logger`` config group) names; ``none`` when absent."""
+    check(cfg)
+    cfg = dict(cfg or {})
+    name = cfg.pop("name", "none") or "none"
     return _LOGGERS[name](run_dir=Path(run_dir), default_name=default_name, **cfg) if name != "none" else Logger()

@@ -137,11 +137,8 @@ def _run(args: argparse.Namespace) -> int:
             head, body, notes = _compare.cells(c, names[a], names[b], metric, decimals)
             text = render(args.format, head, body, notes, 1)
     elif args.ranks:
-        r = _ranks.compute(runs, names, metric, args.rank_blocks)
-        if args.format == "csv":
-            text = _ranks.to_frame(r).to_csv(index=False)
-        else:
-            text = render(args.format, *_ranks.cells(r, decimals), 1)
+        text = _ranks.grouped_text(_ranks.compute_groups(runs, names, metric, args.rank_blocks), args.format,
+                                   decimals, render)
     else:
         text = _table_text(args, table, runs, metric, decimals, ref, published, deltas, shown_tasks, all_vtab)
     _write(args, text)
@@ -153,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
         figures.plot_reliability(runs, names, csv_path, args.plot_reliability, args.bins, args.max_panels)
         warn(f"wrote {args.plot_reliability}")
     if args.plot_ranks:
-        _ranks.plot(_ranks.compute(runs, names, metric, args.rank_blocks), metric, args.plot_ranks)
+        _ranks.plot(_ranks.compute_groups(runs, names, metric, args.rank_blocks), metric, args.plot_ranks)
         warn(f"wrote {args.plot_ranks}")
     if args.plot_heatmap:
         _heatmap(args, table, metric, decimals, shown_tasks, deltas, ref)

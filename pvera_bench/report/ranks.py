@@ -9,6 +9,10 @@ The Friedman test (``scipy.stats.friedmanchisquare``) asks whether the settings'
 all; it needs at least 3 settings and 2 blocks. The critical-difference diagram draws the average
 ranks and joins settings that the Nemenyi post-hoc test (scikit-posthocs,
 ``posthoc_nemenyi_friedman``) does not tell apart at alpha 0.05.
+
+Rows of different backbones (or protocols) are ranked apart, one ranking per backbone
+(:func:`compute_groups`): the rows of one adapter on two backbones share a label, and a rank across
+backbones would compare the backbones, not the adapters.
 """
 
 from __future__ import annotations
@@ -72,6 +76,50 @@ def compute(runs: pd.DataFrame, names: dict[str, str], metric: Metric, blocks: s
     return Ranks(list(scores.index), scores, ranks, average, stat, p, note)
 
 
+GROUP_COLUMNS = ("backbone", "protocol")  # rows that differ in these are never ranked together
+
+
+def compute_groups(runs: pd.DataFrame, names: dict[str, str], metric: Metric,
+                   blocks: str = "task") -> list[tuple[dict[str, str], Ranks]]:
+    """``[(group, Ranks)]``: one ranking per backbone (and protocol) among those of ``runs`` (one
+    group ``{}`` when they all share one); a group with a single row is left out, and when none
+    has two rows the error says that ranks are per backbone."""
+    keys = [k for k in GROUP_COLUMNS if k in runs.columns and runs[k].nunique() > 1]
+    if not keys:
+        return [({}, compute(runs, names, metric, blocks))]
+    out, skipped = [], []
+    for values, part in runs.groupby(keys, sort=True):
+        group = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+        try:
+            out.append((group, compute(part, names, metric, blocks)))
+        except ReportError as e:
+            skipped.append(f"{_title(group)}: {e}")
+    if not out:
+        raise ReportError(f"--ranks: rows of different {' and '.join(keys)}s are ranked apart, and no "
+                          f"{' and '.join(keys)} has two rows to rank ({'; '.join(skipped)}); select the rows with "
+                          f"--{keys[0]}")
+    return out
+
+
+def _title(group: dict[str, str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in group.items())
+
+
+def grouped_text(groups: list[tuple[dict[str, str], Ranks]], fmt: str, decimals: int, render) -> str:
+    """The ranks view of every group: ``render(fmt, head, body, notes, n_label)`` per group, each
+    under its title (md, latex); for csv one frame, the group's columns first."""
+    if fmt == "csv":
+        frames = [to_frame(r).assign(**{k: v for k, v in g.items()}) for g, r in groups]
+        df = pd.concat(frames, ignore_index=True)
+        first = list(groups[0][0])
+        return df[first + [c for c in df.columns if c not in first]].to_csv(index=False)
+    parts = []
+    for g, r in groups:
+        text = render(fmt, *cells(r, decimals), 1)
+        parts.append(text if not g else (f"**{_title(g)}**\n\n" if fmt == "md" else f"% {_title(g)}\n") + text)
+    return "\n".join(parts)
+
+
 def cells(r: Ranks, decimals: int) -> tuple[list[str], list[list[str]], list[str]]:
     head = ["adapter", "average rank"] + [str(b) for b in r.blocks]
     body = [[label, f"{r.average[label]:.2f}"] + [f"{r.ranks.loc[b, label]:g}" for b in r.blocks]
@@ -89,13 +137,21 @@ def to_frame(r: Ranks) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def plot(r: Ranks, metric: Metric, path) -> None:
-    """Critical-difference diagram (Nemenyi, scikit-posthocs) of the average ranks."""
-    import scikit_posthocs as sp
+def plot(groups: list[tuple[dict[str, str], Ranks]], metric: Metric, path) -> None:
+    """Critical-difference diagram (Nemenyi, scikit-posthocs) of the average ranks, one panel per group."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 1.2 + 0.3 * len(r.average)))
-    ax = fig.add_subplot()
+    heights = [1.2 + 0.3 * len(r.average) for _, r in groups]
+    fig = Figure(figsize=(8, sum(heights) + 0.6 * (len(groups) - 1)))
+    axes = fig.subplots(len(groups), 1, squeeze=False, gridspec_kw=dict(height_ratios=heights))[:, 0]
+    for ax, (g, r) in zip(axes, groups):
+        _panel(ax, r, metric, _title(g))
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+
+
+def _panel(ax, r: Ranks, metric: Metric, group: str) -> None:
+    import scikit_posthocs as sp
+
     if len(r.blocks) >= 2 and len(r.average) >= 3:
         sig = sp.posthoc_nemenyi_friedman(r.scores.to_numpy())
         sig.index = sig.columns = list(r.scores.columns)
@@ -106,5 +162,4 @@ def plot(r: Ranks, metric: Metric, path) -> None:
         sig = pd.DataFrame(1.0, index=labels, columns=labels)  # too few blocks or rows for the test
         title = f"Average rank over {len(r.blocks)} block(s) ({metric.column})\n{r.friedman_note}"
     sp.critical_difference_diagram(r.average, sig, ax=ax)
-    ax.set_title(title, fontsize=8, pad=24)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
+    ax.set_title(f"{group}: {title}" if group else title, fontsize=8, pad=24)
