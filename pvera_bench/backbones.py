@@ -13,6 +13,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from .truncnormal import trunc_normal_timm054_
+
 
 class BackboneError(RuntimeError):
     """Weights that cannot be had (offline, missing or corrupt file): the message says what to do."""
@@ -206,7 +208,7 @@ def input_size(backbone: nn.Module) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
-HEAD_INITS = ("pytorch", "noah")
+HEAD_INITS = ("pytorch", "noah", "noah_code")
 
 
 class Classifier(nn.Module):
@@ -215,8 +217,9 @@ class Classifier(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, head_init: str = "pytorch", head_draw: int = 0) -> None:
         """``head_init``: ``pytorch`` (nn.Linear's own) or ``noah``: weight truncated normal std 0.02
         (cut at +-2), bias 0, as NOAH's ``reset_classifier`` (ZhangYuanhan-AI/NOAH,
-        model/supernet_vision_transformer_timm.py). ``head_draw``: the head is the RNG's
-        ``head_draw``-th head after those of earlier grid candidates (the PVeRA code's
+        model/supernet_vision_transformer_timm.py ~551-555), drawn by torch's sampler; ``noah_code``:
+        the same, drawn as NOAH's timm 0.5.4 draws it (:mod:`pvera_bench.truncnormal`). ``head_draw``:
+        the head is the RNG's ``head_draw``-th head after those of earlier grid candidates (the PVeRA code's
         GridSearchLinearProbe builds one nn.Linear per candidate, in grid order: models/models.py)."""
         super().__init__()
         if head_init not in HEAD_INITS:
@@ -230,8 +233,9 @@ class Classifier(nn.Module):
         for _ in range(int(head_draw)):  # the earlier candidates' heads, drawn and dropped
             nn.Linear(backbone.num_features, int(num_classes))
         self.head = nn.Linear(backbone.num_features, int(num_classes))
-        if head_init == "noah":
-            nn.init.trunc_normal_(self.head.weight, std=0.02, a=-2.0, b=2.0)
+        if head_init in ("noah", "noah_code"):  # noah_code: drawn as NOAH's timm 0.5.4 (inverse CDF), noah: torch's
+            (trunc_normal_timm054_ if head_init == "noah_code" else nn.init.trunc_normal_)(
+                self.head.weight, std=0.02, a=-2.0, b=2.0)
             nn.init.zeros_(self.head.bias)
 
     @property

@@ -227,7 +227,7 @@ class BackboneConfig:
     drop_path_rate: float = rule(type=float, ge=0, lt=1, required=False)
     mean: list = rule(type=list, length=3, nullable=True, required=False)
     std: list = rule(type=list, length=3, gt=0, nullable=True, required=False)
-    head_init: str = rule(type=str, choices=("pytorch", "noah"), required=False)  # backbones.Classifier
+    head_init: str = rule(type=str, choices=("pytorch", "noah", "noah_code"), required=False)  # backbones.Classifier
     pos_embed: str = rule(type=str, choices=("timm", "dinov2_hub"), required=False)
     head_draws: str = rule(type=str, choices=("run", "after_backbone"), required=False)  # run.execute
 

@@ -17,7 +17,8 @@ Options (the keyword arguments of :func:`apply`):
 - ``init``: ``lora`` (Down as nn.Linear's weight, biases and Up zero: the adapted model starts as
   the frozen one), ``pytorch`` (nn.Linear's defaults for both: the PVeRA code) or ``noah``
   (weights truncated normal std 0.02, biases zero: NOAH re-initialises every nn.Linear after
-  building the model).
+  building the model; torch's sampler) or ``noah_code`` (the same drawn as NOAH's timm 0.5.4 draws
+  it: :mod:`pvera_bench.truncnormal`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import math
 import torch
 from torch import nn
 
+from ..truncnormal import trunc_normal_timm054_
 from .base import AdapterLayer, AdapterOptionError, blocks, check_choice, check_positive, register
 
 
@@ -40,7 +42,7 @@ class QuickGELU(nn.Module):
 
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "quick_gelu": QuickGELU}
-INITS = ("lora", "pytorch", "noah")
+INITS = ("lora", "pytorch", "noah", "noah_code")
 PLACEMENTS = ("attn_mlp", "mlp", "mlp_after_drop_path")
 
 
@@ -71,9 +73,10 @@ class Bottleneck(nn.Module):
             nn.init.zeros_(self.down.bias)
             nn.init.zeros_(self.up.weight)
             nn.init.zeros_(self.up.bias)
-        elif init == "noah":
+        elif init in ("noah", "noah_code"):  # noah_code: timm 0.5.4's inverse CDF, NOAH's draws; noah: torch's sampler
+            draw = trunc_normal_timm054_ if init == "noah_code" else nn.init.trunc_normal_
             for lin in (self.down, self.up):
-                nn.init.trunc_normal_(lin.weight, std=0.02, a=-2.0, b=2.0)
+                draw(lin.weight, std=0.02, a=-2.0, b=2.0)
                 nn.init.zeros_(lin.bias)
         # pytorch: nn.Linear's own initialisation, as constructed
 
@@ -105,7 +108,7 @@ def check_common(activation, init, dropout) -> None:
 def apply(model: nn.Module, width: int | None = 8, reduction: float | None = None,
           placement: Literal["attn_mlp", "mlp", "mlp_after_drop_path"] = "attn_mlp",
           activation: Literal["gelu", "relu", "quick_gelu"] = "gelu",
-          init: Literal["lora", "pytorch", "noah"] = "lora", dropout: float = 0.0) -> None:
+          init: Literal["lora", "pytorch", "noah", "noah_code"] = "lora", dropout: float = 0.0) -> None:
     d = model.embed_dim
     w = resolve_width(d, width, reduction)
     check_choice("placement", placement, PLACEMENTS)
