@@ -208,6 +208,21 @@ def input_size(backbone: nn.Module) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
+def draw_heads(num_features: int, num_classes: int, n: int) -> None:
+    """Draw ``n`` heads from the global RNG and drop them: nn.Linear's own init, as the PVeRA code's
+    GridSearchLinearProbe builds one LinearProbe (an nn.Linear) per grid candidate (models/models.py)."""
+    for _ in range(int(n)):
+        nn.Linear(num_features, int(num_classes))
+
+
+def rng_after_heads(state: torch.Tensor, num_features: int, num_classes: int, n: int) -> torch.Tensor:
+    """The CPU RNG state after ``n`` heads drawn from ``state`` (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(state)
+        draw_heads(num_features, num_classes, n)
+        return torch.get_rng_state()
+
+
 HEAD_INITS = ("pytorch", "noah", "noah_code")
 
 
@@ -230,8 +245,7 @@ class Classifier(nn.Module):
         std = torch.tensor(pcfg.get("std", (0.5, 0.5, 0.5)), dtype=torch.float32) * 255.0
         self.register_buffer("scale", (1.0 / std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", (-mean / std).view(1, 3, 1, 1), persistent=False)
-        for _ in range(int(head_draw)):  # the earlier candidates' heads, drawn and dropped
-            nn.Linear(backbone.num_features, int(num_classes))
+        draw_heads(backbone.num_features, num_classes, head_draw)  # the earlier candidates' heads, dropped
         self.head = nn.Linear(backbone.num_features, int(num_classes))
         if head_init in ("noah", "noah_code"):  # noah_code: drawn as NOAH's timm 0.5.4 (inverse CDF), noah: torch's
             (trunc_normal_timm054_ if head_init == "noah_code" else nn.init.trunc_normal_)(
