@@ -13,8 +13,8 @@ ViT-B's) with NOAH's Adapter (width ``--width`` after the MLP branch's drop path
 0.1), drop path 0.1, on synthetic images written in the vtab-1k folder layout (task ``dtd``, 47
 classes; NOAH trains on train800val200 and tests on test). NOAH's side runs its own
 ``supernet_train_prompt.py`` (its Adapter command line of configs/Adapter/VTAB/slurm_train_adapter_vtab.sh,
-smaller; ``--lr``, ``--warmup-epochs`` and ``--seed`` set on both sides) in a subprocess with timm 0.5.4
-first on ``sys.path``. It ends with PASS (every initial tensor bit-identical, every per-step loss
+smaller; ``--lr``, ``--wd``, ``--warmup-epochs``, ``--width`` and ``--seed`` set on both sides) in a
+subprocess with timm 0.5.4 first on ``sys.path``. It ends with PASS (every initial tensor bit-identical, every per-step loss
 within ``--tol``) or FAIL (exit 1). ``--mutate KEY=VALUE`` (repeatable) adds any project override to OUR
 side only; ``--self-check`` runs the unmutated harness (must pass) and each mutation of ``SELF_CHECK``
 (must fail) and prints the table.
@@ -85,6 +85,7 @@ class Harness:
     dropout: float = 0.1
     width: int = 8
     lr: float = 1e-2
+    wd: float = 0.5
     warmup_epochs: int = 2
     seed: int = 0
     rng_handover: bool = True
@@ -108,6 +109,7 @@ def run_ours(data_dir: Path, work: Path, h: Harness) -> dict:
                  f"backbone.drop_path_rate={h.drop_path}", f"adapter.dropout={h.dropout}", f"adapter.width={h.width}",
                  f"data.dir={data_dir}", f"data.cache_dir={work / 'cache'}", f"trainer.epochs={h.epochs}",
                  f"trainer.batch_size={h.batch_size}", f"trainer.lr_head={h.lr}", f"trainer.lr_adapter={h.lr}",
+                 f"trainer.wd_head={h.wd}", f"trainer.wd_adapter={h.wd}",
                  f"trainer.warmup_epochs={h.warmup_epochs}", "runtime.progress=false", "runtime.device=cpu",
                  f"seed={h.seed}",
                  f"task.sizes={{train800: {SIZES['train800']}, val200: {SIZES['val200']}, "
@@ -261,7 +263,7 @@ def noah_side(work: Path, timm_dir: str) -> None:
                 f"--cfg={code / 'experiments/Adapter/tiny_adapter_8.yaml'}", f"--resume={work / 'weights.pth'}",
                 f"--output_dir={work / 'noah_out'}", f"--batch-size={a['batch_size']}", f"--lr={a['lr']}",
                 f"--warmup-epochs={a['warmup_epochs']}", f"--seed={a['seed']}",
-                f"--epochs={a['epochs']}", "--is_adapter", "--weight-decay=0.0001", "--no_aug", "--mixup=0",
+                f"--epochs={a['epochs']}", "--is_adapter", f"--weight-decay={a['wd']}", "--no_aug", "--mixup=0",
                 "--cutmix=0", "--direct_resize", "--smoothing=0", "--launcher=none",  # slurm_train_adapter_vtab.sh
                 "--device=cpu", "--num_workers=0", "--no-pin-mem", "--input-size=32",  # the tiny model, CPU
                 f"--drop-path={a['drop_path']}", f"--drop_rate_adapter={a['dropout']}"]
@@ -302,8 +304,8 @@ def run_pair(checkout: Path, timm_dir: str, h: Harness, tol: float = 1e-5, quiet
     lines.append(f"== recipe=noah adapter=bottleneck (width {cfg.adapter.width}, {cfg.adapter.placement}, "
                  f"{cfg.adapter.activation}, dropout {cfg.adapter.dropout}, init {cfg.adapter.init}, head "
                  f"{cfg.backbone.head_init}) vs NOAH's code (timm {noah['timm']}): {h.epochs} epochs, batch "
-                 f"{h.batch_size}, {len(ours['orders'][0])} train images, lr {h.lr}, warmup {h.warmup_epochs}, "
-                 f"seed {h.seed}, drop path {cfg.backbone.drop_path_rate}; our mutations: {h.mutate or 'none'}")
+                 f"{h.batch_size}, {len(ours['orders'][0])} train images, lr {h.lr}, wd {h.wd}, "
+                 f"warmup {h.warmup_epochs}, seed {h.seed}, drop path {cfg.backbone.drop_path_rate}; our mutations: {h.mutate or 'none'}")
     lines.append(f"initial tensors: {'COPIED ours -> NOAH (--copy-initial)' if h.copy_initial else 'nothing copied (the backbone: the same pretrained file, loaded by each side)'}; "
                  f"RNG state handed over every epoch (dropout, drop path): {h.rng_handover}; data order: ours replayed")
     diff, groups = noah["initial_equal"]
@@ -350,6 +352,7 @@ def self_check(checkout: Path, timm_dir: str, base: Harness, tol: float) -> bool
         print(f"| `{m}` | {r['initial']} | {r['worst']:.3e} | {'PASS' if r['ok'] else 'FAIL'} | "
               f"{'PASS' if want else 'FAIL'}{'' if r['ok'] == want else '  <-- NOT AS EXPECTED'} |")
     print(f"self-check: {'OK' if good else 'BROKEN'} ({base.epochs} epochs, width {base.width}, lr {base.lr}, "
+          f"wd {base.wd}, "
           f"seed {base.seed}, tol {tol:g})")
     return good
 
@@ -365,6 +368,8 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=8, help="the Adapter's width (NOAH's ADAPTER_DIM), both sides")
     ap.add_argument("--lr", type=float, default=1e-2, help="both sides (NOAH's VTAB script: 1e-3; larger, so that "
                                                          "the adapter's maths moves the loss within the run)")
+    ap.add_argument("--wd", type=float, default=0.5, help="weight decay, both sides (NOAH's VTAB script: 1e-4; larger, "
+                                                        "so that decay on the vectors or not moves the loss)")
     ap.add_argument("--warmup-epochs", type=int, default=2, help="both sides (NOAH's default: 10)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tol", type=float, default=1e-5, help="max per-step loss difference that passes")
@@ -382,7 +387,8 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-    h = Harness(args.epochs, args.batch_size, args.drop_path, args.dropout, args.width, args.lr, args.warmup_epochs,
+    h = Harness(args.epochs, args.batch_size, args.drop_path, args.dropout, args.width, args.lr, args.wd,
+                args.warmup_epochs,
                 args.seed, not args.no_rng_handover, args.copy_initial, args.mutate)
     if args.self_check:
         sys.exit(0 if self_check(args.checkout, args.timm, h, args.tol) else 1)

@@ -10,7 +10,8 @@ Options (the keyword arguments of :func:`apply`):
   ``adapter_alpha`` initialised to 1);
 - ``activation`` (``relu`` in AdaptFormer and the PVeRA code), ``dropout`` after it;
 - ``init``: ``lora`` (AdaptFormer's: Down as nn.Linear's weight, biases and Up zero) or
-  ``pytorch`` (nn.Linear's defaults for both: the PVeRA code);
+  ``pytorch`` (nn.Linear's defaults for both: the PVeRA code), or ``noah`` / ``noah_code`` (truncated
+  normal std 0.02, biases zero, by torch's / timm 0.5.4's sampler: bottleneck.Bottleneck);
 - ``inside_layer_scale``: the block's layer scale (``ls2``, DINOv2's LayerScale; an identity in
   ViT-B/16) multiplies the adapter's output too, ``ls2(MLP(LN(x)) + s * adapter(x))``: the PVeRA
   code, which replaces the DINOv2 block's ``mlp`` so that the block's ``ls2`` applies to the sum
@@ -72,7 +73,7 @@ class ParallelMLP(AdapterLayer):
 @register("adaptformer")
 def apply(model: nn.Module, width: int | None = 64, reduction: float | None = None, scale: float = 0.1,
           learnable_scale: bool = False, activation: Literal["gelu", "relu", "quick_gelu"] = "relu",
-          init: Literal["lora", "pytorch", "noah"] = "lora", dropout: float = 0.0,
+          init: Literal["lora", "pytorch", "noah", "noah_code"] = "lora", dropout: float = 0.0,
           inside_layer_scale: bool = False, norm_input: bool = False, outside_drop_path: bool = False) -> None:
     d = model.embed_dim
     w = resolve_width(d, width, reduction)

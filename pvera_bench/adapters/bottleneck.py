@@ -161,7 +161,8 @@ def apply(model: nn.Module, width: int | None = 8, reduction: float | None = Non
                 layer.adapter.up.weight.copy_(up)
 
 
-def _insert(blk: nn.Module, placement: str, d: int, w: int, activation: str, init: str, dropout: float) -> SerialAdapter:
+def _insert(blk: nn.Module, placement: str, d: int, w: int, activation: str, init: str,
+            dropout: float) -> SerialAdapter:
     """Wrap ``blk``'s module(s) for ``placement``; returns the MLP side's adapter."""
     if placement == "attn_mlp":
         blk.attn = SerialAdapter(blk.attn, d, w, activation, init, dropout)

@@ -38,7 +38,8 @@ INITS = ("peft", "pvera_code", "noah", "noah_code")
 
 class LoraQV(QVAdapter):
     def __init__(self, base: nn.Linear, r: int, alpha: float, targets: Literal["qv", "qkv"] = "qv", dropout: float = 0.0,
-                 fused: bool = False, init: Literal["peft", "pvera_code", "noah", "noah_code"] = "peft") -> None:
+                 fused: bool = False,
+                 init: Literal["peft", "pvera_code", "noah", "noah_code"] = "peft") -> None:
         super().__init__(base)
         d = self.dim
         self.ks = TARGETS[targets]
