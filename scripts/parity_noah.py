@@ -341,16 +341,15 @@ def run_pair(checkout: Path, timm_dir: str, h: Harness, tol: float = 1e-5, quiet
 
 
 def self_check(checkout: Path, timm_dir: str, base: Harness, tol: float) -> bool:
-    rows = [("(none)", run_pair(checkout, timm_dir, replace(base, mutate=[]), tol, quiet=True))]
-    rows += [(m, run_pair(checkout, timm_dir, replace(base, mutate=[m]), tol, quiet=True)) for m in SELF_CHECK]
     print("| our mutation | initial tensors bit-identical | max per-step loss diff | harness says | expected |")
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|", flush=True)
     good = True
-    for m, r in rows:
+    for m in ["(none)"] + SELF_CHECK:
+        r = run_pair(checkout, timm_dir, replace(base, mutate=[] if m == "(none)" else [m]), tol, quiet=True)
         want = m == "(none)"
         good &= r["ok"] == want
         print(f"| `{m}` | {r['initial']} | {r['worst']:.3e} | {'PASS' if r['ok'] else 'FAIL'} | "
-              f"{'PASS' if want else 'FAIL'}{'' if r['ok'] == want else '  <-- NOT AS EXPECTED'} |")
+              f"{'PASS' if want else 'FAIL'}{'' if r['ok'] == want else '  <-- NOT AS EXPECTED'} |", flush=True)
     print(f"self-check: {'OK' if good else 'BROKEN'} ({base.epochs} epochs, width {base.width}, lr {base.lr}, "
           f"wd {base.wd}, "
           f"seed {base.seed}, tol {tol:g})")

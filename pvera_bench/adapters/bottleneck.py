@@ -152,13 +152,13 @@ def apply(model: nn.Module, width: int | None = 8, reduction: float | None = Non
     if init == "noah_code" and placement == "attn_mlp":
         raise AdapterOptionError("adapter.init=noah_code draws as NOAH's model, one Adapter per block after the MLP: "
                                  "use adapter.placement=mlp_after_drop_path (NOAH's) or mlp")
-    with torch.random.fork_rng(devices=[]) if init == "noah_code" else contextlib.nullcontext():
+    drawn = noah_code_weights(model, w) if init == "noah_code" else None  # NOAH's draws, in NOAH's order
+    with torch.random.fork_rng(devices=[]) if drawn else contextlib.nullcontext():  # then the modules' own, dropped
         layers = [_insert(blk, placement, d, w, activation, init, dropout) for blk in blocks(model)]
-    if init == "noah_code":  # NOAH's draws in NOAH's order (the construction's own draws were discarded)
-        with torch.no_grad():
-            for layer, (down, up) in zip(layers, noah_code_weights(model, w)):
-                layer.adapter.down.weight.copy_(down)
-                layer.adapter.up.weight.copy_(up)
+    with torch.no_grad():
+        for layer, (down, up) in zip(layers, drawn or []):
+            layer.adapter.down.weight.copy_(down)
+            layer.adapter.up.weight.copy_(up)
 
 
 def _insert(blk: nn.Module, placement: str, d: int, w: int, activation: str, init: str,
