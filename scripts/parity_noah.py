@@ -83,8 +83,8 @@ class Harness:
     batch_size: int = 8
     drop_path: float = 0.1
     dropout: float = 0.1
-    width: int = 8
-    lr: float = 1e-2
+    width: int = 32
+    lr: float = 3e-2
     wd: float = 0.5
     warmup_epochs: int = 2
     seed: int = 0
@@ -364,8 +364,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--drop-path", type=float, default=0.1)
     ap.add_argument("--dropout", type=float, default=0.1, help="the adapter's dropout")
-    ap.add_argument("--width", type=int, default=8, help="the Adapter's width (NOAH's ADAPTER_DIM), both sides")
-    ap.add_argument("--lr", type=float, default=1e-2, help="both sides (NOAH's VTAB script: 1e-3; larger, so that "
+    ap.add_argument("--width", type=int, default=32,
+                    help="the Adapter's width, both sides (NOAH's ADAPTER_DIM: 8; 32 with lr 3e-2 so that GELU vs "
+                         "QuickGELU moves the loss by > 1e-3)")
+    ap.add_argument("--lr", type=float, default=3e-2, help="both sides (NOAH's VTAB script: 1e-3; larger, so that "
                                                          "the adapter's maths moves the loss within the run)")
     ap.add_argument("--wd", type=float, default=0.5, help="weight decay, both sides (NOAH's VTAB script: 1e-4; larger, "
                                                         "so that decay on the vectors or not moves the loss)")
