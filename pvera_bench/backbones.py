@@ -13,6 +13,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from .truncnormal import trunc_normal_timm054_
+
 
 class BackboneError(RuntimeError):
     """Weights that cannot be had (offline, missing or corrupt file): the message says what to do."""
@@ -216,7 +218,22 @@ def input_size(backbone: nn.Module) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
-HEAD_INITS = ("pytorch", "noah")
+def draw_heads(num_features: int, num_classes: int, n: int) -> None:
+    """Draw ``n`` heads from the global RNG and drop them: nn.Linear's own init, as the PVeRA code's
+    GridSearchLinearProbe builds one LinearProbe (an nn.Linear) per grid candidate (models/models.py)."""
+    for _ in range(int(n)):
+        nn.Linear(num_features, int(num_classes))
+
+
+def rng_after_heads(state: torch.Tensor, num_features: int, num_classes: int, n: int) -> torch.Tensor:
+    """The CPU RNG state after ``n`` heads drawn from ``state`` (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(state)
+        draw_heads(num_features, num_classes, n)
+        return torch.get_rng_state()
+
+
+HEAD_INITS = ("pytorch", "noah", "noah_code")
 
 
 class Classifier(nn.Module):
@@ -225,8 +242,9 @@ class Classifier(nn.Module):
     def __init__(self, backbone: nn.Module, num_classes: int, head_init: str = "pytorch", head_draw: int = 0) -> None:
         """``head_init``: ``pytorch`` (nn.Linear's own) or ``noah``: weight truncated normal std 0.02
         (cut at +-2), bias 0, as NOAH's ``reset_classifier`` (ZhangYuanhan-AI/NOAH,
-        model/supernet_vision_transformer_timm.py). ``head_draw``: the head is the RNG's
-        ``head_draw``-th head after those of earlier grid candidates (the PVeRA code's
+        model/supernet_vision_transformer_timm.py ~551-555), drawn by torch's sampler; ``noah_code``:
+        the same, drawn as NOAH's timm 0.5.4 draws it (:mod:`pvera_bench.truncnormal`). ``head_draw``:
+        the head is the RNG's ``head_draw``-th head after those of earlier grid candidates (the PVeRA code's
         GridSearchLinearProbe builds one nn.Linear per candidate, in grid order: models/models.py)."""
         super().__init__()
         if head_init not in HEAD_INITS:
@@ -237,11 +255,11 @@ class Classifier(nn.Module):
         std = torch.tensor(pcfg.get("std", (0.5, 0.5, 0.5)), dtype=torch.float32) * 255.0
         self.register_buffer("scale", (1.0 / std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", (-mean / std).view(1, 3, 1, 1), persistent=False)
-        for _ in range(int(head_draw)):  # the earlier candidates' heads, drawn and dropped
-            nn.Linear(backbone.num_features, int(num_classes))
+        draw_heads(backbone.num_features, num_classes, head_draw)  # the earlier candidates' heads, dropped
         self.head = nn.Linear(backbone.num_features, int(num_classes))
-        if head_init == "noah":
-            nn.init.trunc_normal_(self.head.weight, std=0.02, a=-2.0, b=2.0)
+        if head_init in ("noah", "noah_code"):  # noah_code: drawn as NOAH's timm 0.5.4 (inverse CDF), noah: torch's
+            (trunc_normal_timm054_ if head_init == "noah_code" else nn.init.trunc_normal_)(
+                self.head.weight, std=0.02, a=-2.0, b=2.0)
             nn.init.zeros_(self.head.bias)
 
     @property

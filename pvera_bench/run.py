@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import adapters, artifacts, evaluate, loggers, ood, results, schema
 from .adapters import AdapterOptionError, UnknownAdapterError
-from .backbones import BackboneError, Classifier, checkpoint_path, create_backbone, input_size, sha256_file
+from .backbones import (BackboneError, Classifier, checkpoint_path, create_backbone, input_size, rng_after_heads,
+                        sha256_file)
 from .data import DataError, load_split
 from .data.core import open_split, resolve_source
 from .metric_registry import format_value
@@ -277,15 +278,18 @@ def execute(cfg: DictConfig, run_dir: Path, state: RunState | None = None, on_ep
 
     points = grid_points(OmegaConf.to_container(cfg.protocol, resolve=True).get("grid")) or [{}]
     every = tuple(adapter_options(with_point(cfg, q).adapter) for q in points)  # for draws made per candidate
+    code_heads = cfg.backbone.get("head_draws", "run") == "after_backbone"  # the PVeRA code's order: backbone, heads,
+    after_heads = rng_after_heads(rng_after_backbone, backbone.num_features, task["num_classes"], len(points)) \
+        if code_heads else None  # then the adapter's global-RNG draws (DoRA's A)
 
     def build(candidate: Candidate) -> Trainer:
         c, index = with_point(cfg, candidate.point), candidate.index
         seed_everything(int(cfg.seed))
         bb = copy.deepcopy(backbone)
-        with adapters.building(adapters.GridDraw(index, every, int(cfg.seed))):
+        with adapters.building(adapters.GridDraw(index, every, int(cfg.seed), after_heads)):
             adapters.apply(bb, c.adapter.name, **adapter_options(c.adapter))
         head_draw = 0
-        if cfg.backbone.get("head_draws", "run") == "after_backbone":  # the PVeRA code's j-th head
+        if code_heads:  # the PVeRA code's j-th head
             torch.set_rng_state(rng_after_backbone)
             head_draw = index
         model = Classifier(bb, task["num_classes"], head_init=cfg.backbone.get("head_init", "pytorch"),

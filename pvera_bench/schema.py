@@ -163,6 +163,10 @@ class TrainerConfig:
     schedule: str = rule(type=str, choices=("cosine", "constant"))
     schedule_unit: str = rule(type=str, choices=("epoch", "step"), required=False,
                               used_when=lambda c: c["trainer"].get("schedule") == "cosine" or _warms_up(c))
+    # help: after 0-based epoch k the scheduler is stepped to k + this (0: NOAH's step(epoch); 1: SSF's step(epoch + 1))
+    schedule_offset: int = rule(type=int, ge=0, required=False, used_when=lambda c: bool(c["trainer"].get("schedule_offset")))
+    # help: the last N of `epochs` run at min_lr, after the cosine (timm's --cooldown-epochs: the cosine spans epochs - N)
+    cooldown_epochs: int = rule(type=int, ge=0, required=False, used_when=lambda c: bool(c["trainer"].get("cooldown_epochs")))
     label_smoothing: float = rule(type=float, ge=0, lt=1, required=False)
     augment: str = rule(type=str, nullable=True, required=False)  # data/augment.py: e.g. hflip+rand-m9-mstd0.5-inc1
     softmax_before_loss: bool = rule(type=bool, required=False)
@@ -219,7 +223,7 @@ class BackboneConfig:
     drop_path_rate: float = rule(type=float, ge=0, lt=1, required=False)
     mean: list = rule(type=list, length=3, nullable=True, required=False)
     std: list = rule(type=list, length=3, gt=0, nullable=True, required=False)
-    head_init: str = rule(type=str, choices=("pytorch", "noah"), required=False)  # backbones.Classifier
+    head_init: str = rule(type=str, choices=("pytorch", "noah", "noah_code"), required=False)  # backbones.Classifier
     pos_embed: str = rule(type=str, choices=("timm", "dinov2_hub"), required=False)
     head_draws: str = rule(type=str, choices=("run", "after_backbone"), required=False)  # run.execute
 
@@ -362,6 +366,9 @@ def check_combinations(c: Mapping[str, Any]) -> None:
     if t.get("schedule_unit", "epoch") == "epoch" and isinstance(w, float) and not w.is_integer():
         raise ConfigError(f"trainer.warmup_epochs={w:g} is not a whole number of epochs, and trainer.schedule_unit=epoch "
                           f"steps the learning rate once per epoch; give a whole number or set trainer.schedule_unit=step")
+    if int(t.get("cooldown_epochs") or 0) >= int(t.get("epochs") or 0) > 0:
+        raise ConfigError(f"trainer.cooldown_epochs={t['cooldown_epochs']} leaves no epoch of the schedule before the "
+                          f"cool-down (trainer.epochs={t['epochs']} counts them); lower it or raise trainer.epochs")
     if int(p.get("test_eval_every") or 0) and not p.get("final_on"):
         raise ConfigError(f"protocol.test_eval_every={p['test_eval_every']} scores the test split during the final fit, "
                           f"and protocol {p.get('name')!r} has none (final_on is null); set protocol.test_eval_every=0")

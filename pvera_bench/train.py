@@ -82,30 +82,36 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Mapping, epochs: int, steps_
     ``cosine`` decay to ``min_lr`` or ``constant``; in epochs or in optimiser steps (``schedule_unit``).
 
     As in NOAH (timm 0.5.4's ``create_scheduler``): the cosine spans all ``epochs`` with the
-    warmup counted inside it (no ``warmup_prefix``), and both learning-rate bounds are absolute."""
+    warmup counted inside it (no ``warmup_prefix``), and both learning-rate bounds are absolute.
+    ``cooldown_epochs`` (timm 0.6.5's ``create_scheduler``: ``t_initial=args.epochs``, then
+    ``num_epochs = get_cycle_length() + cooldown_epochs``) takes the last ones out of the cosine:
+    past its end timm's cosine (``cycle_limit`` 1) holds ``min_lr``."""
     check_settings(cfg)
     schedule, unit = cfg.get("schedule", "cosine"), cfg.get("schedule_unit", "epoch")
     per = 1 if unit == "epoch" else steps_per_epoch
     kw = dict(warmup_t=round(float(cfg.get("warmup_epochs", 0)) * per), warmup_lr_init=float(cfg.get("warmup_lr", 0.0)),
               t_in_epochs=unit == "epoch")
     if schedule == "cosine":
-        return CosineLRScheduler(opt, t_initial=epochs * per, lr_min=float(cfg.get("min_lr", 0.0)), **kw)
+        span = epochs - int(cfg.get("cooldown_epochs") or 0)
+        return CosineLRScheduler(opt, t_initial=span * per, lr_min=float(cfg.get("min_lr", 0.0)), **kw)
     return StepLRScheduler(opt, decay_t=epochs * per + 1, decay_rate=1.0, **kw)
 
 
-def epoch_schedule_t(epoch: int) -> int:
-    """The epoch-schedule position that 1-based ``epoch`` trains with. NOAH calls
-    ``lr_scheduler.step(epoch)`` after each 0-based epoch, after the first epoch ran at the
-    scheduler's initial value; so epoch e trains with t = max(e - 2, 0), and the first two
-    epochs both run at t = 0 (``warmup_lr`` when warming up)."""
-    return max(epoch - 2, 0)
+def epoch_schedule_t(epoch: int, offset: int = 0) -> int:
+    """The epoch-schedule position that 1-based ``epoch`` trains with, when the source calls
+    ``lr_scheduler.step(k + offset)`` after each 0-based epoch k and the first epoch runs at the
+    scheduler's initial value (t = 0). NOAH (offset 0, ``step(epoch)``): epoch e trains with
+    t = max(e - 2, 0), the first two both at t = 0 (``warmup_lr`` when warming up); SSF (offset 1,
+    its train.py ``step(epoch + 1)``): epoch e trains with t = e - 1."""
+    return 0 if epoch <= 1 else epoch - 2 + offset
 
 
 class Trainer:
     """``fit`` trains the trainable tensors of ``model`` (adapter and head); ``predict`` evaluates.
 
     ``cfg`` keys: epochs, batch_size, lr_head, lr_adapter, wd_head, wd_adapter, wd_skip_1d,
-    warmup_epochs, warmup_lr, min_lr, schedule (cosine | constant), schedule_unit (epoch | step), drop_last,
+    warmup_epochs, warmup_lr, min_lr, schedule (cosine | constant), schedule_unit (epoch | step),
+    schedule_offset, cooldown_epochs, drop_last,
     label_smoothing, augment (a ``data/augment.py`` spec, applied to each training batch on the
     device), softmax_before_loss, shuffle, eval_every, precision (auto | bf16 | fp32),
     eval_batch_size, progress.
@@ -386,7 +392,7 @@ class FitLoop:
         if self.per_step:
             self.sched.step_update((epoch - 1) * steps)
         else:
-            self.sched.step(epoch_schedule_t(epoch))
+            self.sched.step(epoch_schedule_t(epoch, int(t.cfg.get("schedule_offset") or 0)))
         entry = dict(epoch=epoch, lr=self.opt.param_groups[-1]["lr"])  # the adapter's (else the head's)
         order = (torch.randperm(self.n, generator=self.gen).to(t.device) if self.shuffle
                  else torch.arange(self.n, device=t.device))[: self.used]

@@ -10,7 +10,8 @@ Options (the keyword arguments of :func:`apply`):
   ``adapter_alpha`` initialised to 1);
 - ``activation`` (``relu`` in AdaptFormer and the PVeRA code), ``dropout`` after it;
 - ``init``: ``lora`` (AdaptFormer's: Down as nn.Linear's weight, biases and Up zero) or
-  ``pytorch`` (nn.Linear's defaults for both: the PVeRA code);
+  ``pytorch`` (nn.Linear's defaults for both: the PVeRA code), or ``noah`` / ``noah_code`` (truncated
+  normal std 0.02, biases zero, by torch's / timm 0.5.4's sampler: bottleneck.Bottleneck);
 - ``inside_layer_scale``: the block's layer scale (``ls2``, DINOv2's LayerScale; an identity in
   ViT-B/16) multiplies the adapter's output too, ``ls2(MLP(LN(x)) + s * adapter(x))``: the PVeRA
   code, which replaces the DINOv2 block's ``mlp`` so that the block's ``ls2`` applies to the sum

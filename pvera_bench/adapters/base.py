@@ -179,11 +179,15 @@ class GridDraw:
     """Which grid candidate is being built, for adapters that draw per candidate as the PVeRA code
     does (option ``draws: pvera_code``): its ``index`` in the grid, every candidate's adapter options
     in grid order (``options``; a draw may depend on an earlier candidate's rank) and the run's
-    ``seed``. Set by the run around ``apply`` with :func:`building`."""
+    ``seed``; ``after_heads``: the CPU RNG state where the PVeRA code starts drawing from the global
+    RNG after its model's backbone and every candidate's head (models/models.py ~56 then
+    add_adapter; DoRA's A, ~154-157), None where the run draws its heads otherwise. Set by the run
+    around ``apply`` with :func:`building`."""
 
     index: int = 0
     options: tuple[dict[str, Any], ...] = field(default_factory=lambda: ({},))
     seed: int = 0
+    after_heads: torch.Tensor | None = field(default=None, compare=False)
 
 
 _GRID_DRAW: contextvars.ContextVar[GridDraw] = contextvars.ContextVar("grid_draw", default=GridDraw())

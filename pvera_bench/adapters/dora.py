@@ -19,7 +19,12 @@ Options (the keyword arguments of :func:`apply`) reach the PVeRA code's DoRA
 - ``init``: ``peft`` (A as nn.Linear's, B zero) or ``pvera_code``: the code's ``A`` is
   ``torch.randn(d, r) / sqrt(r)`` and sits on the OUTPUT side (``dW = A @ B`` with A (d_out, r),
   B (r, d_in) zero), drawn A_q then A_v from the global RNG block after block (the code does not
-  reseed per block for DoRA, unlike its LoRA and VeRA); here ``lora_B[k]`` holds ``A_k`` transposed
+  reseed per block for DoRA, unlike its LoRA and VeRA), after the backbone and every grid
+  candidate's head (models/models.py ~56, ~154-157; dora.py ~23-24) and interleaved over the grid
+  as GridSearchDoRA builds it: in each block candidate 0's A_q, A_v, then candidate 1's, ... So a run
+  that draws its heads as the code (``backbone.head_draws=after_backbone``) draws candidate j's A
+  from that RNG state (``GridDraw.after_heads``); without it, from the global RNG as it stands
+  (candidate alone, block after block); here ``lora_B[k]`` holds ``A_k`` transposed
   and ``lora_A`` starts at zero, so that ``dW_k = (lora_A lora_B_k)^T = A_k B_k`` as in the code.
 
 The code also recomputes the k third as ``||W_k|| * W_k / ||W_k||``, equal to ``W_k`` up to float
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..specs.dora import INITS, NORM_AXES, SCALINGS
-from .base import check_choice, check_positive
+from .base import blocks, check_choice, check_positive, grid_draw
 from .lora import LoraQV
 from .qkv import QV, QVAdapter, replace_qkv
 
@@ -44,18 +49,15 @@ class DoraQV(LoraQV):
     vector_params = ("magnitude",)  # one magnitude vector per projection, stored (2, d)
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, norm_axis: str = "row", detach_norm: bool = True,
-                 train_magnitude: bool = True, scaling: str = "alpha_over_r", init: str = "peft") -> None:
+                 train_magnitude: bool = True, scaling: str = "alpha_over_r", init: str = "peft",
+                 code_a: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__(base, r, alpha, init=None if init == "pvera_code" else "peft")
         self.norm_dim = -1 if norm_axis == "row" else -2  # over d_in (one per row) | over d_out (per column)
         self.detach_norm = bool(detach_norm)
         if scaling == "one":
             self.scale = 1.0
         if init == "pvera_code":
-            # pvera models/adapters/dora.py: std = 1 / torch.sqrt(torch.tensor(rank).float());
-            # adapter_A_q = randn(in_dim, rank) * std, then adapter_A_v; adapter_B_* zero
-            std = 1 / torch.sqrt(torch.tensor(self.r).float())
-            a_q = torch.randn(self.dim, self.r) * std
-            a_v = torch.randn(self.dim, self.r) * std
+            a_q, a_v = code_a if code_a is not None else code_dora_a(self.dim, self.r)
             with torch.no_grad():
                 self.lora_B.copy_(torch.stack((a_q.t(), a_v.t())))
         m = torch.linalg.vector_norm(self._weights().detach(), dim=self.norm_dim)  # (2, d)
@@ -106,6 +108,28 @@ class DoraQV(LoraQV):
         return self._adapted() - self._weights()
 
 
+def code_dora_a(d: int, r: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DoRA's ``(A_q, A_v)`` as the PVeRA code draws them (models/adapters/dora.py ~21-24):
+    ``std = 1 / torch.sqrt(torch.tensor(rank).float())``; ``randn(in_dim, rank) * std`` for q, then v."""
+    std = 1 / torch.sqrt(torch.tensor(r).float())
+    return torch.randn(d, r, generator=generator) * std, torch.randn(d, r, generator=generator) * std
+
+
+def code_grid_a(d: int, r: int, depth: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """The grid candidate being built's ``(A_q, A_v)`` of every block, from the RNG state after the
+    code's backbone and heads (``GridDraw.after_heads``): GridSearchDoRA builds, in each block, one
+    DoRA per candidate in grid order (models/models.py ~154-157). None without that state."""
+    c = grid_draw()
+    if c.after_heads is None:
+        return None
+    g = torch.Generator()
+    g.set_state(c.after_heads)
+    ranks = [int(o.get("r", r)) for o in c.options]
+    if ranks[c.index] != int(r):
+        raise ValueError(f"candidate {c.index}: rank {r} is not the grid's {ranks[c.index]}")
+    return [[code_dora_a(d, k, g) for k in ranks][c.index] for _ in range(depth)]
+
+
 def apply(model: nn.Module, r: int, alpha: float, norm_axis: str, detach_norm: bool, train_magnitude: bool, scaling: str,
           init: str) -> None:
     check_positive("r", r)
@@ -114,4 +138,6 @@ def apply(model: nn.Module, r: int, alpha: float, norm_axis: str, detach_norm: b
     check_choice("train_magnitude", train_magnitude, (True, False))
     check_choice("scaling", scaling, SCALINGS)
     check_choice("init", init, INITS)
-    replace_qkv(model, lambda qkv: DoraQV(qkv, r, alpha, norm_axis, detach_norm, train_magnitude, scaling, init))
+    drawn = iter(code_grid_a(model.embed_dim, r, len(blocks(model))) or []) if init == "pvera_code" else iter(())
+    replace_qkv(model, lambda qkv: DoraQV(qkv, r, alpha, norm_axis, detach_norm, train_magnitude, scaling, init,
+                                          next(drawn, None)))

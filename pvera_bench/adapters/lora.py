@@ -13,7 +13,8 @@ Options (the keyword arguments of :func:`apply`):
   PEFT, B zero), ``pvera_code`` (A normal with std 1/sqrt(r), B zero: leofillioux/pvera,
   models/adapters/lora.py) or ``noah`` (A and B both truncated normal, std 0.02: NOAH's model
   re-initialises every nn.Linear, LoRA's included, with ``_init_vit_weights`` after building it,
-  so its B does not start at zero);
+  so its B does not start at zero; torch's sampler) or ``noah_code`` (the same drawn as NOAH's timm 0.5.4
+  draws it: :mod:`pvera_bench.truncnormal`);
 - ``draws``: ``run`` (A drawn from the global RNG, block after block) or ``pvera_code`` (with
   ``init=pvera_code``): as the PVeRA code (models/models.py, lora branch), every block reseeded
   with the run's seed (``local_seed(self.seed)``), then each grid candidate's ``randn(d, r) / sqrt(r)``
@@ -28,6 +29,7 @@ from torch import nn
 
 from ..specs.common import DRAWS
 from ..specs.lora import INITS, TARGETS as TARGET_NAMES
+from ..truncnormal import trunc_normal_timm054_
 from .base import AdapterOptionError, check_choice, check_positive, grid_draw
 from .qkv import QV, QVAdapter, add_qv, replace_qkv
 
@@ -53,9 +55,10 @@ class LoraQV(QVAdapter):
             a.uniform_(-bound, bound)
         elif init == "pvera_code":
             a.normal_(0.0, 1.0 / self.r**0.5)
-        else:  # noah: timm's trunc_normal_(std=.02), cut at +-2
-            nn.init.trunc_normal_(a, std=0.02, a=-2.0, b=2.0)
-            nn.init.trunc_normal_(b, std=0.02, a=-2.0, b=2.0)
+        else:  # noah: trunc_normal_(std=.02) cut at +-2 by torch's sampler; noah_code: timm 0.5.4's, NOAH's draws
+            draw = trunc_normal_timm054_ if init == "noah_code" else nn.init.trunc_normal_
+            draw(a, std=0.02, a=-2.0, b=2.0)
+            draw(b, std=0.02, a=-2.0, b=2.0)
         self.lora_A = nn.Parameter(a)
         self.lora_B = nn.Parameter(b)
         self.dropout = nn.Dropout(float(dropout)) if dropout else nn.Identity()

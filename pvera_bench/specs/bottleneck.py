@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from ..registry import Adapter, declare, option
 
 ACTIVATIONS = ("gelu", "relu", "quick_gelu")
-INITS = ("lora", "pytorch", "noah")
+INITS = ("lora", "pytorch", "noah", "noah_code")
 PLACEMENTS = ("attn_mlp", "mlp", "mlp_after_drop_path")
 WIDTH_HELP = "bottleneck width (null: int(d / reduction))"
 REDUCTION_HELP = "width = int(d / reduction) when width is null"
-INIT_HELP = "lora: Down as nn.Linear, Up and biases zero; pytorch: nn.Linear's defaults; noah: truncated normal 0.02"
+INIT_HELP = ("lora: Down as nn.Linear, Up and biases zero; pytorch: nn.Linear's defaults; noah: truncated normal "
+             "0.02; noah_code: NOAH's own draws (timm 0.5.4's sampler, NOAH's model construction replayed)")
 NO_PEFT = "PEFT has no tuner for a bottleneck MLP"
 
 

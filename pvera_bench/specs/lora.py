@@ -8,7 +8,7 @@ from ..registry import Adapter, declare, option
 from .common import DRAWS, DRAWS_HELP
 
 TARGETS = ("qv", "qkv")
-INITS = ("peft", "pvera_code", "noah")
+INITS = ("peft", "pvera_code", "noah", "noah_code")
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,8 @@ class LoraOptions:
     dropout: float = option(0.0, ge=0, lt=1, help="dropout on LoRA's input, in training only")
     fused: bool = option(False, help="true: one rank-r update of the fused qkv weight (NOAH's LoRA)")
     init: str = option("peft", choices=INITS, help="peft: A as nn.Linear, B zero; pvera_code: A ~ N(0, 1/r), B zero; "
-                                                   "noah: both truncated normal std 0.02")
+                                                   "noah: both truncated normal std 0.02 (torch's sampler); noah_code: the same with timm 0.5.4's "
+                                                   "sampler, NOAH's draws")
     draws: str = option("run", choices=DRAWS, help=DRAWS_HELP)
 
 
