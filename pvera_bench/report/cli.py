@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit", help="which fit of history.csv --plot-curves draws (default: final, else the last)")
     sel = p.add_argument_group("run filters (table and plots; repeatable or comma-separated)")
     for name in FILTERS:
-        sel.add_argument(f"--{name}", action="append", metavar=name.upper())
+        sel.add_argument(f"--{name}", action="append", metavar=name.upper(), help=f"only runs of this {name}")
     return p
 
 
