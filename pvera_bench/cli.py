@@ -3,7 +3,7 @@
     pvera-bench adapter=pvera task=cifar100          one run
     pvera-bench -m adapter=pvera,vera task=vtab      a sweep (task=vtab|natural|specialized|structured
                                                      expands to the tasks of the benchmark or group)
-    pvera-bench experiment=demo                      the offline demo (eight adapters)
+    pvera-bench experiment=demo                      the offline demo (every registered adapter)
     pvera-bench report [--results CSV] ...           tables from the CSV
     pvera-bench data prepare|check task=...          VTAB-1k data
     pvera-bench results rebuild|check ...            the CSV from run records; its problems

@@ -89,22 +89,25 @@ def to_frame(r: Ranks) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def plot(r: Ranks, metric: Metric, path) -> None:
-    """Critical-difference diagram (Nemenyi, scikit-posthocs) of the average ranks."""
+def plot(r: Ranks, metric: Metric, path) -> dict:
+    """Critical-difference diagram (Nemenyi, scikit-posthocs) of the average ranks; returns the
+    diagram's artists (``crossbars``: one list of lines per group of rows the test does not separate).
+    Refused with fewer than 2 blocks or 3 rows: the test cannot run, and a diagram without it would
+    join every row in one bar."""
     import scikit_posthocs as sp
     from matplotlib.figure import Figure
 
+    if len(r.blocks) < 2 or len(r.average) < 3:
+        raise ReportError(f"--plot-ranks: a critical-difference diagram needs at least 2 blocks and 3 rows; this "
+                          f"selection has {len(r.blocks)} block(s) and {len(r.average)} row(s) (several seeds of "
+                          "one task: --rank-blocks task-seed)")
+    sig = sp.posthoc_nemenyi_friedman(r.scores.to_numpy())
+    sig.index = sig.columns = list(r.scores.columns)
+    title = (f"Average rank over {len(r.blocks)} blocks ({metric.column}); bars join rows the Nemenyi test "
+             f"does not separate (alpha 0.05)\n{r.friedman_note}")
     fig = Figure(figsize=(8, 1.2 + 0.3 * len(r.average)))
     ax = fig.add_subplot()
-    if len(r.blocks) >= 2 and len(r.average) >= 3:
-        sig = sp.posthoc_nemenyi_friedman(r.scores.to_numpy())
-        sig.index = sig.columns = list(r.scores.columns)
-        title = (f"Average rank over {len(r.blocks)} blocks ({metric.column}); bars join rows the Nemenyi test "
-                 f"does not separate (alpha 0.05)\n{r.friedman_note}")
-    else:
-        labels = list(r.scores.columns)
-        sig = pd.DataFrame(1.0, index=labels, columns=labels)  # too few blocks or rows for the test
-        title = f"Average rank over {len(r.blocks)} block(s) ({metric.column})\n{r.friedman_note}"
-    sp.critical_difference_diagram(r.average, sig, ax=ax)
+    artists = sp.critical_difference_diagram(r.average, sig, ax=ax)
     ax.set_title(title, fontsize=8, pad=24)
     fig.savefig(path, dpi=150, bbox_inches="tight")
+    return artists
