@@ -1,4 +1,4 @@
-"""``pvera-bench``: ``report``, ``data``, ``results``, ``export`` are ordinary commands; anything else is a Hydra run.
+"""``pvera-bench``: ``report``, ``data``, ``results``, ``evaluate``, ``export`` are ordinary commands; anything else is a Hydra run.
 
     pvera-bench adapter=pvera task=cifar100          one run
     pvera-bench -m adapter=pvera,vera task=vtab      a sweep (task=vtab|natural|specialized|structured

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -136,7 +137,10 @@ def undocumented() -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- pages
 def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Text for a Markdown table cell: pipes escaped, one line, ``<...>`` shown (not read as HTML)
+    outside code spans."""
+    parts = re.split(r"(`[^`]*`)", str(text).replace("|", "\\|").replace("\n", " "))
+    return "".join(p if p.startswith("`") else p.replace("<", "&lt;").replace(">", "&gt;") for p in parts)
 
 
 def _code(v: Any) -> str:
