@@ -217,7 +217,7 @@ def _heatmap(args, table, metric, decimals, tasks, deltas, ref) -> None:
         brow = table[table["setting"] == base].iloc[0]
         rest = table[table["setting"] != base]
         matrix = pd.DataFrame([[r[c] - brow[c] for c in cols] for _, r in rest.iterrows()],
-                              index=list(rest["label"]), columns=cols)
+                              index=figures.row_labels(rest), columns=cols)
         title = f"{metric.column}: difference to {brow['label']} (row − baseline)"
         figures.plot_heatmap(matrix, title, args.plot_heatmap, decimals, True, metric.higher_is_better)
     elif ref is not None:
@@ -227,7 +227,7 @@ def _heatmap(args, table, metric, decimals, tasks, deltas, ref) -> None:
         title = f"{metric.column}: ours − published ({ref.title})"
         figures.plot_heatmap(matrix, title, args.plot_heatmap, decimals, True, metric.higher_is_better)
     else:
-        matrix = table.set_index("label")[cols].astype(float)
+        matrix = pd.DataFrame(table[cols].astype(float).to_numpy(), index=figures.row_labels(table), columns=cols)
         figures.plot_heatmap(matrix, f"{metric.column} ({metric.description})", args.plot_heatmap, decimals, False,
                              metric.higher_is_better)
 

@@ -30,6 +30,18 @@ def wrap(label: str, width: int = LABEL_WIDTH) -> str:
     return "\n".join(textwrap.wrap(str(label), width, break_long_words=False, break_on_hyphens=False)) or str(label)
 
 
+def row_labels(table: pd.DataFrame) -> list[str]:
+    """The table's row labels for a figure, which has no backbone or protocol column: a label that
+    several rows share gets what tells them apart, e.g. ``lora [vit_tiny_random]``."""
+    shared = table["label"].duplicated(keep=False)
+    out = []
+    for dup, (_, r) in zip(shared, table.iterrows()):
+        parts = [str(r[c]) for c in ("backbone", "protocol") if c in table.columns
+                 and table.loc[table["label"] == r["label"], c].nunique() > 1] if dup else []
+        out.append(f"{r['label']} [{', '.join(parts)}]" if parts else str(r["label"]))
+    return out
+
+
 def colours(n: int) -> list:
     """``n`` distinct colours: tab10 up to 10, tab20 up to 20, then evenly spaced hues."""
     from matplotlib import colormaps
