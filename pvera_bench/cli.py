@@ -1,9 +1,9 @@
-"""``pvera-bench``: ``report``, ``data``, ``results``, ``export`` are ordinary commands; anything else is a Hydra run.
+"""``pvera-bench``: ``report``, ``data``, ``results``, ``evaluate``, ``export`` are ordinary commands; anything else is a Hydra run.
 
     pvera-bench adapter=pvera task=cifar100          one run
     pvera-bench -m adapter=pvera,vera task=vtab      a sweep (task=vtab|natural|specialized|structured
                                                      expands to the tasks of the benchmark or group)
-    pvera-bench experiment=demo                      the offline demo (every adapter)
+    pvera-bench experiment=demo                      the offline demo (every registered adapter)
     pvera-bench report [--results CSV] ...           tables from the CSV
     pvera-bench data prepare|check task=...          VTAB-1k data
     pvera-bench results rebuild|check ...            the CSV from run records; its problems

@@ -219,14 +219,19 @@ def run_dirs(paths: list[str], runs: list[str]) -> list[Path]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     import argparse
 
     ap = argparse.ArgumentParser(prog="pvera-bench evaluate", description=__doc__.split("\n\n")[0],
                                  epilog="Overrides: " + ", ".join(artifacts.EVAL_OVERRIDES) + ", runtime.*")
-    ap.add_argument("items", nargs="*", metavar="RUN_DIR|key=value")
+    ap.add_argument("items", nargs="*", metavar="RUN_DIR|key=value",
+                    help="run directories holding adapter.safetensors, and evaluation overrides key=value")
     ap.add_argument("--runs", nargs="+", default=[], metavar="DIR", help="every run under DIR with saved weights")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     from .run import USER_ERRORS
 

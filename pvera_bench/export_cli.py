@@ -24,7 +24,7 @@ def build_parser():
                     "loaded with peft.PeftModel.from_pretrained(timm ViT with num_classes=K, DIR); "
                     f"exportable adapters: {', '.join(exportable())}.")
     ap.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding adapter.safetensors")
-    ap.add_argument("--format", choices=FORMATS, default="peft")
+    ap.add_argument("--format", choices=FORMATS, default="peft", help="the library whose format to write")
     ap.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) directory to write")
     ap.add_argument("--inference", choices=("mean", "mc"),
                     help="pvera only: the inference the export computes (default: the run's); mean is "

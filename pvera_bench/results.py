@@ -390,18 +390,20 @@ def check(path: str | os.PathLike) -> list[str]:
 
 
 def build_parser():
-    """The ``pvera-bench results`` command line."""
+    """The parser of ``pvera-bench results rebuild|check``."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="pvera-bench results", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    rb = sub.add_parser("rebuild", help="rebuild or complete a results CSV from run directories' record.json")
+    for name, text in (("rebuild", "rebuild or complete a results CSV from run directories' record.json"),
+                       ("check", "list duplicates, failed runs, missing run directories, mixed code versions")):
+        sub.add_parser(name, help=text, description=text)
+    rb, ck = sub.choices["rebuild"], sub.choices["check"]
     rb.add_argument("--runs", nargs="+", required=True, metavar="DIR", help="run or sweep directories (searched recursively)")
     rb.add_argument("--out", required=True, metavar="CSV", help="the CSV to create or complete (rows it has are kept)")
     rb.add_argument("--evaluations", action="store_true",
                     help="take the re-evaluations' records (RUN/evaluations/*/record.json) instead of the training runs'")
-    ck = sub.add_parser("check", help="list duplicates, failed runs, missing run directories, mixed code versions")
-    ck.add_argument("--results", default="results/results.csv", metavar="CSV")
+    ck.add_argument("--results", default="results/results.csv", metavar="CSV", help="the CSV to check")
     return ap
 
 

@@ -20,27 +20,45 @@ from .. import tasks
 from ..paths import config_dir
 from .core import SPLITS, DataError, DataMissing, expected_size, open_split, resolve_source
 
-USAGE = """\
-usage: pvera-bench data prepare task=TASKS [data.dir=PATH] [data.manual_dir=PATH]
-       pvera-bench data check [task=TASKS] [data.source=tfds|folder] [data.dir=PATH]
+USAGE_LINES = """\
+pvera-bench data prepare task=TASKS [data.dir=PATH] [data.manual_dir=PATH]
+       pvera-bench data check [task=TASKS] [data.source=tfds|folder] [data.dir=PATH]"""
+COMMANDS = {
+    "prepare": "download and build the TFDS datasets of TASKS as array_record under data.dir (TFDS's default "
+               "~/tensorflow_datasets, or $TFDS_DATA_DIR, when not given). Needs TensorFlow once: pip install -e "
+               "\".[prepare]\". First, within seconds, it checks every task: resisc45 and diabetic_retinopathy need a "
+               "manual download (prepare prints TFDS's instructions), and each builder's download hosts must answer; "
+               "when one cannot start, prepare names the files to fetch by hand and where to put them "
+               "(data.manual_dir, default <data.dir>/downloads/manual), builds nothing and exits 2. Exit 1: a build "
+               "failed.",
+    "check": "for each task and split: present? right size, class count and label range? Says what is missing "
+             "and how to get it; exit status 1 if anything is missing or wrong.",
+}
+WORDS = {
+    "task": "TASKS: a task name, a comma list, `vtab` (all 19), or a group: natural, specialized, structured "
+            "(check defaults to all 19)",
+    "data.dir": "where the data is (prepare: where TFDS builds it)",
+    "data.source": "check only: tfds (default) or folder, the vtab-1k folder copy "
+                   "<data.dir>/<folder>/{train800,val200,train800val200,test}.txt",
+    "data.manual_dir": "prepare only: where manually downloaded files are (default <data.dir>/downloads/manual)",
+}
 
-  prepare  download and build the TFDS datasets of TASKS as array_record under data.dir
-           (TFDS's default ~/tensorflow_datasets, or $TFDS_DATA_DIR, when not given). Needs
-           TensorFlow once: pip install -e ".[prepare]". First, within seconds, it checks every
-           task: resisc45 and diabetic_retinopathy need a manual download (prepare prints TFDS's
-           instructions), and each builder's download hosts must answer; when one cannot start,
-           prepare names the files to fetch by hand and where to put them (data.manual_dir, default
-           <data.dir>/downloads/manual), builds nothing and exits 2. Exit 1: a build failed.
-  check    for each task and split: present? right size, class count and label range? Says what
-           is missing and how to get it; exit status 1 if anything is missing or wrong.
 
-  TASKS    a task name, a comma list, `vtab` (all 19), or a group: natural, specialized, structured.
-           check defaults to all 19.
-  data.source  tfds (default) or folder: the vtab-1k folder copy,
-               <data.dir>/<folder>/{train800,val200,train800val200,test}.txt
-"""
+def build_parser():
+    """The parser behind ``pvera-bench data --help`` (the words themselves are read by :func:`parse_words`)."""
+    import argparse
 
-KEYS = {"task", "data.dir", "data.source", "data.manual_dir"}
+    ap = argparse.ArgumentParser(prog="pvera-bench data", usage=USAGE_LINES,
+                                 description="Get the VTAB-1k data in place (prepare) and verify it (check).")
+    sub = ap.add_subparsers(dest="cmd", metavar="{prepare,check}")
+    for name, text in COMMANDS.items():
+        sp = sub.add_parser(name, prog=f"pvera-bench data {name}", help=text.split(". ")[0], description=text)
+        sp.add_argument("words", nargs="*", metavar="key=value",
+                        help="; ".join(f"{k}: {v}" for k, v in WORDS.items()))
+    return ap
+
+
+KEYS = set(WORDS)
 
 
 def task_table() -> dict[str, dict]:
@@ -76,16 +94,17 @@ def parse_words(words: list[str]) -> dict[str, str | None]:
 
 def main(argv: list[str]) -> int:
     argv = list(argv)
+    parser = build_parser()
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE, end="")
+        print(parser.format_help(), end="")
         return 0 if argv else 2
     cmd, words = argv[0], argv[1:]
-    if any(w in ("-h", "--help") for w in words):
-        print(USAGE, end="")
-        return 0
-    if cmd not in ("prepare", "check"):
-        print(f"pvera-bench data: unknown command {cmd!r}\n\n{USAGE}", end="", file=sys.stderr)
+    if cmd not in COMMANDS:
+        print(f"pvera-bench data: unknown command {cmd!r}\n\n{parser.format_help()}", end="", file=sys.stderr)
         return 2
+    if any(w in ("-h", "--help") for w in words):
+        print(parser._subparsers._group_actions[0].choices[cmd].format_help(), end="")
+        return 0
     try:
         opts = parse_words(words)
         table = task_table()

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit", help="which fit of history.csv --plot-curves draws (default: final, else the last)")
     sel = p.add_argument_group("run filters (table and plots; repeatable or comma-separated)")
     for name in FILTERS:
-        sel.add_argument(f"--{name}", action="append", metavar=name.upper())
+        sel.add_argument(f"--{name}", action="append", metavar=name.upper(), help=f"only runs of this {name}")
     return p
 
 
@@ -214,7 +214,7 @@ def _heatmap(args, table, metric, decimals, tasks, deltas, ref) -> None:
         brow = table[table["setting"] == base].iloc[0]
         rest = table[table["setting"] != base]
         matrix = pd.DataFrame([[r[c] - brow[c] for c in cols] for _, r in rest.iterrows()],
-                              index=list(rest["label"]), columns=cols)
+                              index=figures.row_labels(rest), columns=cols)
         title = f"{metric.column}: difference to {brow['label']} (row − baseline)"
         figures.plot_heatmap(matrix, title, args.plot_heatmap, decimals, True, metric.higher_is_better)
     elif ref is not None:
@@ -224,7 +224,7 @@ def _heatmap(args, table, metric, decimals, tasks, deltas, ref) -> None:
         title = f"{metric.column}: ours − published ({ref.title})"
         figures.plot_heatmap(matrix, title, args.plot_heatmap, decimals, True, metric.higher_is_better)
     else:
-        matrix = table.set_index("label")[cols].astype(float)
+        matrix = pd.DataFrame(table[cols].astype(float).to_numpy(), index=figures.row_labels(table), columns=cols)
         figures.plot_heatmap(matrix, f"{metric.column} ({metric.description})", args.plot_heatmap, decimals, False,
                              metric.higher_is_better)
 

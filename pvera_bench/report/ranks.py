@@ -137,29 +137,30 @@ def to_frame(r: Ranks) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def plot(groups: list[tuple[dict[str, str], Ranks]], metric: Metric, path) -> None:
-    """Critical-difference diagram (Nemenyi, scikit-posthocs) of the average ranks, one panel per group."""
+def plot(groups: list[tuple[dict[str, str], Ranks]], metric: Metric, path) -> list[dict]:
+    """Critical-difference diagram (Nemenyi, scikit-posthocs) of the average ranks, one panel per
+    group (backbone, protocol); returns each panel's artists (``crossbars``: one list of lines per
+    set of rows the test does not separate). A group with fewer than 2 blocks or 3 rows has no panel
+    (the test cannot run, and a diagram without it would join every row in one bar); refused when
+    no group has one."""
+    import scikit_posthocs as sp
     from matplotlib.figure import Figure
 
+    groups = [(g, r) for g, r in groups if len(r.blocks) >= 2 and len(r.average) >= 3]
+    if not groups:
+        raise ReportError("--plot-ranks: a critical-difference diagram needs at least 2 blocks and 3 rows in one "
+                          "backbone and protocol; this selection has fewer (several seeds of one task: "
+                          "--rank-blocks task-seed)")
     heights = [1.2 + 0.3 * len(r.average) for _, r in groups]
     fig = Figure(figsize=(8, sum(heights) + 0.6 * (len(groups) - 1)))
     axes = fig.subplots(len(groups), 1, squeeze=False, gridspec_kw=dict(height_ratios=heights))[:, 0]
+    artists = []
     for ax, (g, r) in zip(axes, groups):
-        _panel(ax, r, metric, _title(g))
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-
-
-def _panel(ax, r: Ranks, metric: Metric, group: str) -> None:
-    import scikit_posthocs as sp
-
-    if len(r.blocks) >= 2 and len(r.average) >= 3:
         sig = sp.posthoc_nemenyi_friedman(r.scores.to_numpy())
         sig.index = sig.columns = list(r.scores.columns)
         title = (f"Average rank over {len(r.blocks)} blocks ({metric.column}); bars join rows the Nemenyi test "
                  f"does not separate (alpha 0.05)\n{r.friedman_note}")
-    else:
-        labels = list(r.scores.columns)
-        sig = pd.DataFrame(1.0, index=labels, columns=labels)  # too few blocks or rows for the test
-        title = f"Average rank over {len(r.blocks)} block(s) ({metric.column})\n{r.friedman_note}"
-    sp.critical_difference_diagram(r.average, sig, ax=ax)
-    ax.set_title(f"{group}: {title}" if group else title, fontsize=8, pad=24)
+        artists.append(sp.critical_difference_diagram(r.average, sig, ax=ax))
+        ax.set_title(f"{_title(g)}: {title}" if _title(g) else title, fontsize=8, pad=24)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    return artists
