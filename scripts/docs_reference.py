@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import yaml
 
-from pvera_bench import results, schema, tasks
+from pvera_bench import registry, results, schema, tasks
 from pvera_bench.paths import config_dir
 from pvera_bench.report import references
 
@@ -35,7 +35,7 @@ from pvera_bench.report import references
 COMMANDS = {
     "report": "pvera_bench.report.cli",
     "evaluate": "pvera_bench.evaluate",
-    "export": "pvera_bench.export",
+    "export": "pvera_bench.export_cli",
     "results": "pvera_bench.results",
     "data": "pvera_bench.data.cli",
 }
@@ -55,12 +55,14 @@ def group_options() -> dict[str, list[tuple[str, schema.Rule]]]:
 
 
 def adapter_options() -> dict[str, list[tuple[str, schema.Rule, Any, str]]]:
-    """``{adapter: [(option, Rule, default, help), ...]}``: the one place that reads the adapters'
-    option declarations (today their ``apply()`` signatures, read without torch; help texts come
-    with the declarations)."""
+    """``{adapter: [(option, Rule, default, help), ...]}``: every registered adapter's declaration
+    (``pvera_bench.registry``: the built-in ones in ``pvera_bench/specs/``, plugins' through their
+    entry points), read without torch."""
     out = {}
-    for name, (sig, _constants) in sorted(schema.static_adapter_schemas().items()):
-        out[name] = [(opt, r, default, rule_help(r)) for opt, (r, default) in sig.items()]
+    for name in registry.names():
+        rules = schema.adapter_rules(name)
+        out[name] = [(opt, rules[opt], None if spec.required else spec.default, spec.help.strip())
+                     for opt, spec in registry.options(name).items()]
     return out
 
 

@@ -34,7 +34,9 @@ def test_ranks_are_per_backbone(capsys, tmp_path):
 
 
 def test_plot_ranks_draws_one_panel_per_backbone(capsys, tmp_path):
-    path = write_csv(tmp_path / "r.csv", rows_two_backbones())
+    # a critical-difference diagram needs 3 rows: c is last on both backbones
+    third = [run("c", t, 0, 50.0 - i, backbone=bb) for i, t in enumerate(TASKS) for bb in ("vit_b16", "vit_l16")]
+    path = write_csv(tmp_path / "r.csv", rows_two_backbones() + third)
     png = tmp_path / "cd.png"
     rc, _, err = main_out(capsys, ["--results", str(path), "--plot-ranks", str(png)])
     assert rc == 0, err
