@@ -61,7 +61,7 @@ def adapter_options() -> dict[str, list[tuple[str, schema.Rule, Any, str]]]:
     out = {}
     for name in registry.names():
         rules = schema.adapter_rules(name)
-        out[name] = [(opt, rules[opt], None if spec.required else spec.default, spec.help.strip())
+        out[name] = [(opt, rules[opt], spec.default, spec.help.strip())
                      for opt, spec in registry.options(name).items()]
     return out
 
@@ -148,7 +148,7 @@ def _cell(text: Any) -> str:
 def _code(v: Any) -> str:
     if v is None:
         return "`null`"
-    if v is schema.NO_DEFAULT:
+    if v is registry.REQUIRED:
         return "(required)"
     return "`" + _cell(yaml.safe_dump(v, default_flow_style=True, width=1 << 20).strip().removesuffix("...").strip()) + "`"
 
