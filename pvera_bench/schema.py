@@ -33,6 +33,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
+from .plan import ProtocolError, config_plan, flatten_dotted, has_key, with_point
+
 SPLITS = ("train800", "val200", "train800val200", "test")
 RESIZE_MODES = ("bilinear_antialias", "bicubic", "bilinear")
 
@@ -123,23 +125,14 @@ def rule(**kw: Any) -> Any:
 
 
 # When an option is read at all (``Rule.used_when``, given the whole resolved config): the resume key
-# leaves out an option no grid point reads (see key_view).
+# leaves out an option no grid point reads (identity.key_view). The protocol's are the plan's.
 
-def _points(c: Mapping[str, Any]) -> int:
-    n = 1
-    for values in flatten_dotted((c.get("protocol") or {}).get("grid") or {}).values():
-        n *= len(values) if isinstance(values, (list, tuple)) else 1
-    return n
+def _read_by_plan(option: str) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda c: config_plan(c).reads(option)
 
 
-def selects(c: Mapping[str, Any]) -> bool:
-    """Whether the protocol trains candidates on ``select_on`` and scores them on ``val_split``:
-    with one grid point and a ``final_on`` split it trains the final model directly."""
-    return _points(c) > 1 or not c["protocol"].get("final_on")
-
-
-def _keeps_best(c: Mapping[str, Any]) -> bool:
-    return selects(c) and c["protocol"].get("checkpoint") == "best"
+def _selects(c: Mapping[str, Any]) -> bool:
+    return config_plan(c).selects
 
 
 def _warms_up(c: Mapping[str, Any]) -> bool:
@@ -172,7 +165,7 @@ class TrainerConfig:
     softmax_before_loss: bool = rule(type=bool, required=False)
     shuffle: bool = rule(type=bool)
     drop_last: bool = rule(type=bool, required=False)
-    eval_every: int = rule(type=int, ge=1, used_when=selects)  # the final fit scores no validation split
+    eval_every: int = rule(type=int, ge=1, used_when=_selects)  # the final fit scores no validation split
     precision: str = rule(type=str, choices=("auto", "bf16", "fp32"))
 
 
@@ -181,16 +174,16 @@ class ProtocolConfig:
     """``configs/protocol/*.yaml``: what protocols.run_protocol reads."""
 
     name: str = rule(type=str, label=True)
-    select_on: str = rule(type=str, choices=SPLITS, used_when=selects)
-    val_split: str = rule(type=str, choices=SPLITS, nullable=True, used_when=selects)
+    select_on: str = rule(type=str, choices=SPLITS, used_when=_read_by_plan("select_on"))
+    val_split: str = rule(type=str, choices=SPLITS, nullable=True, used_when=_read_by_plan("val_split"))
     final_on: str = rule(type=str, choices=SPLITS, nullable=True)
     test_split: str = rule(type=str, choices=SPLITS)
-    metric: str = rule(type=str, choices=("acc", "loss"), used_when=lambda c: _keeps_best(c) or _points(c) > 1)
-    checkpoint: str = rule(type=str, choices=("best", "last"), used_when=selects)
-    patience: int = rule(type=int, ge=1, nullable=True, used_when=_keeps_best)
-    min_rel_delta: float = rule(type=float, ge=0, used_when=_keeps_best)
+    metric: str = rule(type=str, choices=("acc", "loss"), used_when=_read_by_plan("metric"))
+    checkpoint: str = rule(type=str, choices=("best", "last"), used_when=_read_by_plan("checkpoint"))
+    patience: int = rule(type=int, ge=1, nullable=True, used_when=_read_by_plan("patience"))
+    min_rel_delta: float = rule(type=float, ge=0, used_when=_read_by_plan("min_rel_delta"))
     grid: dict = rule(type=dict, required=False)
-    grid_mode: str = rule(type=str, choices=("separate", "joint"), required=False, used_when=lambda c: _points(c) > 1)
+    grid_mode: str = rule(type=str, choices=("separate", "joint"), required=False, used_when=_read_by_plan("grid_mode"))
     test_eval_every: int = rule(type=int, ge=0, required=False)
     test_eval_at: str = rule(type=str, choices=("start", "end"), required=False)
     test_eval_from: int = rule(type=int, ge=1, required=False)
@@ -525,63 +518,25 @@ def check_config(c: Mapping[str, Any]) -> None:
 
 def check_combinations(c: Mapping[str, Any]) -> None:
     """Options valid alone that do nothing, or something else than they say, together."""
-    p, t = c["protocol"], c["trainer"]
-    if p.get("patience") is not None and p.get("checkpoint") != "best":
-        raise ConfigError(f"protocol.patience={_fmt(p['patience'])} stops a fit early on its validation score, which "
-                          f"checkpoint={_fmt(p.get('checkpoint'))} does not keep; set protocol.patience=null or "
-                          f"protocol.checkpoint=best")
+    t = c["trainer"]
+    try:
+        config_plan(c).check()
+    except ProtocolError as e:
+        raise ConfigError(str(e)) from None
     w = t.get("warmup_epochs")
     if t.get("schedule_unit", "epoch") == "epoch" and isinstance(w, float) and not w.is_integer():
         raise ConfigError(f"trainer.warmup_epochs={w:g} is not a whole number of epochs, and trainer.schedule_unit=epoch "
                           f"steps the learning rate once per epoch; give a whole number or set trainer.schedule_unit=step")
-    if int(p.get("test_eval_every") or 0) and not p.get("final_on"):
-        raise ConfigError(f"protocol.test_eval_every={p['test_eval_every']} scores the test split during the final fit, "
-                          f"and protocol {p.get('name')!r} has none (final_on is null); set protocol.test_eval_every=0")
-    if p.get("grid_mode") == "joint" and _points(c) > 1 and p.get("checkpoint") != "best":
-        raise ConfigError("protocol.grid_mode=joint keeps each candidate's best epoch by its validation score and "
-                          "needs protocol.checkpoint=best; set it, or protocol.grid_mode=separate")
-
-
-def _get(c: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
-    node: Any = c
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
-
-
-def _set(c: dict, dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    node = c
-    for part in parents:
-        node = node[part]
-    node[last] = value
-
-
-def flatten_dotted(grid: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{trainer: {lr_adapter: [...]}}`` -> ``{"trainer.lr_adapter": [...]}``: how a grid's keys are
-    read, here and by protocols.grid_points (this module imports no torch, so it lives here)."""
-    out: dict[str, Any] = {}
-    for k, v in grid.items():
-        if isinstance(v, Mapping):
-            out.update(flatten_dotted(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def check_grid(c: Mapping[str, Any]) -> None:
-    import copy
-
     grid = flatten_dotted(c["protocol"].get("grid") or {})
     if not grid:
         return
     trains = None
     for key, values in grid.items():
         where = f"protocol.grid.{key}"
-        exists, _ = _get(c, key)
-        if not exists or key.startswith("protocol.") or key == "seed":
+        if not has_key(c, key) or key.startswith("protocol.") or key == "seed":
             raise ConfigError(f"{where} names no setting a grid can vary: {key} is not a key of this config "
                               f"(grid keys are dotted keys such as trainer.lr_adapter or adapter.r)")
         if not isinstance(values, (list, tuple)) or not values:
@@ -592,8 +547,7 @@ def check_grid(c: Mapping[str, Any]) -> None:
                 raise ConfigError(f"{where}={_fmt(list(values))} is invalid: adapter {c['adapter']['name']} has no "
                                   f"trainable adapter tensors, so {key} changes nothing; grid over other keys")
         for v in values:
-            point = copy.deepcopy(dict(c))
-            _set(point, key, v)
+            point = with_point(dict(c), {key: v})
             try:
                 check_config(point)
             except ConfigError as e:
@@ -634,50 +588,8 @@ def adapter_constants(name: str) -> Mapping[str, Any]:
     return vars(inspect.getmodule(adapters.get(name)))
 
 
-def _point_configs(c: Mapping[str, Any]) -> list[dict]:
-    """``c`` with each grid point's values applied (``[c]`` without a grid)."""
-    import copy
-    import itertools
-
-    grid = {k: v for k, v in flatten_dotted((c.get("protocol") or {}).get("grid") or {}).items()
-            if isinstance(v, (list, tuple)) and v}
-    out = []
-    for values in itertools.product(*grid.values()):
-        point = copy.deepcopy(dict(c))
-        for k, v in zip(grid, values):
-            if _get(point, k)[0]:
-                _set(point, k, v)
-        out.append(point)
-    return out
-
-
 def _adapter_option_used(option: str, adapter: Mapping[str, Any]) -> bool:
     """An adapter declares options that only some values of another option read, in its module:
     ``OPTIONS_USED_ONLY_WHEN = {"mc_samples": {"inference": ["mc"]}}``."""
     when = (adapter_constants(adapter["name"]).get("OPTIONS_USED_ONLY_WHEN") or {}).get(option)
     return when is None or all(adapter.get(k) in tuple(v) for k, v in when.items())
-
-
-def key_view(c: Mapping[str, Any]) -> dict:
-    """The resolved config ``c`` without what changes no number: the options marked ``label``
-    (``protocol.name``, ``backbone.name``), the options no grid point reads (a Rule's
-    ``used_when``: ``trainer.min_lr`` under ``schedule=constant``, the selection options of a
-    protocol that selects nothing, ...) and the adapter options its module declares unread
-    (``OPTIONS_USED_ONLY_WHEN``: PVeRA's ``mc_samples`` unless ``inference=mc``). The groups
-    ``trainer``, ``protocol``, ``backbone`` and ``adapter`` are filtered; the rest is copied."""
-    import copy
-
-    out = copy.deepcopy(dict(c))
-    points = _point_configs(c)
-    for group, schema in GROUPS.items():
-        if not isinstance(out.get(group), dict):
-            continue
-        for f in fields(schema):
-            r = f.metadata["rule"]
-            if f.name in out[group] and (r.label or (r.used_when is not None and not any(r.used_when(p) for p in points))):
-                del out[group][f.name]
-    if isinstance(out.get("adapter"), dict):
-        for k in list(out["adapter"]):
-            if k != "name" and not any(_adapter_option_used(k, p["adapter"]) for p in points):
-                del out["adapter"][k]
-    return out
