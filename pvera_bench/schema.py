@@ -59,9 +59,10 @@ class Rule:
     length: int | None = None  # lists: exact length
     pattern: str | None = None  # strings: a regular expression the whole value must match ...
     means: str | None = None  # ... and how allowed() describes it
-    label: bool = False  # a name only: it changes no number, so the resume key leaves it out (key_view)
+    label: bool = False  # a name only: it changes no number, so the resume key leaves it out (identity.key_view)
     used_when: Callable[[Mapping[str, Any]], bool] | None = field(default=None, compare=False)
     # ^ given the whole resolved config: whether this option is read at all (the key leaves it out otherwise)
+    help: str = field(default="", compare=False)  # one line for a reader (the docs' reference is made of these)
 
     def _each(self) -> list["Rule"]:
         return [Rule(type=t, ge=self.ge, gt=self.gt, lt=self.lt, le=self.le, length=self.length) for t in self.type]
@@ -139,6 +140,10 @@ def _warms_up(c: Mapping[str, Any]) -> bool:
     return float(c["trainer"].get("warmup_epochs") or 0) > 0
 
 
+def _cosine(c: Mapping[str, Any]) -> bool:
+    return c["trainer"].get("schedule") == "cosine"
+
+
 def _trains_adapter(c: Mapping[str, Any]) -> bool:
     return adapter_trains(c["adapter"]["name"])
 
@@ -147,78 +152,115 @@ def _trains_adapter(c: Mapping[str, Any]) -> bool:
 class TrainerConfig:
     """``configs/trainer/*.yaml``: what train.Trainer reads."""
 
-    epochs: int = rule(type=int, ge=1)
-    batch_size: int = rule(type=int, ge=1)
-    lr_head: float = rule(type=float, gt=0)
-    lr_adapter: float = rule(type=float, gt=0, used_when=_trains_adapter)
-    wd_head: float = rule(type=float, ge=0)
-    wd_adapter: float = rule(type=float, ge=0, used_when=_trains_adapter)
-    wd_skip_1d: bool = rule(type=bool, required=False)
-    warmup_epochs: float = rule(type=float, ge=0)
-    warmup_lr: float = rule(type=float, ge=0, required=False, used_when=_warms_up)
-    min_lr: float = rule(type=float, ge=0, required=False, used_when=lambda c: c["trainer"].get("schedule") == "cosine")
-    schedule: str = rule(type=str, choices=("cosine", "constant"))
+    epochs: int = rule(type=int, ge=1, help="epochs of every fit (selection and final)")
+    batch_size: int = rule(type=int, ge=1, help="training batch size")
+    lr_head: float = rule(type=float, gt=0, help="AdamW learning rate of the classifier head")
+    lr_adapter: float = rule(type=float, gt=0, used_when=_trains_adapter,
+                             help="AdamW learning rate of the adapter's tensors")
+    wd_head: float = rule(type=float, ge=0, help="weight decay of the head")
+    wd_adapter: float = rule(type=float, ge=0, used_when=_trains_adapter, help="weight decay of the adapter's tensors")
+    wd_skip_1d: bool = rule(type=bool, required=False,
+                            help="true: no weight decay on biases and 1-D tensors (timm's create_optimizer rule)")
+    warmup_epochs: float = rule(type=float, ge=0, help="epochs of linear warm-up from warmup_lr")
+    warmup_lr: float = rule(type=float, ge=0, required=False, used_when=_warms_up,
+                            help="absolute learning rate the warm-up starts from")
+    min_lr: float = rule(type=float, ge=0, required=False, used_when=_cosine, help="absolute floor of the cosine schedule")
+    schedule: str = rule(type=str, choices=("cosine", "constant"),
+                         help="learning-rate schedule after the warm-up: cosine decay or constant")
     schedule_unit: str = rule(type=str, choices=("epoch", "step"), required=False,
-                              used_when=lambda c: c["trainer"].get("schedule") == "cosine" or _warms_up(c))
-    label_smoothing: float = rule(type=float, ge=0, lt=1, required=False)
-    augment: str = rule(type=str, nullable=True, required=False)  # data/augment.py: e.g. hflip+rand-m9-mstd0.5-inc1
-    softmax_before_loss: bool = rule(type=bool, required=False)
-    shuffle: bool = rule(type=bool)
-    drop_last: bool = rule(type=bool, required=False)
-    eval_every: int = rule(type=int, ge=1, used_when=_selects)  # the final fit scores no validation split
-    precision: str = rule(type=str, choices=("auto", "bf16", "fp32"))
+                              used_when=lambda c: _cosine(c) or _warms_up(c),
+                              help="step the schedule once per epoch or once per optimiser step")
+    label_smoothing: float = rule(type=float, ge=0, lt=1, required=False,
+                                  help="label smoothing of the training cross-entropy")
+    augment: str = rule(
+        type=str, nullable=True, required=False,
+        help="training-batch augmentation, e.g. hflip+rand-m9-mstd0.5-inc1 (data/augment.py); null: none")
+    softmax_before_loss: bool = rule(type=bool, required=False,
+                                     help="true reproduces a defect of the PVeRA code (softmax, then cross-entropy)")
+    shuffle: bool = rule(type=bool, help="shuffle the training split every epoch")
+    drop_last: bool = rule(type=bool, required=False, help="true: leave out each epoch's last incomplete batch")
+    eval_every: int = rule(
+        type=int, ge=1, used_when=_selects,
+        help="score the validation split every N epochs of a selection fit (a final fit scores none)")
+    precision: str = rule(type=str, choices=("auto", "bf16", "fp32"),
+                          help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32")
 
 
 @dataclass
 class ProtocolConfig:
     """``configs/protocol/*.yaml``: what protocols.run_protocol reads."""
 
-    name: str = rule(type=str, label=True)
-    select_on: str = rule(type=str, choices=SPLITS, used_when=_read_by_plan("select_on"))
-    val_split: str = rule(type=str, choices=SPLITS, nullable=True, used_when=_read_by_plan("val_split"))
-    final_on: str = rule(type=str, choices=SPLITS, nullable=True)
-    test_split: str = rule(type=str, choices=SPLITS)
-    metric: str = rule(type=str, choices=("acc", "loss"), used_when=_read_by_plan("metric"))
-    checkpoint: str = rule(type=str, choices=("best", "last"), used_when=_read_by_plan("checkpoint"))
-    patience: int = rule(type=int, ge=1, nullable=True, used_when=_read_by_plan("patience"))
-    min_rel_delta: float = rule(type=float, ge=0, used_when=_read_by_plan("min_rel_delta"))
-    grid: dict = rule(type=dict, required=False)
-    grid_mode: str = rule(type=str, choices=("separate", "joint"), required=False, used_when=_read_by_plan("grid_mode"))
-    test_eval_every: int = rule(type=int, ge=0, required=False)
-    test_eval_at: str = rule(type=str, choices=("start", "end"), required=False)
-    test_eval_from: int = rule(type=int, ge=1, required=False)
+    name: str = rule(type=str, label=True, help="the protocol's name (a label: not in the key)")
+    select_on: str = rule(type=str, choices=SPLITS, used_when=_read_by_plan("select_on"),
+                          help="the split candidates train on while choosing")
+    val_split: str = rule(type=str, choices=SPLITS, nullable=True, used_when=_read_by_plan("val_split"),
+                          help="the split that scores the candidates (and fits a temperature)")
+    final_on: str = rule(type=str, choices=SPLITS, nullable=True,
+                         help="the split the chosen candidate is retrained on; null: keep the chosen model")
+    test_split: str = rule(type=str, choices=SPLITS, help="the split scored once, after every choice")
+    metric: str = rule(type=str, choices=("acc", "loss"), used_when=_read_by_plan("metric"),
+                       help="what chooses: validation accuracy (acc) or cross-entropy (loss)")
+    checkpoint: str = rule(type=str, choices=("best", "last"), used_when=_read_by_plan("checkpoint"),
+                           help="keep the weights after the last epoch or of the best-scoring epoch")
+    patience: int = rule(type=int, ge=1, nullable=True, used_when=_read_by_plan("patience"),
+                         help="with checkpoint best: stop a fit this many scored epochs after its best; null: never")
+    min_rel_delta: float = rule(type=float, ge=0, used_when=_read_by_plan("min_rel_delta"),
+                                help="with checkpoint best: the relative gain a new best must exceed")
+    grid: dict = rule(type=dict, required=False, help="{dotted.key: [values]}: every combination is one candidate")
+    grid_mode: str = rule(type=str, choices=("separate", "joint"), required=False, used_when=_read_by_plan("grid_mode"),
+                          help="separate (each candidate alone) or joint (lockstep, the PVeRA code's rule)")
+    test_eval_every: int = rule(type=int, ge=0, required=False,
+                                help="N > 0: also score the test split every N epochs of the final fit (history only)")
+    test_eval_at: str = rule(type=str, choices=("start", "end"), required=False,
+                             help="which epochs test_eval_every scores: start (1, N+1, ...) or end (N, 2N, ...)")
+    test_eval_from: int = rule(type=int, ge=1, required=False, help="the first epoch test_eval_every may score")
 
 
 @dataclass
 class DataConfig:
     """``configs/data/*.yaml``."""
 
-    source: str = rule(type=str)  # checked against the registered sources in validate()
-    dir: str = rule(type=str, nullable=True)
-    cache_dir: str = rule(type=str, nullable=True)
-    resize: str = rule(type=str, choices=RESIZE_MODES, required=False)
-    train_resize: str = rule(type=str, choices=RESIZE_MODES, nullable=True, required=False)  # null: as resize
+    source: str = rule(type=str, help="where splits are read from: tfds or folder (the demo reads its bundled digits)")
+    dir: str = rule(type=str, nullable=True, help="the TFDS data_dir, or the root of the vtab-1k folder copy")
+    cache_dir: str = rule(type=str, nullable=True, help="where decoded uint8 images are cached; null: decode every run")
+    resize: str = rule(type=str, choices=RESIZE_MODES, required=False,
+                       help="how images are resized to the backbone's input")
+    train_resize: str = rule(type=str, choices=RESIZE_MODES, nullable=True, required=False,
+                             help="the resize of the splits a model trains on; null: as resize")
 
 
 @dataclass
 class BackboneConfig:
     """``configs/backbone/*.yaml``: what backbones.create_backbone reads."""
 
-    name: str = rule(type=str, label=True)
-    model: str = rule(type=str)
-    pretrained: bool = rule(type=bool)
-    checkpoint: str = rule(type=str, nullable=True)  # in the key as its content's hash (run.backbone_fingerprint)
-    checkpoint_sha256: str = rule(type=str, nullable=True, required=False)
-    random_weights: bool = rule(type=bool, required=False)
-    note: str = rule(type=str, nullable=True, required=False, label=True)  # printed under a sweep's summary table
-    init_seed: int = rule(type=int, required=False)
-    kwargs: dict = rule(type=dict, nullable=True, required=False)
-    drop_path_rate: float = rule(type=float, ge=0, lt=1, required=False)
-    mean: list = rule(type=list, length=3, nullable=True, required=False)
-    std: list = rule(type=list, length=3, gt=0, nullable=True, required=False)
-    head_init: str = rule(type=str, choices=("pytorch", "noah"), required=False)  # backbones.Classifier
-    pos_embed: str = rule(type=str, choices=("timm", "dinov2_hub"), required=False)
-    head_draws: str = rule(type=str, choices=("run", "after_backbone"), required=False)  # run.execute
+    name: str = rule(type=str, label=True, help="the backbone's name (a label: not in the key)")
+    model: str = rule(type=str, help="the timm model name")
+    pretrained: bool = rule(type=bool, help="load timm's pretrained weights from the Hugging Face Hub")
+    checkpoint: str = rule(
+        type=str, nullable=True,
+        help="a local weights file (package:REL inside the package), in the key by its content; null: none")
+    checkpoint_sha256: str = rule(type=str, nullable=True, required=False,
+                                  help="the expected sha256 of checkpoint; null: not checked")
+    random_weights: bool = rule(type=bool, required=False,
+                                help="true: the weights are random (numbers only show that the tool works)")
+    note: str = rule(type=str, nullable=True, required=False, label=True,
+                     help="a note printed under a sweep's summary table (a label: not in the key)")
+    init_seed: int = rule(type=int, required=False,
+                          help="the seed the backbone is created under (default: the run's seed)")
+    kwargs: dict = rule(type=dict, nullable=True, required=False, help="extra keyword arguments of timm.create_model")
+    drop_path_rate: float = rule(type=float, ge=0, lt=1, required=False,
+                                 help="stochastic depth in training (timm: rising linearly to this in the last block)")
+    mean: list = rule(type=list, length=3, nullable=True, required=False,
+                      help="input normalisation mean, 3 numbers on the 0-1 scale; null: the weights' own")
+    std: list = rule(type=list, length=3, gt=0, nullable=True, required=False,
+                     help="input normalisation std, 3 numbers on the 0-1 scale; null: the weights' own")
+    head_init: str = rule(type=str, choices=("pytorch", "noah"), required=False,
+                          help="the head's init: pytorch (nn.Linear's) or noah (trunc-normal std 0.02, bias 0)")
+    pos_embed: str = rule(
+        type=str, choices=("timm", "dinov2_hub"), required=False,
+        help="position embeddings: timm (resampled once) or dinov2_hub (from the native grid each forward)")
+    head_draws: str = rule(type=str, choices=("run", "after_backbone"), required=False,
+                           help="run (head drawn after the adapter) or after_backbone (the PVeRA code's j-th head)")
 
 
 DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
@@ -230,14 +272,19 @@ class RuntimeConfig:
     device's type (not its index) and ``compile`` change numbers and are in the resume key
     (run.resume_key); the rest change none."""
 
-    device: str = rule(type=str, pattern=DEVICE, means="auto, cpu, cuda, cuda:N or mps")
-    threads: int = rule(type=int, ge=1, nullable=True)
-    progress: bool = rule(type=bool)
-    eval_batch_size: int = rule(type=int, ge=1)
-    compile: bool = rule(type=bool)
-    checkpoint_dir: str = rule(type=str, nullable=True)
-    checkpoint_every: int = rule(type=int, ge=0)
-    save_weights: bool = rule(type=bool, required=False)
+    device: str = rule(type=str, pattern=DEVICE, means="auto, cpu, cuda, cuda:N or mps",
+                       help="auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps")
+    threads: int = rule(
+        type=int, ge=1, nullable=True,
+        help="torch CPU threads; null: SLURM_CPUS_PER_TASK, else OMP_NUM_THREADS, else the affinity mask")
+    progress: bool = rule(type=bool, help="show tqdm progress bars")
+    eval_batch_size: int = rule(type=int, ge=1, help="batch size of evaluation passes")
+    compile: bool = rule(type=bool, help="torch.compile the model (eager when compilation fails)")
+    checkpoint_dir: str = rule(type=str, nullable=True,
+                               help="where a run's state lives until its row is appended; null: in memory only")
+    checkpoint_every: int = rule(type=int, ge=0, help="epochs between a fit's checkpoints; 0: never")
+    save_weights: bool = rule(type=bool, required=False,
+                              help="write the trained adapter and head to adapter.safetensors in the run directory")
 
 
 GROUPS: dict[str, type] = {"trainer": TrainerConfig, "protocol": ProtocolConfig, "data": DataConfig,
@@ -508,11 +555,12 @@ def check_config(c: Mapping[str, Any]) -> None:
     if src not in available_sources():
         raise ConfigError(f"data.source={_fmt(src)} is invalid: allowed {', '.join(available_sources())}")
     if "seed" in c:
-        _check("seed", c["seed"], Rule(type=int, ge=0))
+        _check("seed", c["seed"], Rule(type=int, ge=0, help="the run's seed"))
     if "force" in c:
-        _check("force", c["force"], Rule(type=bool))
+        _check("force", c["force"], Rule(type=bool, help="true: train again even if the CSV has an ok row"))
     if "calibration" in c:  # calibration.CALIBRATIONS (that module imports torch)
-        _check("calibration", c["calibration"], Rule(type=str, choices=("none", "temperature")))
+        _check("calibration", c["calibration"], Rule(type=str, choices=("none", "temperature"),
+                                                     help="post-hoc calibration of the test probabilities"))
     check_combinations(c)
 
 
