@@ -28,7 +28,9 @@ so a run killed at any point resumes without training anything that had finished
 whose loss diverges is recorded as ``diverged`` and scored worst; the run fails only when every
 candidate diverges.
 
-The three parts read top to bottom: ``separate_grid``, ``joint_grid`` and ``final_fit``;
+What a protocol config means (which fits run, whether validation chooses, which options are
+read, its refusals) is derived once, by :func:`pvera_bench.plan.plan_of`; this module runs that
+plan. The three parts read top to bottom: ``separate_grid``, ``joint_grid`` and ``final_fit``;
 ``run_protocol`` chains them.
 """
 

@@ -15,11 +15,13 @@
   is an error (a typo must not be ignored); a field with ``required=False`` may be absent (a config
   written before that key existed: the code that reads it supplies the default).
 - **Combinations** (:func:`check_combinations`): options valid alone that together would do
-  nothing or something else than they say (``patience`` without ``checkpoint: best``, a fractional
-  ``warmup_epochs`` stepped per epoch, ...).
-- **The resume key** (:func:`key_view`): a Rule's ``label`` (a name only) and ``used_when`` (when
-  the option is read at all) say what the key leaves out; adapters declare theirs in
-  ``OPTIONS_USED_ONLY_WHEN``.
+  nothing or something else than they say: the protocol's are the plan's refusals
+  (``plan.Plan.check``: ``patience`` without ``checkpoint: best``, ...); a fractional
+  ``warmup_epochs`` stepped per epoch.
+- **The resume key** (``identity.key_view``): a Rule's ``label`` (a name only) and ``used_when``
+  (when the option is read at all; the protocol's options ask the plan, ``Plan.reads``) say what
+  the key leaves out; adapters declare theirs in ``OPTIONS_USED_ONLY_WHEN``. A Rule's ``help`` is
+  its one line for a reader.
 - **protocol.grid**: every key must exist in the config, every list must be non-empty, every
   point must give a valid config, and a key the adapter ignores (``trainer.lr_adapter`` for an
   adapter without trainable tensors) is an error.
@@ -270,7 +272,7 @@ DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 class RuntimeConfig:
     """``configs/runtime/*.yaml``: how a run executes (run.execute, train.Trainer). Of these, the
     device's type (not its index) and ``compile`` change numbers and are in the resume key
-    (run.resume_key); the rest change none."""
+    (identity.resume_key); the rest change none."""
 
     device: str = rule(type=str, pattern=DEVICE, means="auto, cpu, cuda, cuda:N or mps",
                        help="auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps")
