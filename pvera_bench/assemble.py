@@ -27,7 +27,7 @@ from . import adapters, calibration, loggers, metrics, ood
 from .adapters import AdapterOptionError, UnknownAdapterError
 from .backbones import BackboneError, Classifier, create_backbone
 from .data import DataError, load_split
-from .identity import data_source
+from .identity import data_source, plain_config
 from .plan import ProtocolError, config_plan, grid_points, with_point
 from .schema import ConfigError
 from .train import DivergedError
@@ -52,7 +52,7 @@ def seed_everything(seed: int) -> None:
 
 def adapter_options(adapter_cfg: Any) -> dict[str, Any]:
     """An adapter group's options (its ``name`` left out), as ``adapters.apply`` takes them."""
-    opts = OmegaConf.to_container(adapter_cfg, resolve=True) if isinstance(adapter_cfg, DictConfig) else dict(adapter_cfg)
+    opts = plain_config(adapter_cfg)
     opts.pop("name", None)
     return opts
 
@@ -148,7 +148,8 @@ def cpu_threads(given: Any) -> int | None:
 
 
 # ---------------------------------------------------------------- scoring
-def score(cfg: DictConfig, trainer, test, load: Callable[[str], Any], load_task_test: Callable[[dict], Any]) -> tuple[dict, Any]:
+def score(cfg: DictConfig, trainer, test, load: Callable[[str], Any],
+          load_task_test: Callable[[dict], Any]) -> tuple[dict, Any]:
     """The metric, OOD and calibration columns of a model's test predictions ``test``, and the
     probabilities those metrics are of. ``load(split)`` opens a split of the run's task,
     ``load_task_test(task_config)`` another task's test split."""

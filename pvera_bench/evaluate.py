@@ -24,7 +24,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -33,7 +33,8 @@ from . import artifacts, calibration, results
 from .artifacts import ArtifactError
 from .assemble import USER_ERRORS, adapter_options, score, set_threads, split_loaders
 from .backbones import input_size
-from .identity import EVALUATION_OPTIONS, INFERENCE, accepts_override, data_source, key_hash, run_keys, setting_of, versions
+from .identity import (EVALUATION_OPTIONS, INFERENCE, accepts_override, data_source, key_hash, run_keys, setting_of,
+                       versions)
 from .plan import TEST_STREAM
 from .train import Trainer, resolve_device
 

@@ -116,7 +116,8 @@ def key_view(c: Mapping[str, Any]) -> dict:
             continue
         for f in fields(rules):
             r = f.metadata["rule"]
-            if f.name in out[group] and (r.label or (r.used_when is not None and not any(r.used_when(p) for p in points))):
+            unread = r.used_when is not None and not any(r.used_when(p) for p in points)
+            if f.name in out[group] and (r.label or unread):
                 del out[group][f.name]
     if isinstance(out.get("adapter"), dict):
         for k in list(out["adapter"]):
@@ -141,7 +142,8 @@ def resume_key(cfg: DictConfig) -> dict[str, Any]:
     view = key_view(c)
     key = {k: view.get(k) for k in RESULT_KEYS}
     key["trainer"] = dict(key["trainer"] or {}, precision=resolved_precision(cfg))
-    key["backbone"] = dict(key["backbone"] or {}, checkpoint=None, weights=backbone_fingerprint(c.get("backbone") or {}))
+    weights = backbone_fingerprint(c.get("backbone") or {})
+    key["backbone"] = dict(key["backbone"] or {}, checkpoint=None, weights=weights)
     rt = c.get("runtime") or {}
     key["runtime"] = {"device": resolve_device(rt.get("device")).type, "compile": bool(rt.get("compile"))}
     key["data"] = {k: v for k, v in (c.get("data") or {}).items() if k not in DATA_KEYS_NOT_IN_KEY}

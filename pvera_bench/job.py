@@ -53,7 +53,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) ->
     return train(cfg, run_dir, overrides, multirun, (train_key, eval_options), state)
 
 
-def _evaluate_saved(cfg: DictConfig, saved: Path, run_dir: Path, overrides: list[str], multirun: bool) -> dict[str, Any]:
+def _evaluate_saved(cfg: DictConfig, saved: Path, run_dir: Path, overrides: list[str],
+                    multirun: bool) -> dict[str, Any]:
     log.info("the weights of this setting are saved in %s: evaluating them instead of training", saved)
     try:
         return evaluate.evaluate_run(saved, evaluation_overrides(cfg), out_dir=run_dir,

@@ -167,7 +167,8 @@ class Plan:
                                 f"protocol.test_eval_every=0")
         if self.joint and self.checkpoint != "best":
             raise ProtocolError("protocol.grid_mode=joint keeps each candidate's best epoch by its validation score "
-                                "and needs checkpoint: best; set protocol.checkpoint=best, or protocol.grid_mode=separate")
+                                "and needs checkpoint: best; set protocol.checkpoint=best, or "
+                                "protocol.grid_mode=separate")
 
 
 def plan_of(p: Mapping[str, Any]) -> Plan:

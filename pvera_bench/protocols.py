@@ -231,7 +231,8 @@ def separate_grid(plan: Plan, build: Build, load: Load, state: RunState,
             c = Candidate(i, point)
             trainer = build(c)
             try:
-                c.fit = trainer.fit(load(plan.select_on), load(plan.val_split), desc=f"select {point}" if point else "train",
+                c.fit = trainer.fit(load(plan.select_on), load(plan.val_split),
+                                    desc=f"select {point}" if point else "train",
                                     tag=c.tag, stamp=point, checkpoint=state.fit_path(c.tag), every=state.every, **kw)
                 c.status = "ok"
                 log.info("candidate %s: val_acc %.2f val_loss %.4f", point, c.fit.val_acc, c.fit.val_loss)
