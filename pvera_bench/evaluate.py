@@ -6,8 +6,9 @@ model it was trained as, the evaluation options given as overrides are applied
 ``runtime.*``, ``data.dir``), the test split is scored and one row is appended whose key is the run's
 training key plus these evaluation options, with ``evaluated_from`` naming the run and
 ``train_seconds`` 0. Its ``record.json`` and ``predictions.npz`` go to
-``RUN_DIR/evaluations/<time>_<key>/``. Re-evaluating with the run's own settings gives its numbers
-exactly. A key that already has an ``ok`` row is skipped unless ``force=true``; to compare a
+``RUN_DIR/evaluations/<time>_<key>/``; the row goes to ``results_csv=...`` when given, else to
+``results/results.csv`` relative to the working directory (never to a path a run directory
+names). Re-evaluating with the run's own settings gives its numbers exactly. A key that already has an ``ok`` row is skipped unless ``force=true``; to compare a
 re-evaluation with the original row, write it to another CSV (``results_csv=other.csv``).
 
 Overrides that would change the trained model (``adapter.r``, ``backbone=...``, ``trainer.*``) are
@@ -35,6 +36,7 @@ from .assemble import USER_ERRORS, adapter_options, score, set_threads, split_lo
 from .backbones import input_size
 from .identity import (EVALUATION_OPTIONS, INFERENCE, accepts_override, data_source, key_hash, run_keys, setting_of,
                        versions)
+from .paths import config_dir
 from .plan import TEST_STREAM
 from .train import Trainer, resolve_device
 
@@ -64,6 +66,14 @@ def find_saved(csv_path: str | Path, train_hash: str) -> Path | None:
             if (d / artifacts.FILENAME).is_file():
                 return d
     return None
+
+
+def results_csv(overrides: Mapping[str, Any]) -> Path:
+    """Where an evaluation's row goes: the ``results_csv`` the user gave, else the default of
+    ``configs/config.yaml`` relative to the working directory; never a path read from a run
+    directory (its weight file or config could name any file)."""
+    given = overrides.get("results_csv")
+    return Path(str(given) if given else OmegaConf.load(config_dir() / "config.yaml")["results_csv"])
 
 
 def check_overrides(overrides: Mapping[str, Any], options: Mapping[str, Any]) -> None:
@@ -100,7 +110,7 @@ def evaluate_run(src: str | Path, overrides: Mapping[str, Any] | None = None, *,
     _, evo = run_keys(cfg)
     train = meta["train_key"]
     key = key_hash(train, evo)
-    csv_path = Path(cfg.results_csv)
+    csv_path = results_csv(overrides)
     if not force:
         prev = results.find_ok(csv_path, key)
         if prev is not None:

@@ -187,3 +187,24 @@ def test_a_one_point_vtab_run_is_not_trained_again_for_the_other_checkpoint(cli,
     assert "skipped:" in p.stderr and "already has an ok row" in p.stderr
     with open(tmp_path / "results" / "results.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 1
+
+
+def test_evaluate_writes_only_where_the_user_says(tmp_path, monkeypatch, capsys):
+    """A crafted run directory whose weight file names another CSV (here a harmless target under
+    tmp_path): evaluate appends to results/results.csv under the working directory, or to the
+    results_csv the user gives, and writes nothing at the named path."""
+    from pvera_bench.evaluate import main as evaluate_main
+
+    cfg = cfg_of("adapter=lora", "adapter.r=2")
+    target = tmp_path / "elsewhere" / "victim.csv"
+    config = dict(OmegaConf.to_container(cfg, resolve=True), results_csv=str(target))
+    run = tmp_path / "run"
+    run.mkdir()
+    artifacts.save(run, ModelBuilder(cfg)(0), config, candidate=0, chosen={}, train_key={}, config_hash="h",
+                   versions="{}")
+    monkeypatch.chdir(tmp_path)
+    assert evaluate_main([str(run), "runtime.progress=false"]) == 0
+    assert evaluate_main([str(run), "runtime.progress=false", "results_csv=mine.csv"]) == 0
+    assert not target.parent.exists()
+    with open(tmp_path / "results" / "results.csv", newline="") as f, open(tmp_path / "mine.csv", newline="") as g:
+        assert len(list(csv.DictReader(f))) == len(list(csv.DictReader(g))) == 1
