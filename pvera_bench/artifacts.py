@@ -228,7 +228,13 @@ def check_run_config(run_dir: Path, cfg: DictConfig) -> None:
     p = run_dir / "config.yaml"
     if not p.is_file():
         return
-    own = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+    try:
+        own = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+        if not isinstance(own, dict):
+            raise ValueError("not a mapping")
+    except Exception as e:  # noqa: BLE001 - YAML and OmegaConf raise several types on a damaged file
+        raise ArtifactError(f"{p} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:120]}); restore it "
+                            f"or delete it (the weight file holds the config)") from None
     saved = OmegaConf.to_container(cfg, resolve=True)
     checks = (("backbone", own.get("backbone"), saved.get("backbone")),
               ("adapter", (own.get("adapter") or {}).get("name"), saved["adapter"].get("name")),

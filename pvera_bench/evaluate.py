@@ -97,8 +97,8 @@ def evaluate_run(src: str | Path, overrides: Mapping[str, Any] | None = None, *,
     return it."""
     src = Path(src)
     overrides = dict(overrides or {})
-    meta = artifacts.read_metadata(src)
-    check_overrides(overrides, meta["config"].get("adapter", {}))
+    meta = check_run(src, overrides)
+    trained = _read_record(src)
     model_over = {k: v for k, v in overrides.items() if k not in ("force",)}
     model, cfg = artifacts.load_run(src, model_over)
     own_source = data_source(cfg.task, meta["config"])
@@ -134,7 +134,6 @@ def evaluate_run(src: str | Path, overrides: Mapping[str, Any] | None = None, *,
     stamp = _dt.datetime.now()
     out = Path(out_dir) if out_dir else src / "evaluations" / f"{stamp:%Y-%m-%d_%H-%M-%S-%f}_{key[:8]}"
     out.mkdir(parents=True, exist_ok=True)
-    trained = _read_record(src)
     same_inference = all(meta["config"]["adapter"].get(k) == cfg.adapter.get(k) for k in _inference_options())
     record: dict[str, Any] = {k: trained.get(k) for k in FROM_TRAINING if k in trained}
     if same_inference:
@@ -161,12 +160,31 @@ def _inference_options() -> tuple[str, ...]:
     return tuple(k.split(".", 1)[1] for k, role in EVALUATION_OPTIONS.items() if role == INFERENCE)
 
 
+def check_run(src: Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything about run ``src`` that can be checked before evaluating anything: its weight
+    file's header, the overrides against its adapter, its config.yaml and record.json; returns the
+    weight file's metadata."""
+    meta = artifacts.read_metadata(src)
+    check_overrides(overrides, meta["config"].get("adapter", {}))
+    artifacts.check_run_config(src, OmegaConf.create(meta["config"]))
+    _read_record(src)
+    return meta
+
+
 def _read_record(src: Path) -> dict[str, Any]:
+    """The training run's record.json ({} when it has none); a damaged one is an ArtifactError."""
     p = src / "record.json"
-    try:
-        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-    except ValueError:
+    if not p.is_file():
         return {}
+    try:
+        record = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{p} is damaged ({type(e).__name__}); restore it, or delete it to evaluate without the "
+                            f"training row's columns (protocol, epochs, params, choice)") from None
+    if not isinstance(record, dict):
+        raise ArtifactError(f"{p} is damaged (not a JSON object); restore it, or delete it to evaluate without the "
+                            f"training row's columns (protocol, epochs, params, choice)")
+    return record
 
 
 # ---------------------------------------------------------------- the command
@@ -213,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if not dirs:
             raise EvaluateError("name at least one run directory (or --runs DIR)")
         for d in dirs:  # every file and override checked before anything is evaluated or appended
-            meta = artifacts.read_metadata(d)
-            check_overrides(overrides, meta["config"].get("adapter", {}))
+            check_run(d, overrides)
         for d in dirs:
             evaluate_run(d, overrides)
     except (ArtifactError, EvaluateError, *USER_ERRORS) as e:

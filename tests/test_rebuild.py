@@ -208,3 +208,24 @@ def test_evaluate_writes_only_where_the_user_says(tmp_path, monkeypatch, capsys)
     assert not target.parent.exists()
     with open(tmp_path / "results" / "results.csv", newline="") as f, open(tmp_path / "mine.csv", newline="") as g:
         assert len(list(csv.DictReader(f))) == len(list(csv.DictReader(g))) == 1
+
+
+@pytest.mark.parametrize("damage", ["config.yaml", "record.json"])
+def test_a_damaged_run_is_one_line_before_any_run_is_evaluated(tmp_path, monkeypatch, capsys, damage):
+    from pvera_bench.evaluate import main as evaluate_main
+
+    cfg = cfg_of("adapter=lora", "adapter.r=2")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for d in (good, bad):
+        d.mkdir()
+        artifacts.save(d, ModelBuilder(cfg)(0), config, candidate=0, chosen={}, train_key={}, config_hash="h",
+                       versions="{}")
+        OmegaConf.save(cfg, d / "config.yaml", resolve=True)
+        (d / "record.json").write_text(json.dumps({"protocol": "vtab"}))
+    (bad / damage).write_text("{protocol: [" if damage == "config.yaml" else '{"protocol": "vt')
+    monkeypatch.chdir(tmp_path)
+    assert evaluate_main([str(good), str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{bad / damage} is damaged" in err
+    assert not (tmp_path / "results").exists() and not (good / "evaluations").exists()
