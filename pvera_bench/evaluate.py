@@ -38,6 +38,7 @@ from .identity import (EVALUATION_OPTIONS, INFERENCE, accepts_override, data_sou
                        versions)
 from .paths import config_dir
 from .plan import TEST_STREAM
+from .schema import validate
 from .train import Trainer, resolve_device
 
 log = logging.getLogger("pvera_bench")
@@ -166,7 +167,13 @@ def check_run(src: Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
     weight file's metadata."""
     meta = artifacts.read_metadata(src)
     check_overrides(overrides, meta["config"].get("adapter", {}))
-    artifacts.check_run_config(src, OmegaConf.create(meta["config"]))
+    cfg = OmegaConf.create(meta["config"])
+    artifacts.check_run_config(src, cfg)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    validate(cfg)  # the values, by the schema training uses (ConfigError: one line)
+    if results_csv(overrides).is_dir():
+        raise EvaluateError(f"results_csv={results_csv(overrides)} is a directory; name a CSV file")
     _read_record(src)
     return meta
 
@@ -192,7 +199,11 @@ def parse_value(text: str) -> Any:
     """A command-line value as Hydra reads it (``mc``, ``32``, ``[demo,cifar100]``, ``null``)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_override(f"x={text}")
+    try:
+        parsed = OverridesParser.create().parse_override(f"x={text}")
+    except Exception as e:  # noqa: BLE001 - Hydra's parser raises its own types
+        raise EvaluateError(f"cannot read the value {text!r} ({' '.join(str(e).split())[:120]}); write it as on "
+                            f"the training command line") from None
     v = parsed.value()
     return OmegaConf.to_container(OmegaConf.create({"v": v}))["v"] if not isinstance(v, (str, int, float, bool)) else v
 

@@ -229,3 +229,27 @@ def test_a_damaged_run_is_one_line_before_any_run_is_evaluated(tmp_path, monkeyp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{bad / damage} is damaged" in err
     assert not (tmp_path / "results").exists() and not (good / "evaluations").exists()
+
+
+@pytest.mark.parametrize("override, says", [
+    ("runtime.device=gpu", "runtime.device='gpu' is invalid"),
+    ("runtime.threads=abc", "runtime.threads='abc' is invalid"),
+    ("runtime.eval_batch_size=0", "runtime.eval_batch_size=0 is invalid"),
+    ("runtime.nonsense=1", "is not a runtime option"),
+    ("data.source=bogus", "data.source='bogus' is invalid"),
+    ("ood_task=[", "cannot read the value"),
+    ("results_csv=.", "is a directory"),
+])
+def test_evaluate_checks_override_values_with_the_training_schema(tmp_path, monkeypatch, capsys, override, says):
+    from pvera_bench.evaluate import main as evaluate_main
+
+    cfg = cfg_of("adapter=lora", "adapter.r=2")
+    run = tmp_path / "run"
+    run.mkdir()
+    artifacts.save(run, ModelBuilder(cfg)(0), OmegaConf.to_container(cfg, resolve=True), candidate=0, chosen={},
+                   train_key={}, config_hash="h", versions="{}")
+    monkeypatch.chdir(tmp_path)
+    assert evaluate_main([str(run), override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err, err
+    assert not (tmp_path / "results").exists()
