@@ -56,7 +56,7 @@ from safetensors.torch import load_file, save_file
 from . import adapters
 from .adapters import AdapterLayer
 from .assemble import ModelBuilder
-from .identity import digest, plain_config
+from .identity import RESULT_KEYS, digest, key_view, plain_config
 from .plan import grid_points
 
 log = logging.getLogger("pvera_bench")
@@ -224,7 +224,9 @@ def load_run(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = N
 
 def check_run_config(run_dir: Path, cfg: DictConfig) -> None:
     """The run directory's ``config.yaml`` (when present) must describe the model the weights are
-    of: the same backbone (every option), adapter, task and seed."""
+    of: the same backbone (every option), adapter, task and seed, and the same training setting
+    (every option of the groups in the run's key, as ``identity.key_view`` reads them: a foreign
+    weight file of the same adapter with other targets or rank is refused)."""
     p = run_dir / "config.yaml"
     if not p.is_file():
         return
@@ -246,4 +248,14 @@ def check_run_config(run_dir: Path, cfg: DictConfig) -> None:
             detail = "" if name(a) != name(b) else " (same name, other options)"
             raise ArtifactError(f"{run_dir / FILENAME} holds a model of {what} {name(b)!r} but the run's config.yaml "
                                 f"says {what} {name(a)!r}{detail}: the weight file belongs to another run; train "
+                                f"this run again")
+    mine, theirs = key_view(own), key_view(saved)
+    for group in RESULT_KEYS:
+        a, b = mine.get(group), theirs.get(group)
+        if a != b:
+            both = isinstance(a, dict) and isinstance(b, dict)
+            k = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))[0] if both else None
+            what = f"{group}.{k}: {b.get(k)!r} vs {a.get(k)!r}" if both else f"{group}: {b!r} vs {a!r}"
+            raise ArtifactError(f"{run_dir / FILENAME} was trained with other {group} options than the run's "
+                                f"config.yaml says (e.g. {what}): the weight file belongs to another run; train "
                                 f"this run again")

@@ -253,3 +253,18 @@ def test_evaluate_checks_override_values_with_the_training_schema(tmp_path, monk
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err, err
     assert not (tmp_path / "results").exists()
+
+
+def test_a_foreign_weight_file_of_the_same_adapter_is_refused(tmp_path):
+    """LoRA q/k/v weights copied into a LoRA q/v run directory: same adapter, backbone, task and
+    seed, another training setting: refused in one line, not evaluated."""
+    qkv, qv = cfg_of("adapter=lora", "adapter.r=2", "adapter.targets=qkv"), cfg_of("adapter=lora", "adapter.r=2")
+    run = tmp_path / "run"
+    run.mkdir()
+    artifacts.save(run, ModelBuilder(qkv)(0), OmegaConf.to_container(qkv, resolve=True), candidate=0, chosen={},
+                   train_key={}, config_hash="h", versions="{}")
+    OmegaConf.save(qv, run / "config.yaml", resolve=True)
+    with pytest.raises(artifacts.ArtifactError, match=r"other adapter options .*adapter.targets: 'qkv' vs 'qv'"):
+        artifacts.load_run(run)
+    OmegaConf.save(qkv, run / "config.yaml", resolve=True)
+    artifacts.load_run(run)  # its own directory: loads
