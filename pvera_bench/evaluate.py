@@ -118,19 +118,10 @@ def evaluate_run(src: str | Path, overrides: Mapping[str, Any] | None = None, *,
             log.info("skipped: %s already has an ok row for %s with these evaluation options (%s, test_acc %s); "
                      "force=true evaluates again", csv_path, src, prev.get("timestamp"), prev.get("test_acc"))
             return dict(prev, skipped=True)
-    rt = cfg.runtime
-    set_threads(rt)
-    device = resolve_device(rt.get("device"))
-    settings = dict(OmegaConf.to_container(cfg.trainer, resolve=True), eval_batch_size=rt.eval_batch_size,
-                    progress=rt.progress)
-    trainer = Trainer(model, settings, device, seed=int(cfg.seed))
-    load, load_task_test = split_loaders(cfg, input_size(model.backbone))
-
-    t0 = time.perf_counter()
     log.info("evaluating the saved weights of %s (no training): %s", src,
              " ".join(f"{k}={v}" for k, v in overrides.items()) or "its own settings")
-    test = trainer.predict(load(cfg.protocol.test_split), stream=TEST_STREAM)  # the run's own test pass's stream
-    cols, probs = score(cfg, trainer, test, load, load_task_test)
+    t0 = time.perf_counter()
+    test, cols, probs = _score(model, cfg)
     seconds = time.perf_counter() - t0
     stamp = _dt.datetime.now()
     out = Path(out_dir) if out_dir else src / "evaluations" / f"{stamp:%Y-%m-%d_%H-%M-%S-%f}_{key[:8]}"
@@ -155,6 +146,20 @@ def evaluate_run(src: str | Path, overrides: Mapping[str, Any] | None = None, *,
              record["task"], record["adapter"], record["seed"], seconds, record["test_acc"], record["test_nll"],
              record["test_ece"], csv_path)
     return record
+
+
+def _score(model, cfg):
+    """``(test predictions, metric columns, probabilities)`` of ``model`` under ``cfg``, scored as
+    training scores its model (the same test stream, OOD and calibration)."""
+    rt = cfg.runtime
+    set_threads(rt)
+    settings = dict(OmegaConf.to_container(cfg.trainer, resolve=True), eval_batch_size=rt.eval_batch_size,
+                    progress=rt.progress)
+    trainer = Trainer(model, settings, resolve_device(rt.get("device")), seed=int(cfg.seed))
+    load, load_task_test = split_loaders(cfg, input_size(model.backbone))
+    test = trainer.predict(load(cfg.protocol.test_split), stream=TEST_STREAM)  # the run's own test pass's stream
+    cols, probs = score(cfg, trainer, test, load, load_task_test)
+    return test, cols, probs
 
 
 def _inference_options() -> tuple[str, ...]:
