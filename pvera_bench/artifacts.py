@@ -41,6 +41,7 @@ per-candidate draws, head init and head draw); then the saved tensors replace th
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -189,7 +190,7 @@ def load_run(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = N
         raise ArtifactError(f"{path}: its candidate {index} is not the grid point it says was chosen "
                             f"({meta['chosen']}); the header is damaged, train the run again")
     model = builder(index)
-    cfg = trained.copy()
+    cfg = copy.deepcopy(trained)  # the overrides apply to the returned config, not to the trained one
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value, force_add=True)
     if backbone_digest(model.backbone) != meta.get("backbone_digest"):

@@ -108,7 +108,7 @@ def key_view(c: Mapping[str, Any]) -> dict:
         grid = grid_values(out["protocol"].get("grid"))
         out = with_point(out, {k: v[0] for k, v in grid.items() if len(v) == 1})
         out["protocol"]["grid"] = {k: v for k, v in grid.items() if len(v) > 1}
-    points = [with_point(out, q) for q in grid_points(out.get("protocol", {}).get("grid"))] or [out]
+    points = [with_point(out, q) for q in grid_points((out.get("protocol") or {}).get("grid"))] or [out]
     for key in (out.get("protocol") or {}).get("grid") or {}:
         _drop(out, key)
     for group, rules in schema.GROUPS.items():
