@@ -20,6 +20,7 @@ from pvera_bench.plan import config_plan, plan_of
 
 GRID = "protocol.grid={trainer.lr_adapter:[1e-3,1e-4]}"  # the issue's (recipe=pvera_paper sets a grid)
 ANY_GRID = "++" + GRID  # a recipe without a grid
+RANKS = "protocol.grid={adapter.r:[4,8]}"  # per-candidate draws depend on every candidate's rank
 
 
 def cfg_of(*overrides: str):
@@ -146,8 +147,8 @@ FAST = ("task=demo", "backbone=vit_tiny_random", "seed=1", "trainer.epochs=1", "
 @pytest.mark.parametrize("overrides", [
     ("recipe=pvera_paper_exact", "adapter=vera", GRID),
     ("recipe=pvera_paper_exact", "adapter=pvera", GRID),
-    ("recipe=pvera_paper_exact", "adapter=dora", GRID),
-    ("recipe=pvera_paper_exact", "adapter=lora", GRID),
+    ("recipe=pvera_paper_exact", "adapter=dora", RANKS),  # the recipe's grid is over the rank: so is this one
+    ("recipe=pvera_paper_exact", "adapter=lora", RANKS),
     ("recipe=noah", "adapter=lora", ANY_GRID),
     ("adapter=lora", "protocol=holdout", "backbone.head_draws=after_backbone",
      "++protocol.grid={trainer.lr_head:[1e-7,1e-2]}"),  # the second candidate wins: its head is the 2nd drawn
