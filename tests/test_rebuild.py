@@ -276,3 +276,13 @@ def test_a_foreign_weight_file_of_the_same_adapter_is_refused(tmp_path):
         artifacts.load_run(run)
     OmegaConf.save(qkv, run / "config.yaml", resolve=True)
     artifacts.load_run(run)  # its own directory: loads
+
+
+def test_every_option_of_every_config_group_has_one_help_line():
+    from dataclasses import fields
+
+    from pvera_bench import schema
+
+    helps = {f"{g}.{f.name}": f.metadata["rule"].help for g, group in schema.GROUPS.items() for f in fields(group)}
+    assert len(helps) == 19 + 14 + 5 + 15 + 8
+    assert all(h and "\n" not in h and len(h) <= 110 for h in helps.values()), [k for k, h in helps.items() if not h]
