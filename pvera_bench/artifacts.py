@@ -13,8 +13,11 @@ Format (``pvera-bench-adapter/1``), one safetensors file:
   ``config``            the resolved config of the trained model, the chosen grid point applied
                         (adapter name and options, backbone, task with ``num_classes``, trainer,
                         protocol, seed, data options): everything rebuilding the model needs
+  ``candidate``         the chosen point's index in the grid (``0`` without a grid): with
+                        ``config`` (its grid, seed, ``backbone.head_init``/``head_draws``) all that
+                        the model builder (``assemble.ModelBuilder``) needs
   ``chosen``            the grid point the protocol chose (``{}`` without a grid)
-  ``train_key``         the training key (:func:`split_key`): what changes the trained weights
+  ``train_key``         the training key (``identity.split_key``): what changes the trained weights
   ``train_hash``        its digest (the ``train_key`` column of the run's row)
   ``config_hash``       the row key of the training run (``config_hash`` column)
   ``backbone_digest``   a digest of the frozen backbone's tensors (names, shapes, a strided sample
@@ -26,10 +29,10 @@ Format (``pvera-bench-adapter/1``), one safetensors file:
                         whose RNG draws differently)
   ``versions``          the code identity of the run (package versions, commit)
 
-Rebuilding (:func:`load_run`) replays the run's own construction: seed the RNG with
-``backbone.init_seed`` (default: the seed), create the backbone, seed with ``seed``, apply the
-adapter with the saved options, wrap it in a ``Classifier`` with ``num_classes``; then the saved
-tensors replace the trainable ones (names and shapes must match exactly).
+Rebuilding (:func:`load_run`) is the run's own construction, by the builder training used
+(``assemble.ModelBuilder`` with the saved config and candidate: backbone, position embeddings,
+per-candidate draws, head init and head draw); then the saved tensors replace the trainable ones
+(names and shapes must match exactly).
 
     from pvera_bench.artifacts import load_run
     model, cfg = load_run("multirun/.../3_demo_pvera_s0")   # eval mode, on the CPU
@@ -48,88 +51,28 @@ from typing import Any, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from safetensors import safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as tensors_bytes
 
-from . import rundir
+from . import adapters, rundir
+from .adapters import AdapterLayer
+from .assemble import ModelBuilder
+from .identity import RESULT_KEYS, digest, key_view, plain_config
+from .plan import grid_points
 
 log = logging.getLogger("pvera_bench")
 
 FORMAT = "pvera-bench-adapter/1"
 FILENAME = rundir.WEIGHTS  # named by the run directory's owner
 
-# Options that act only on evaluation passes: a new value needs no retraining. The adapter's
-# inference options also change the validation scores, so they are part of the training key too
-# whenever the protocol chooses by those scores (a grid of several points or checkpoint: best).
-EVAL_ONLY = ("ood_task", "calibration")
-INFERENCE = ("inference", "mc_samples")
-# Overrides `pvera-bench evaluate` accepts (dotted; runtime.* and data locations too).
-EVAL_OVERRIDES = ("adapter.inference", "adapter.mc_samples", "ood_task", "calibration", "results_csv", "force",
-                  "data.dir", "data.cache_dir", "data.source")
-
-
 class ArtifactError(RuntimeError):
     """Saved weights that cannot be used (missing, corrupt, another model): one line, exit 2."""
-
-
-# ---------------------------------------------------------------- the key split
-def protocol_selects(cfg: Mapping[str, Any]) -> bool:
-    """Whether validation scores choose the model (so evaluation options shape the weights)."""
-    from .protocols import grid_points
-
-    p = cfg["protocol"]
-    return p.get("checkpoint", "last") == "best" or len(grid_points(p.get("grid"))) > 1
-
-
-def split_key(resolved: Mapping[str, Any], cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(training key, evaluation options)`` from a resume key ``resolved`` (``run.resume_key``)
-    and the config it came from. The training key is what changes the trained weights; the
-    evaluation options are what only the test pass (and OOD, calibration) read. A row's identity
-    is both (:func:`key_hash`); runs with equal training keys share their weights."""
-    c = _plain(cfg)
-    train = copy.deepcopy(dict(resolved))
-    evo: dict[str, Any] = {}
-    for k in EVAL_ONLY:
-        train.pop(k, None)
-        evo[k] = c.get(k)
-    adapter = dict(train.get("adapter") or {})
-    present = {k: adapter[k] for k in INFERENCE if k in adapter}
-    if present:
-        evo["adapter"] = present
-        if not protocol_selects(c):
-            for k in present:
-                adapter.pop(k)
-            train["adapter"] = adapter
-    task = c["task"]["name"]
-    fp = dict(train.get("data_fingerprint") or {})
-    other = {k: v for k, v in fp.items() if k.split("/")[0] != task}
-    if other:  # the OOD tasks' test splits are read by evaluation only
-        train["data_fingerprint"] = {k: v for k, v in fp.items() if k not in other}
-        evo["ood_data"] = other
-    return train, evo
-
-
-def digest(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def key_hash(train: Mapping[str, Any], evo: Mapping[str, Any]) -> str:
-    """A row's key: its training key and its evaluation options."""
-    return digest({"train": train, "eval": evo})
-
-
-def setting_of(train: Mapping[str, Any], evo: Mapping[str, Any]) -> str:
-    """The key without the seed: rows of one setting differ only in their seed."""
-    return digest({"train": {k: v for k, v in train.items() if k != "seed"}, "eval": evo})
-
-
-def _plain(cfg: Any) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
 # ---------------------------------------------------------------- digests
 def _adapter_owned(module: torch.nn.Module) -> set[str]:
     """Names of the tensors adapters own directly (their parameters and frozen buffers)."""
-    from .adapters import AdapterLayer
-
     out = set()
     for name, mod in module.named_modules():
         if isinstance(mod, AdapterLayer) or type(mod).__module__.startswith("pvera_bench.adapters"):
@@ -155,8 +98,6 @@ def backbone_digest(backbone: torch.nn.Module, stride: int = 1009) -> str:
 
 def frozen_digest(model: torch.nn.Module) -> str:
     """sha1 of the buffers adapters added (VeRA/PVeRA projections), in module order."""
-    from .adapters import AdapterLayer
-
     h = hashlib.sha1()
     seen: set[int] = set()
     for name, mod in model.named_modules():
@@ -175,19 +116,18 @@ def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save(run_dir: str | os.PathLike, model: torch.nn.Module, config: Mapping[str, Any], *,
+def save(run_dir: str | os.PathLike, model: torch.nn.Module, config: Mapping[str, Any], *, candidate: int,
          chosen: Mapping[str, Any], train_key: Mapping[str, Any], config_hash: str, versions: str) -> Path:
     """Write ``run_dir/adapter.safetensors`` atomically; returns its path. ``config``: the resolved
-    config of the trained model (the chosen point applied)."""
-    from safetensors.torch import save
-
+    config of the trained model (the chosen point applied); ``candidate``: the chosen point's index
+    in the grid (what the model builder needs besides the config)."""
     path = Path(run_dir) / FILENAME
-    meta = dict(format=FORMAT, config=json.dumps(_plain(config), sort_keys=True, default=str),
-                chosen=json.dumps(dict(chosen), sort_keys=True, default=str),
+    meta = dict(format=FORMAT, config=json.dumps(plain_config(config), sort_keys=True, default=str),
+                candidate=str(int(candidate)), chosen=json.dumps(dict(chosen), sort_keys=True, default=str),
                 train_key=json.dumps(train_key, sort_keys=True, default=str), train_hash=digest(train_key),
                 config_hash=config_hash, backbone_digest=backbone_digest(model.backbone),
                 frozen_digest=frozen_digest(model), versions=versions)
-    rundir.atomic_write(path, save(trainable_tensors(model), metadata=meta))
+    rundir.atomic_write(path, tensors_bytes(trainable_tensors(model), metadata=meta))
     return path
 
 
@@ -195,8 +135,6 @@ def save(run_dir: str | os.PathLike, model: torch.nn.Module, config: Mapping[str
 def read_metadata(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The decoded metadata of a run's weight file, without reading its tensors; ArtifactError when
     it is missing, unreadable or not this format."""
-    from safetensors import safe_open
-
     path = Path(run_dir) / FILENAME
     if not path.is_file():
         raise ArtifactError(f"{path} does not exist: this run saved no weights (it failed, predates saved weights, "
@@ -221,18 +159,14 @@ def read_metadata(run_dir: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def build_model(config: Mapping[str, Any]):
-    """The untrained model of ``config`` exactly as a run builds it (same seeds, same draws)."""
-    from . import adapters
-    from .backbones import Classifier, create_backbone
-    from .run import adapter_options, seed_everything
-
-    cfg = OmegaConf.create(dict(config))
-    seed_everything(int(cfg.backbone.get("init_seed", cfg.seed)))
-    backbone = create_backbone(OmegaConf.to_container(cfg.backbone, resolve=True))
-    seed_everything(int(cfg.seed))
-    adapters.apply(backbone, cfg.adapter.name, **adapter_options(cfg.adapter))
-    return Classifier(backbone, int(cfg.task.num_classes))
+def candidate_index(meta: Mapping[str, Any]) -> int:
+    """The grid index of the saved model's candidate: the header's ``candidate``; for a file
+    written before it was recorded, the first grid point equal to ``chosen``."""
+    if "candidate" in meta:
+        return int(meta["candidate"])
+    points = grid_points((meta["config"].get("protocol") or {}).get("grid")) or [{}]
+    wanted = json.loads(json.dumps(meta["chosen"]))
+    return next((i for i, q in enumerate(points) if json.loads(json.dumps(q)) == wanted), 0)
 
 
 def load_run(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = None,
@@ -241,18 +175,20 @@ def load_run(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     eval mode, and the resolved config it was trained with (the chosen point applied), with
     ``overrides`` (``{"adapter.inference": "mc", ...}``, evaluation options only) applied to it and
     to the model. Raises :class:`ArtifactError` on a missing, corrupt or mismatched file."""
-    from safetensors.torch import load_file
-
-    from . import adapters
-
     run_dir = Path(run_dir)
     meta = read_metadata(run_dir)
-    cfg = OmegaConf.create(meta["config"])
-    check_run_config(run_dir, cfg)
+    trained = OmegaConf.create(meta["config"])
+    check_run_config(run_dir, trained)
+    path = run_dir / FILENAME
+    builder = ModelBuilder(trained)
+    index = candidate_index(meta)
+    if index >= len(builder.points) or json.loads(json.dumps(builder.points[index])) != meta["chosen"]:
+        raise ArtifactError(f"{path}: its candidate {index} is not the grid point it says was chosen "
+                            f"({meta['chosen']}); the header is damaged, train the run again")
+    model = builder(index)
+    cfg = copy.deepcopy(trained)  # the overrides apply to the returned config, not to the trained one
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value, force_add=True)
-    model = build_model(OmegaConf.to_container(cfg, resolve=True))
-    path = run_dir / FILENAME
     if backbone_digest(model.backbone) != meta.get("backbone_digest"):
         raise ArtifactError(f"{path} was trained on other backbone weights than backbone {cfg.backbone.name!r} "
                             f"loads now (its checkpoint file or hub weights changed); evaluate it with the weights "
@@ -277,20 +213,27 @@ def load_run(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = N
             if not torch.isfinite(t).all():
                 raise ArtifactError(f"{path} is corrupt: tensor {n} holds non-finite values; train the run again")
             p.copy_(t)
-    inference = {k: cfg.adapter[k] for k in INFERENCE if k in cfg.adapter}
-    if "inference" in inference:
-        adapters.set_inference(model, str(inference["inference"]), int(inference.get("mc_samples", 1)))
+    if "inference" in cfg.adapter:  # the adapter's inference options (identity.EVALUATION_OPTIONS), as overridden
+        adapters.set_inference(model, str(cfg.adapter.inference), int(cfg.adapter.get("mc_samples", 1)))
     model.eval()
     return model.to(device), cfg
 
 
 def check_run_config(run_dir: Path, cfg: DictConfig) -> None:
     """The run directory's ``config.yaml`` (when present) must describe the model the weights are
-    of: the same backbone (every option), adapter, task and seed."""
+    of: the same backbone (every option), adapter, task and seed, and the same training setting
+    (every option of the groups in the run's key, as ``identity.key_view`` reads them: a foreign
+    weight file of the same adapter with other targets or rank is refused)."""
     p = run_dir / "config.yaml"
     if not p.is_file():
         return
-    own = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+    try:
+        own = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+        if not isinstance(own, dict):
+            raise ValueError("not a mapping")
+    except Exception as e:  # noqa: BLE001 - YAML and OmegaConf raise several types on a damaged file
+        raise ArtifactError(f"{p} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:120]}); restore it "
+                            f"or delete it (the weight file holds the config)") from None
     saved = OmegaConf.to_container(cfg, resolve=True)
     checks = (("backbone", own.get("backbone"), saved.get("backbone")),
               ("adapter", (own.get("adapter") or {}).get("name"), saved["adapter"].get("name")),
@@ -302,4 +245,14 @@ def check_run_config(run_dir: Path, cfg: DictConfig) -> None:
             detail = "" if name(a) != name(b) else " (same name, other options)"
             raise ArtifactError(f"{run_dir / FILENAME} holds a model of {what} {name(b)!r} but the run's config.yaml "
                                 f"says {what} {name(a)!r}{detail}: the weight file belongs to another run; train "
+                                f"this run again")
+    mine, theirs = key_view(own), key_view(saved)
+    for group in RESULT_KEYS:
+        a, b = mine.get(group), theirs.get(group)
+        if a != b:
+            both = isinstance(a, dict) and isinstance(b, dict)
+            k = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))[0] if both else None
+            what = f"{group}.{k}: {b.get(k)!r} vs {a.get(k)!r}" if both else f"{group}: {b!r} vs {a!r}"
+            raise ArtifactError(f"{run_dir / FILENAME} was trained with other {group} options than the run's "
+                                f"config.yaml says (e.g. {what}): the weight file belongs to another run; train "
                                 f"this run again")

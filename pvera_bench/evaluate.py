@@ -6,8 +6,9 @@ model it was trained as, the evaluation options given as overrides are applied
 ``runtime.*``, ``data.dir``), the test split is scored and one row is appended whose key is the run's
 training key plus these evaluation options, with ``evaluated_from`` naming the run and
 ``train_seconds`` 0. Its ``record.json`` and ``predictions.npz`` go to
-``RUN_DIR/evaluations/<time>_<key>/``. Re-evaluating with the run's own settings gives its numbers
-exactly. A key that already has an ``ok`` row is skipped unless ``force=true``; to compare a
+``RUN_DIR/evaluations/<time>_<key>/``; the row goes to ``results_csv=...`` when given, else to
+``results/results.csv`` relative to the working directory (never to a path a run directory
+names). Re-evaluating with the run's own settings gives its numbers exactly. A key that already has an ``ok`` row is skipped unless ``force=true``; to compare a
 re-evaluation with the original row, write it to another CSV (``results_csv=other.csv``).
 
 Overrides that would change the trained model (``adapter.r``, ``backbone=...``, ``trainer.*``) are
@@ -24,13 +25,21 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from . import artifacts, calibration, metrics, ood, results
+from . import artifacts, calibration, results
 from .artifacts import ArtifactError
+from .assemble import USER_ERRORS, adapter_options, score, set_threads, split_loaders
+from .backbones import input_size
+from .identity import (EVALUATION_OPTIONS, INFERENCE, accepts_override, data_source, key_hash, run_keys, setting_of,
+                       versions)
+from .paths import config_dir
+from .plan import TEST_STREAM
 from .rundir import RunDir
+from .schema import validate
+from .train import Trainer, resolve_device
 
 log = logging.getLogger("pvera_bench")
 
@@ -44,38 +53,6 @@ VALIDATION = ("val_acc", "val_loss", "test_acc_max")
 
 class EvaluateError(ValueError):
     """A request evaluate cannot honour (an option that would change the trained model)."""
-
-
-# ---------------------------------------------------------------- scoring (training runs too)
-def score(cfg: DictConfig, trainer, test, load: Callable[[str], Any], load_task_test: Callable[[dict], Any]) -> tuple[dict, Any]:
-    """The metric, OOD and calibration columns of a model's test predictions ``test``, and the
-    probabilities those metrics are of. ``load(split)`` opens a split of the run's task,
-    ``load_task_test(task_config)`` another task's test split."""
-    sampled = test.sample_preds is not None
-    row: dict[str, Any] = dict(metrics.summarize(test.probs, test.labels, test.sample_preds))
-    row.update(ood.score_ood(cfg.get("ood_task"), cfg.task.name, lambda t: trainer.predict(load_task_test(t), stream=f"ood/{t['name']}").probs,
-                             test.probs, sampled))
-    probs = test.probs
-    how = str(cfg.get("calibration") or "none")
-    if how == "temperature":
-        split = cfg.protocol.val_split
-        val = trainer.predict(load(split), stream=f"calibration/{split}")
-        t = calibration.fit_temperature(val.probs, val.labels)
-        probs = calibration.scaled(test.probs, t).float()
-        after = metrics.summarize(probs, test.labels, test.sample_preds)
-        for k in ("test_nll", "test_ece", "test_brier"):
-            row[f"{k}_uncal"] = row[k]
-            row[k] = after[k]
-        if sampled:
-            row["mc_entropy"] = after["mc_entropy"]
-        row.update(calibration="temperature", temperature=t, calibration_split=split)
-        if cfg.protocol.get("final_on") and split in str(cfg.protocol.final_on):
-            log.warning("temperature fitted on %s, which the final model trained on (final_on %s): it is optimistic",
-                        split, cfg.protocol.final_on)
-        elif artifacts.protocol_selects(OmegaConf.to_container(cfg, resolve=True)):
-            log.warning("temperature fitted on %s, which also chose the model (checkpoint best or a grid): the "
-                        "model scores better there than on test, so the fitted T is too small", split)
-    return row, probs
 
 
 # ---------------------------------------------------------------- the CSV side
@@ -92,22 +69,21 @@ def find_saved(csv_path: str | Path, train_hash: str) -> Path | None:
     return None
 
 
-def sweep_overrides(cfg: DictConfig) -> dict[str, Any]:
-    """A run config's evaluation options as overrides of a saved run's config."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    out: dict[str, Any] = {k: c.get(k) for k in ("ood_task", "calibration", "results_csv")}
-    out.update({f"adapter.{k}": c["adapter"][k] for k in artifacts.INFERENCE if k in c["adapter"]})
-    out.update({f"runtime.{k}": v for k, v in (c.get("runtime") or {}).items()})
-    out.update({f"data.{k}": c["data"].get(k) for k in ("dir", "cache_dir", "source")})
-    return out
+def results_csv(overrides: Mapping[str, Any]) -> Path:
+    """Where an evaluation's row goes: the ``results_csv`` the user gave, else the default of
+    ``configs/config.yaml`` relative to the working directory; never a path read from a run
+    directory (its weight file or config could name any file)."""
+    given = overrides.get("results_csv")
+    return Path(str(given) if given else OmegaConf.load(config_dir() / "config.yaml")["results_csv"])
 
 
-def check_overrides(overrides: Mapping[str, Any], adapter_options: Mapping[str, Any]) -> None:
+def check_overrides(overrides: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+    """Only evaluation options (``identity.EVALUATION_OPTIONS``) and only the run's adapter's own."""
     for key in overrides:
-        if key not in artifacts.EVAL_OVERRIDES and not key.startswith("runtime."):
+        if not accepts_override(key):
             raise EvaluateError(f"{key} would change the trained model; evaluate takes only evaluation options "
-                                f"({', '.join(artifacts.EVAL_OVERRIDES)}, runtime.*): train that setting instead")
-        if key.startswith("adapter.") and key.split(".", 1)[1] not in adapter_options:
+                                f"({', '.join(EVALUATION_OPTIONS)}): train that setting instead")
+        if key.startswith("adapter.") and key.split(".", 1)[1] not in options:
             raise EvaluateError(f"{key}: this run's adapter has no option {key.split('.', 1)[1]} (only stochastic "
                                 f"adapters such as pvera have inference modes)")
     cal = overrides.get("calibration")
@@ -120,27 +96,22 @@ def evaluate_run(src: str | Path, overrides: Mapping[str, Any] | None = None, *,
     """Evaluate the saved weights of run ``src`` with ``overrides`` (dotted keys, evaluation
     options only); append the row (unless its key has an ok row and ``force`` is not set) and
     return it."""
-    from . import run as runmod
-    from .backbones import input_size
-    from .train import Trainer, resolve_device
-
     src = Path(src)
     overrides = dict(overrides or {})
-    meta = artifacts.read_metadata(src)
-    check_overrides(overrides, meta["config"].get("adapter", {}))
+    meta = check_run(src, overrides)
+    trained = _read_record(src)
     model_over = {k: v for k, v in overrides.items() if k not in ("force",)}
     model, cfg = artifacts.load_run(src, model_over)
-    own_source = runmod.data_source(cfg.task, OmegaConf.create(meta["config"]))
-    if runmod.data_source(cfg.task, cfg) != own_source:  # data.source is for the OOD tasks' splits
+    own_source = data_source(cfg.task, meta["config"])
+    if data_source(cfg.task, cfg) != own_source:  # data.source is for the OOD tasks' splits
         raise EvaluateError(f"data.source={cfg.data.source} would read task {cfg.task.name}'s splits from another "
                             f"source than the run ({own_source}); leave it, or pass it only for OOD tasks of "
                             f"another source")
     force = bool(overrides.get("force", False))
-    resolved = runmod.resume_key(cfg)
-    _, evo = artifacts.split_key(resolved, cfg)
+    _, evo = run_keys(cfg)
     train = meta["train_key"]
-    key = artifacts.key_hash(train, evo)
-    csv_path = Path(cfg.results_csv)
+    key = key_hash(train, evo)
+    csv_path = results_csv(overrides)
     results.check_writable(csv_path)  # a file that is not this tool's CSV: refused before anything runs
     if not force:
         prev = results.find_ok(csv_path, key)
@@ -148,35 +119,25 @@ def evaluate_run(src: str | Path, overrides: Mapping[str, Any] | None = None, *,
             log.info("skipped: %s already has an ok row for %s with these evaluation options (%s, test_acc %s); "
                      "force=true evaluates again", csv_path, src, prev.get("timestamp"), prev.get("test_acc"))
             return dict(prev, skipped=True)
-    rt = cfg.runtime
-    runmod.set_threads(rt)
-    device = resolve_device(rt.get("device"))
-    settings = dict(OmegaConf.to_container(cfg.trainer, resolve=True), eval_batch_size=rt.eval_batch_size,
-                    progress=rt.progress)
-    trainer = Trainer(model, settings, device, seed=int(cfg.seed))
-    load, load_task_test = runmod.split_loaders(cfg, input_size(model.backbone))
-
-    t0 = time.perf_counter()
     log.info("evaluating the saved weights of %s (no training): %s", src,
              " ".join(f"{k}={v}" for k, v in overrides.items()) or "its own settings")
-    test = trainer.predict(load(cfg.protocol.test_split), stream="test")  # the stream of the run's own test pass
-    cols, probs = score(cfg, trainer, test, load, load_task_test)
+    t0 = time.perf_counter()
+    test, cols, probs = _score(model, cfg)
     seconds = time.perf_counter() - t0
     stamp = _dt.datetime.now()
     out = Path(out_dir) if out_dir else RunDir(src).evaluation(stamp, key).path
     out.mkdir(parents=True, exist_ok=True)
-    trained = _read_record(src)
-    same_inference = all(meta["config"]["adapter"].get(k) == cfg.adapter.get(k) for k in artifacts.INFERENCE)
+    same_inference = all(meta["config"]["adapter"].get(k) == cfg.adapter.get(k) for k in _inference_options())
     record: dict[str, Any] = {k: trained.get(k) for k in FROM_TRAINING if k in trained}
     if same_inference:
         record.update({k: trained.get(k) for k in VALIDATION if k in trained})
     record.update(
         timestamp=stamp.isoformat(timespec="seconds"), task=cfg.task.name, adapter=cfg.adapter.name,
         backbone=cfg.backbone.name, seed=int(cfg.seed), status="ok",
-        adapter_options=json.dumps(runmod.adapter_options(cfg.adapter), sort_keys=True),
+        adapter_options=json.dumps(adapter_options(cfg.adapter), sort_keys=True),
         config_hash=key, train_key=meta["train_hash"], eval_options=json.dumps(evo, sort_keys=True, default=str),
-        setting=artifacts.setting_of(train, evo), evaluated_from=str(src), run_dir=str(out),
-        overrides=" ".join(f"{k}={v}" for k, v in overrides.items()), versions=runmod.versions(),
+        setting=setting_of(train, evo), evaluated_from=str(src), run_dir=str(out),
+        overrides=" ".join(f"{k}={v}" for k, v in overrides.items()), versions=versions(),
         train_seconds=0.0, eval_seconds=round(seconds, 3), **cols)
     record.update(record_extra or {})
     RunDir(out).write_predictions(probs.numpy(), test.labels.numpy())
@@ -188,12 +149,55 @@ def evaluate_run(src: str | Path, overrides: Mapping[str, Any] | None = None, *,
     return record
 
 
+def _score(model, cfg):
+    """``(test predictions, metric columns, probabilities)`` of ``model`` under ``cfg``, scored as
+    training scores its model (the same test stream, OOD and calibration)."""
+    rt = cfg.runtime
+    set_threads(rt)
+    settings = dict(OmegaConf.to_container(cfg.trainer, resolve=True), eval_batch_size=rt.eval_batch_size,
+                    progress=rt.progress)
+    trainer = Trainer(model, settings, resolve_device(rt.get("device")), seed=int(cfg.seed))
+    load, load_task_test = split_loaders(cfg, input_size(model.backbone))
+    test = trainer.predict(load(cfg.protocol.test_split), stream=TEST_STREAM)  # the run's own test pass's stream
+    cols, probs = score(cfg, trainer, test, load, load_task_test)
+    return test, cols, probs
+
+
+def _inference_options() -> tuple[str, ...]:
+    return tuple(k.split(".", 1)[1] for k, role in EVALUATION_OPTIONS.items() if role == INFERENCE)
+
+
+def check_run(src: Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything about run ``src`` that can be checked before evaluating anything: its weight
+    file's header, the overrides against its adapter, its config.yaml and record.json; returns the
+    weight file's metadata."""
+    meta = artifacts.read_metadata(src)
+    check_overrides(overrides, meta["config"].get("adapter", {}))
+    cfg = OmegaConf.create(meta["config"])
+    artifacts.check_run_config(src, cfg)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    validate(cfg)  # the values, by the schema training uses (ConfigError: one line)
+    if results_csv(overrides).is_dir():
+        raise EvaluateError(f"results_csv={results_csv(overrides)} is a directory; name a CSV file")
+    _read_record(src)
+    return meta
+
+
 def _read_record(src: Path) -> dict[str, Any]:
+    """The training run's record.json ({} when it has none); a damaged one is an ArtifactError."""
     p = src / "record.json"
-    try:
-        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-    except ValueError:
+    if not p.is_file():
         return {}
+    try:
+        record = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{p} is damaged ({type(e).__name__}); restore it, or delete it to evaluate without the "
+                            f"training row's columns (protocol, epochs, params, choice)") from None
+    if not isinstance(record, dict):
+        raise ArtifactError(f"{p} is damaged (not a JSON object); restore it, or delete it to evaluate without the "
+                            f"training row's columns (protocol, epochs, params, choice)")
+    return record
 
 
 # ---------------------------------------------------------------- the command
@@ -201,7 +205,11 @@ def parse_value(text: str) -> Any:
     """A command-line value as Hydra reads it (``mc``, ``32``, ``[demo,cifar100]``, ``null``)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_override(f"x={text}")
+    try:
+        parsed = OverridesParser.create().parse_override(f"x={text}")
+    except Exception as e:  # noqa: BLE001 - Hydra's parser raises its own types
+        raise EvaluateError(f"cannot read the value {text!r} ({' '.join(str(e).split())[:120]}); write it as on "
+                            f"the training command line") from None
     v = parsed.value()
     return OmegaConf.to_container(OmegaConf.create({"v": v}))["v"] if not isinstance(v, (str, int, float, bool)) else v
 
@@ -223,7 +231,7 @@ def build_parser():
     import argparse
 
     ap = argparse.ArgumentParser(prog="pvera-bench evaluate", description=__doc__.split("\n\n")[0],
-                                 epilog="Overrides: " + ", ".join(artifacts.EVAL_OVERRIDES) + ", runtime.*")
+                                 epilog="Overrides: " + ", ".join(EVALUATION_OPTIONS))
     ap.add_argument("items", nargs="*", metavar="RUN_DIR|key=value",
                     help="run directories holding adapter.safetensors, and evaluation overrides key=value")
     ap.add_argument("--runs", nargs="+", default=[], metavar="DIR", help="every run under DIR with saved weights")
@@ -233,7 +241,6 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    from .run import USER_ERRORS
 
     items = args.items + [r for r in args.runs if "=" in r]  # `--runs DIR key=value`: argparse took both
     runs = [r for r in args.runs if "=" not in r]
@@ -246,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         if not dirs:
             raise EvaluateError("name at least one run directory (or --runs DIR)")
         for d in dirs:  # every file and override checked before anything is evaluated or appended
-            meta = artifacts.read_metadata(d)
-            check_overrides(overrides, meta["config"].get("adapter", {}))
+            check_run(d, overrides)
         for d in dirs:
             evaluate_run(d, overrides)
     except (ArtifactError, EvaluateError, *USER_ERRORS) as e:

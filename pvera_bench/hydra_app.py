@@ -23,7 +23,7 @@ def hydra_main(cfg: DictConfig) -> dict:
     except ConfigError as e:
         print(f"pvera-bench: error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
-    from .run import run
+    from .job import run
 
     hc = HydraConfig.get()
     return run(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), hc.mode == RunMode.MULTIRUN)

@@ -28,14 +28,15 @@ so a run killed at any point resumes without training anything that had finished
 whose loss diverges is recorded as ``diverged`` and scored worst; the run fails only when every
 candidate diverges.
 
-The three parts read top to bottom: ``separate_grid``, ``joint_grid`` and ``final_fit``;
+What a protocol config means (which fits run, whether validation chooses, which options are
+read, its refusals) is derived once, by :func:`pvera_bench.plan.plan_of`; this module runs that
+plan. The three parts read top to bottom: ``separate_grid``, ``joint_grid`` and ``final_fit``;
 ``run_protocol`` chains them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
 import math
@@ -47,25 +48,12 @@ import torch
 from . import checkpoint
 from .checkpoint import RunState
 from .data import Split
-from .schema import flatten_dotted
+from .plan import TEST_STREAM, Plan, ProtocolError, plan_of
 from .train import DivergedError, FitResult, Predictions, Selection, Trainer
 
 log = logging.getLogger(__name__)
 
-
-class ProtocolError(ValueError):
-    """A protocol config that cannot be run (a user error: one message, no traceback)."""
-
-
-def grid_points(grid: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """Every combination of the grid's values, in order; one empty point for an empty grid.
-
-    Keys are dotted config keys (``trainer.lr_adapter``); nested mappings are flattened, so
-    ``{trainer: {lr_adapter: [...]}}`` means the same."""
-    grid = flatten_dotted(grid or {})
-    keys = list(grid)
-    values = [[v] if isinstance(v, (str, int, float, bool)) else list(v) for v in grid.values()]
-    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+__all__ = ["Candidate", "GridSelection", "Outcome", "ProtocolError", "run_protocol"]
 
 
 def _json(obj: Any) -> Any:
@@ -219,17 +207,21 @@ def _all_diverged(cands: list[Candidate]) -> DivergedError:
     return DivergedError(last if n == 1 else f"every candidate diverged ({n} of {n}); the last: {last}")
 
 
-def separate_grid(points: list[dict[str, Any]], p: Mapping[str, Any], build: Build, load: Load,
-                  fit_kw: Mapping[str, Any], state: RunState, on_epoch: OnEpoch,
-                  keep_weights: bool) -> tuple[list[Candidate], Candidate]:
+def _fit_options(plan: Plan) -> dict[str, Any]:
+    """How a selection fit keeps its epoch and stops (``Trainer.fit``'s select/patience/min_rel_delta)."""
+    return dict(select=plan.metric if plan.keeps_best else None, patience=plan.patience,
+                min_rel_delta=plan.min_rel_delta)
+
+
+def separate_grid(plan: Plan, build: Build, load: Load, state: RunState,
+                  on_epoch: OnEpoch) -> tuple[list[Candidate], Candidate]:
     """``grid_mode: separate``: each candidate trains alone, stops on its own; the best score
     chooses (ties: the first). Each finished candidate is committed to ``state`` (with its
-    weights while it is the best so far, when ``keep_weights``: the chosen model is kept as it is)."""
-    metric = fit_kw["metric"]
-    kw = {k: v for k, v in fit_kw.items() if k != "metric"}
+    weights while it is the best so far, when the chosen model is kept as it is (no ``final_on``))."""
+    metric, kw, keep_weights = plan.metric, _fit_options(plan), not plan.retrains
     cands: list[Candidate] = []
     best: Candidate | None = None
-    for i, point in enumerate(points):
+    for i, point in enumerate(plan.points):
         rec = state.candidate(i, point)
         if rec is not None:
             c = Candidate.from_json(rec)
@@ -239,7 +231,8 @@ def separate_grid(points: list[dict[str, Any]], p: Mapping[str, Any], build: Bui
             c = Candidate(i, point)
             trainer = build(c)
             try:
-                c.fit = trainer.fit(load(p["select_on"]), load(p["val_split"]), desc=f"select {point}" if point else "train",
+                c.fit = trainer.fit(load(plan.select_on), load(plan.val_split),
+                                    desc=f"select {point}" if point else "train",
                                     tag=c.tag, stamp=point, checkpoint=state.fit_path(c.tag), every=state.every, **kw)
                 c.status = "ok"
                 log.info("candidate %s: val_acc %.2f val_loss %.4f", point, c.fit.val_acc, c.fit.val_loss)
@@ -258,14 +251,14 @@ def separate_grid(points: list[dict[str, Any]], p: Mapping[str, Any], build: Bui
     return cands, best
 
 
-def joint_grid(points: list[dict[str, Any]], p: Mapping[str, Any], build: Build, load: Load,
-               fit_kw: Mapping[str, Any], state: RunState, on_epoch: OnEpoch,
-               keep_weights: bool) -> tuple[list[Candidate], Candidate]:
+def joint_grid(plan: Plan, build: Build, load: Load, state: RunState,
+               on_epoch: OnEpoch) -> tuple[list[Candidate], Candidate]:
     """``grid_mode: joint``: every candidate trains in lockstep and ``GridSelection`` chooses.
     The round is checkpointed as one file (``select-joint.safetensors``: every candidate's fit,
     the grid's state and the kept weights) every ``state.every`` epochs, so candidates always
     resume at the same epoch; the finished grid is committed as one record (``joint-grid.json``,
-    with the kept weights when ``keep_weights``), before the round file goes."""
+    with the kept weights when the chosen model is kept as it is), before the round file goes."""
+    points, keep_weights, fit_kw = list(plan.points), not plan.retrains, _fit_options(plan)
     done = state.get_json("joint-grid")
     if done is not None and [c["point"] for c in done] == _json(points):
         log.info("joint grid: finished in an earlier run, not trained again")
@@ -274,8 +267,8 @@ def joint_grid(points: list[dict[str, Any]], p: Mapping[str, Any], build: Build,
             _replay(on_epoch, c.tag, c.fit)
         state.drop("select-joint.safetensors")  # killed between the commit and this
         return cands, next(c for c in cands if c.kept_epoch is not None)
-    train, val = load(p["select_on"]), load(p["val_split"])
-    kw = {k: v for k, v in fit_kw.items() if k != "metric"}
+    train, val = load(plan.select_on), load(plan.val_split)
+    kw = fit_kw
 
     def start() -> tuple[list, list, GridSelection]:
         trainers = [build(Candidate(i, point)) for i, point in enumerate(points)]
@@ -337,17 +330,17 @@ def joint_grid(points: list[dict[str, Any]], p: Mapping[str, Any], build: Build,
     return cands, chosen
 
 
-def final_fit(chosen: Candidate, p: Mapping[str, Any], build: Build, load: Load, state: RunState,
-              test_every: int) -> tuple[FitResult, dict[str, torch.Tensor], Split | None]:
+def final_fit(chosen: Candidate, plan: Plan, build: Build, load: Load,
+              state: RunState) -> tuple[FitResult, dict[str, torch.Tensor], Split | None]:
     """Retrain the chosen candidate on ``final_on`` (its checkpoint is stamped with the point).
     Returns the fit, the trained weights and the test split when it was scored along the fit."""
     trainer = build(chosen)
-    final = load(p["final_on"])
+    final = load(plan.final_on)
     # every choice is made: the test split may be scored along the final fit
-    test_split = load(p["test_split"]) if test_every else None
+    test_split = load(plan.test_split) if plan.test_eval_every else None
     fit = trainer.fit(final, desc="final", select=None, tag="final", stamp=chosen.point, test=test_split,
-                      test_eval_every=test_every, test_eval_at=p.get("test_eval_at") or "start",
-                      test_eval_from=int(p.get("test_eval_from") or 1), checkpoint=state.fit_path("final"),
+                      test_eval_every=plan.test_eval_every, test_eval_at=plan.test_eval_at,
+                      test_eval_from=plan.test_eval_from, checkpoint=state.fit_path("final"),
                       every=state.every)
     return fit, trainer.trainable_state(), test_split
 
@@ -358,23 +351,8 @@ def run_protocol(p: Mapping[str, Any], build: Build, load: Load, *, state: RunSt
     values applied; ``load(split)`` opens a split. ``state`` (the run's ``RunState``) keeps what
     is finished; ``on_epoch`` gets the history of fits finished in an earlier run. Returns the
     test predictions of the final model, which is always rebuilt from its committed weights."""
-    points = grid_points(p.get("grid"))
-    metric, ckpt = p.get("metric", "acc"), p.get("checkpoint", "last")
-    if metric not in ("acc", "loss") or ckpt not in ("best", "last"):
-        raise ProtocolError(f"protocol {p.get('name')!r}: metric must be acc or loss (got {metric!r}) and checkpoint "
-                            f"best or last (got {ckpt!r})")
-    final_on = p.get("final_on")
-    test_every = int(p.get("test_eval_every") or 0)
-    if test_every and not final_on:
-        raise ProtocolError(f"protocol {p.get('name')!r}: test_eval_every={test_every} scores the test split during the "
-                            "final fit, and this protocol has none (final_on is null); set protocol.test_eval_every=0")
-    keep_best = ckpt == "best"
-    joint = p.get("grid_mode", "separate") == "joint" and len(points) > 1
-    if joint and not keep_best:
-        raise ProtocolError(f"protocol {p.get('name')!r}: grid_mode=joint keeps each candidate's best epoch by the "
-                            "validation score; it needs checkpoint: best (or set protocol.grid_mode=separate)")
-    fit_kw = dict(select=metric if keep_best else None, patience=p.get("patience"),
-                  min_rel_delta=float(p.get("min_rel_delta") or 0.0))
+    plan = plan_of(p)
+    plan.check()
     state = state if state is not None else RunState(None)
     test_split = None
 
@@ -386,21 +364,20 @@ def run_protocol(p: Mapping[str, Any], build: Build, load: Load, *, state: RunSt
         log.info("the final model (%s) was saved by an earlier run: not trained again", chosen.point)
         for c in cands:
             _replay(on_epoch, c.tag, c.fit)
-        if final_on:
+        if plan.retrains:
             _replay(on_epoch, "final", fit)
     else:
-        grid_kw = dict(fit_kw, metric=metric)
-        if joint:
-            cands, chosen = joint_grid(points, p, build, load, grid_kw, state, on_epoch, keep_weights=not final_on)
-        elif len(points) > 1 or not final_on:
-            cands, chosen = separate_grid(points, p, build, load, grid_kw, state, on_epoch, keep_weights=not final_on)
+        if plan.joint:
+            cands, chosen = joint_grid(plan, build, load, state, on_epoch)
+        elif plan.selects:
+            cands, chosen = separate_grid(plan, build, load, state, on_epoch)
         else:  # one point, retrained on final_on: nothing to choose
-            cands, chosen = [], Candidate(0, points[0])
+            cands, chosen = [], Candidate(0, plan.points[0])
         if cands:
-            log.info("chosen on %s%s: %s", p["val_split"],
-                     f" (joint grid, weights after epoch {chosen.kept_epoch})" if joint else "", chosen.point)
-        if final_on:
-            fit, weights, test_split = final_fit(chosen, p, build, load, state, test_every)
+            log.info("chosen on %s%s: %s", plan.val_split,
+                     f" (joint grid, weights after epoch {chosen.kept_epoch})" if plan.joint else "", chosen.point)
+        if plan.retrains:
+            fit, weights, test_split = final_fit(chosen, plan, build, load, state)
         else:
             fit, weights = chosen.result, state.candidate_weights(chosen.index)
             if weights is None:
@@ -409,11 +386,11 @@ def run_protocol(p: Mapping[str, Any], build: Build, load: Load, *, state: RunSt
         state.commit_model(dict(chosen=chosen.to_json(), candidates=[c.to_json() for c in cands],
                                 fit=_json(dataclasses.asdict(fit))), weights)
 
-    seconds = sum(c.fit.seconds for c in cands) + (fit.seconds if final_on else 0.0)
+    seconds = sum(c.fit.seconds for c in cands) + (fit.seconds if plan.retrains else 0.0)
     trainer = build(chosen)
     trainer.load_trainable_state({k: v.to(trainer.device) for k, v in weights.items()})
     # Every choice is final: now, and only now (or just before the final fit), the test split is opened.
-    test = trainer.predict(test_split if test_split is not None else load(p["test_split"]), stream="test")
+    test = trainer.predict(test_split if test_split is not None else load(plan.test_split), stream=TEST_STREAM)
     val_acc, val_loss = (chosen.result.val_acc, chosen.result.val_loss) if cands else (math.nan, math.nan)
     return Outcome(trainer, test, fit, chosen.point, val_acc, val_loss, [c.grid_score() for c in cands], seconds,
                    candidate=chosen)

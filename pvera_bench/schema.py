@@ -3,19 +3,21 @@
 ``validate(cfg)`` runs on the composed config before a model or a split is loaded and raises
 :class:`ConfigError` with one line naming the key, the bad value and what is allowed.
 
-- **Adapters**: each adapter declares its options (type, default, bounds, choices, help, "used only
-  when") in :mod:`pvera_bench.registry`, torch-free; :func:`adapter_rules` turns them into Rules. An
-  option it does not declare is an error; one without a default is required.
-  ``tests/test_schema.py`` checks that every ``configs/adapter/*.yaml`` value matches its default.
+- **Adapters**: each adapter declares its options (type, default, bounds, choices, help, when it is
+  read) in a torch-free declaration read through :mod:`pvera_bench.registry` (the built-in ones in
+  ``pvera_bench/specs/``, plugins' through their entry points); :func:`adapter_rules` turns them into
+  Rules. ``tests/test_schema.py`` checks that every ``configs/adapter/*.yaml`` value matches its default.
 - **trainer, protocol, data, backbone, runtime**: the dataclasses below. A key that is not a field
   is an error (a typo must not be ignored); a field with ``required=False`` may be absent (a config
   written before that key existed: the code that reads it supplies the default).
 - **Combinations** (:func:`check_combinations`): options valid alone that together would do
-  nothing or something else than they say (``patience`` without ``checkpoint: best``, a fractional
-  ``warmup_epochs`` stepped per epoch, ...).
-- **The resume key** (:func:`key_view`): a Rule's ``label`` (a name only) and ``used_when`` (when
-  the option is read at all) say what the key leaves out; adapters declare theirs with their
-  options (``used_when``).
+  nothing or something else than they say: the protocol's are the plan's refusals
+  (``plan.Plan.check``: ``patience`` without ``checkpoint: best``, ...); a fractional
+  ``warmup_epochs`` stepped per epoch.
+- **The resume key** (``identity.key_view``): a Rule's ``label`` (a name only) and ``used_when``
+  (when the option is read at all; the protocol's options ask the plan, ``Plan.reads``) say what
+  the key leaves out; adapters declare theirs with their options (``used_when``). A Rule's ``help`` is
+  its one line for a reader.
 - **protocol.grid**: every key must exist in the config, every list must be non-empty, every
   point must give a valid config, and a key the adapter ignores (``trainer.lr_adapter`` for an
   adapter without trainable tensors) is an error.
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
 from . import registry
+from .plan import ProtocolError, config_plan, flatten_dotted, has_key, with_point
 
 SPLITS = ("train800", "val200", "train800val200", "test")
 RESIZE_MODES = ("bilinear_antialias", "bicubic", "bilinear")
@@ -53,9 +56,10 @@ class Rule:
     length: int | None = None  # lists: exact length
     pattern: str | None = None  # strings: a regular expression the whole value must match ...
     means: str | None = None  # ... and how allowed() describes it
-    label: bool = False  # a name only: it changes no number, so the resume key leaves it out (key_view)
+    label: bool = False  # a name only: it changes no number, so the resume key leaves it out (identity.key_view)
     used_when: Callable[[Mapping[str, Any]], bool] | None = field(default=None, compare=False)
     # ^ given the whole resolved config: whether this option is read at all (the key leaves it out otherwise)
+    help: str = field(default="", compare=False)  # one line for a reader (the docs' reference is made of these)
 
     def _each(self) -> list["Rule"]:
         return [Rule(type=t, ge=self.ge, gt=self.gt, lt=self.lt, le=self.le, length=self.length) for t in self.type]
@@ -119,27 +123,22 @@ def rule(**kw: Any) -> Any:
 
 
 # When an option is read at all (``Rule.used_when``, given the whole resolved config): the resume key
-# leaves out an option no grid point reads (see key_view).
+# leaves out an option no grid point reads (identity.key_view). The protocol's are the plan's.
 
-def _points(c: Mapping[str, Any]) -> int:
-    n = 1
-    for values in flatten_dotted((c.get("protocol") or {}).get("grid") or {}).values():
-        n *= len(values) if isinstance(values, (list, tuple)) else 1
-    return n
+def _read_by_plan(option: str) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda c: config_plan(c).reads(option)
 
 
-def selects(c: Mapping[str, Any]) -> bool:
-    """Whether the protocol trains candidates on ``select_on`` and scores them on ``val_split``:
-    with one grid point and a ``final_on`` split it trains the final model directly."""
-    return _points(c) > 1 or not c["protocol"].get("final_on")
-
-
-def _keeps_best(c: Mapping[str, Any]) -> bool:
-    return selects(c) and c["protocol"].get("checkpoint") == "best"
+def _selects(c: Mapping[str, Any]) -> bool:
+    return config_plan(c).selects
 
 
 def _warms_up(c: Mapping[str, Any]) -> bool:
     return float(c["trainer"].get("warmup_epochs") or 0) > 0
+
+
+def _cosine(c: Mapping[str, Any]) -> bool:
+    return c["trainer"].get("schedule") == "cosine"
 
 
 def _trains_adapter(c: Mapping[str, Any]) -> bool:
@@ -150,82 +149,121 @@ def _trains_adapter(c: Mapping[str, Any]) -> bool:
 class TrainerConfig:
     """``configs/trainer/*.yaml``: what train.Trainer reads."""
 
-    epochs: int = rule(type=int, ge=1)
-    batch_size: int = rule(type=int, ge=1)
-    lr_head: float = rule(type=float, gt=0)
-    lr_adapter: float = rule(type=float, gt=0, used_when=_trains_adapter)
-    wd_head: float = rule(type=float, ge=0)
-    wd_adapter: float = rule(type=float, ge=0, used_when=_trains_adapter)
-    wd_skip_1d: bool = rule(type=bool, required=False)
-    warmup_epochs: float = rule(type=float, ge=0)
-    warmup_lr: float = rule(type=float, ge=0, required=False, used_when=_warms_up)
-    min_lr: float = rule(type=float, ge=0, required=False, used_when=lambda c: c["trainer"].get("schedule") == "cosine")
-    schedule: str = rule(type=str, choices=("cosine", "constant"))
+    epochs: int = rule(type=int, ge=1, help="epochs of every fit (selection and final)")
+    batch_size: int = rule(type=int, ge=1, help="training batch size")
+    lr_head: float = rule(type=float, gt=0, help="AdamW learning rate of the classifier head")
+    lr_adapter: float = rule(type=float, gt=0, used_when=_trains_adapter,
+                             help="AdamW learning rate of the adapter's tensors")
+    wd_head: float = rule(type=float, ge=0, help="weight decay of the head")
+    wd_adapter: float = rule(type=float, ge=0, used_when=_trains_adapter, help="weight decay of the adapter's tensors")
+    wd_skip_1d: bool = rule(type=bool, required=False,
+                            help="true: no weight decay on biases and 1-D tensors (timm's create_optimizer rule)")
+    warmup_epochs: float = rule(type=float, ge=0, help="epochs of linear warm-up from warmup_lr")
+    warmup_lr: float = rule(type=float, ge=0, required=False, used_when=_warms_up,
+                            help="absolute learning rate the warm-up starts from")
+    min_lr: float = rule(type=float, ge=0, required=False, used_when=_cosine, help="absolute floor of the cosine schedule")
+    schedule: str = rule(type=str, choices=("cosine", "constant"),
+                         help="learning-rate schedule after the warm-up: cosine decay or constant")
     schedule_unit: str = rule(type=str, choices=("epoch", "step"), required=False,
-                              used_when=lambda c: c["trainer"].get("schedule") == "cosine" or _warms_up(c))
-    # help: after 0-based epoch k the scheduler is stepped to k + this (0: NOAH's step(epoch); 1: SSF's step(epoch + 1))
-    schedule_offset: int = rule(type=int, ge=0, required=False, used_when=lambda c: bool(c["trainer"].get("schedule_offset")))
-    # help: the last N of `epochs` run at min_lr, after the cosine (timm's --cooldown-epochs: the cosine spans epochs - N)
-    cooldown_epochs: int = rule(type=int, ge=0, required=False, used_when=lambda c: bool(c["trainer"].get("cooldown_epochs")))
-    label_smoothing: float = rule(type=float, ge=0, lt=1, required=False)
-    augment: str = rule(type=str, nullable=True, required=False)  # data/augment.py: e.g. hflip+rand-m9-mstd0.5-inc1
-    softmax_before_loss: bool = rule(type=bool, required=False)
-    shuffle: bool = rule(type=bool)
-    drop_last: bool = rule(type=bool, required=False)
-    eval_every: int = rule(type=int, ge=1, used_when=selects)  # the final fit scores no validation split
-    precision: str = rule(type=str, choices=("auto", "bf16", "fp32"))
+                              used_when=lambda c: _cosine(c) or _warms_up(c),
+                              help="step the schedule once per epoch or once per optimiser step")
+    schedule_offset: int = rule(
+        type=int, ge=0, required=False, used_when=lambda c: bool(c["trainer"].get("schedule_offset")),
+        help="after 0-based epoch k the scheduler is stepped to k + this (0: NOAH's step(epoch); 1: SSF's step(epoch + 1))")
+    cooldown_epochs: int = rule(
+        type=int, ge=0, required=False, used_when=lambda c: bool(c["trainer"].get("cooldown_epochs")),
+        help="the last N of epochs run at min_lr, after the cosine (timm's --cooldown-epochs: the cosine spans epochs - N)")
+    label_smoothing: float = rule(type=float, ge=0, lt=1, required=False,
+                                  help="label smoothing of the training cross-entropy")
+    augment: str = rule(
+        type=str, nullable=True, required=False,
+        help="training-batch augmentation, e.g. hflip+rand-m9-mstd0.5-inc1 (data/augment.py); null: none")
+    softmax_before_loss: bool = rule(type=bool, required=False,
+                                     help="true reproduces a defect of the PVeRA code (softmax, then cross-entropy)")
+    shuffle: bool = rule(type=bool, help="shuffle the training split every epoch")
+    drop_last: bool = rule(type=bool, required=False, help="true: leave out each epoch's last incomplete batch")
+    eval_every: int = rule(
+        type=int, ge=1, used_when=_selects,
+        help="score the validation split every N epochs of a selection fit (a final fit scores none)")
+    precision: str = rule(type=str, choices=("auto", "bf16", "fp32"),
+                          help="auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32")
 
 
 @dataclass
 class ProtocolConfig:
     """``configs/protocol/*.yaml``: what protocols.run_protocol reads."""
 
-    name: str = rule(type=str, label=True)
-    select_on: str = rule(type=str, choices=SPLITS, used_when=selects)
-    val_split: str = rule(type=str, choices=SPLITS, nullable=True, used_when=selects)
-    final_on: str = rule(type=str, choices=SPLITS, nullable=True)
-    test_split: str = rule(type=str, choices=SPLITS)
-    metric: str = rule(type=str, choices=("acc", "loss"), used_when=lambda c: _keeps_best(c) or _points(c) > 1)
-    checkpoint: str = rule(type=str, choices=("best", "last"), used_when=selects)
-    patience: int = rule(type=int, ge=1, nullable=True, used_when=_keeps_best)
-    min_rel_delta: float = rule(type=float, ge=0, used_when=_keeps_best)
-    grid: dict = rule(type=dict, required=False)
-    grid_mode: str = rule(type=str, choices=("separate", "joint"), required=False, used_when=lambda c: _points(c) > 1)
-    test_eval_every: int = rule(type=int, ge=0, required=False)
-    test_eval_at: str = rule(type=str, choices=("start", "end"), required=False)
-    test_eval_from: int = rule(type=int, ge=1, required=False)
+    name: str = rule(type=str, label=True, help="the protocol's name (a label: not in the key)")
+    select_on: str = rule(type=str, choices=SPLITS, used_when=_read_by_plan("select_on"),
+                          help="the split candidates train on while choosing")
+    val_split: str = rule(type=str, choices=SPLITS, nullable=True, used_when=_read_by_plan("val_split"),
+                          help="the split that scores the candidates (and fits a temperature)")
+    final_on: str = rule(type=str, choices=SPLITS, nullable=True,
+                         help="the split the chosen candidate is retrained on; null: keep the chosen model")
+    test_split: str = rule(type=str, choices=SPLITS, help="the split scored once, after every choice")
+    metric: str = rule(type=str, choices=("acc", "loss"), used_when=_read_by_plan("metric"),
+                       help="what chooses: validation accuracy (acc) or cross-entropy (loss)")
+    checkpoint: str = rule(type=str, choices=("best", "last"), used_when=_read_by_plan("checkpoint"),
+                           help="keep the weights after the last epoch or of the best-scoring epoch")
+    patience: int = rule(type=int, ge=1, nullable=True, used_when=_read_by_plan("patience"),
+                         help="with checkpoint best: stop a fit this many scored epochs after its best; null: never")
+    min_rel_delta: float = rule(type=float, ge=0, used_when=_read_by_plan("min_rel_delta"),
+                                help="with checkpoint best: the relative gain a new best must exceed")
+    grid: dict = rule(type=dict, required=False, help="{dotted.key: [values]}: every combination is one candidate")
+    grid_mode: str = rule(type=str, choices=("separate", "joint"), required=False, used_when=_read_by_plan("grid_mode"),
+                          help="separate (each candidate alone) or joint (lockstep, the PVeRA code's rule)")
+    test_eval_every: int = rule(type=int, ge=0, required=False,
+                                help="N > 0: also score the test split every N epochs of the final fit (history only)")
+    test_eval_at: str = rule(type=str, choices=("start", "end"), required=False,
+                             help="which epochs test_eval_every scores: start (1, N+1, ...) or end (N, 2N, ...)")
+    test_eval_from: int = rule(type=int, ge=1, required=False, help="the first epoch test_eval_every may score")
 
 
 @dataclass
 class DataConfig:
     """``configs/data/*.yaml``."""
 
-    source: str = rule(type=str)  # checked against the registered sources in validate()
-    dir: str = rule(type=str, nullable=True)
-    cache_dir: str = rule(type=str, nullable=True)
-    resize: str = rule(type=str, choices=RESIZE_MODES, required=False)
-    train_resize: str = rule(type=str, choices=RESIZE_MODES, nullable=True, required=False)  # null: as resize
+    source: str = rule(type=str, help="where splits are read from: tfds or folder (the demo reads its bundled digits)")
+    dir: str = rule(type=str, nullable=True, help="the TFDS data_dir, or the root of the vtab-1k folder copy")
+    cache_dir: str = rule(type=str, nullable=True, help="where decoded uint8 images are cached; null: decode every run")
+    resize: str = rule(type=str, choices=RESIZE_MODES, required=False,
+                       help="how images are resized to the backbone's input")
+    train_resize: str = rule(type=str, choices=RESIZE_MODES, nullable=True, required=False,
+                             help="the resize of the splits a model trains on; null: as resize")
 
 
 @dataclass
 class BackboneConfig:
     """``configs/backbone/*.yaml``: what backbones.create_backbone reads."""
 
-    name: str = rule(type=str, label=True)
-    model: str = rule(type=str)
-    pretrained: bool = rule(type=bool)
-    checkpoint: str = rule(type=str, nullable=True)  # in the key as its content's hash (run.backbone_fingerprint)
-    checkpoint_sha256: str = rule(type=str, nullable=True, required=False)
-    random_weights: bool = rule(type=bool, required=False)
-    note: str = rule(type=str, nullable=True, required=False, label=True)  # printed under a sweep's summary table
-    init_seed: int = rule(type=int, required=False)
-    kwargs: dict = rule(type=dict, nullable=True, required=False)
-    drop_path_rate: float = rule(type=float, ge=0, lt=1, required=False)
-    mean: list = rule(type=list, length=3, nullable=True, required=False)
-    std: list = rule(type=list, length=3, gt=0, nullable=True, required=False)
-    head_init: str = rule(type=str, choices=("pytorch", "noah", "noah_code"), required=False)  # backbones.Classifier
-    pos_embed: str = rule(type=str, choices=("timm", "dinov2_hub"), required=False)
-    head_draws: str = rule(type=str, choices=("run", "after_backbone"), required=False)  # run.execute
+    name: str = rule(type=str, label=True, help="the backbone's name (a label: not in the key)")
+    model: str = rule(type=str, help="the timm model name")
+    pretrained: bool = rule(type=bool, help="load timm's pretrained weights from the Hugging Face Hub")
+    checkpoint: str = rule(
+        type=str, nullable=True,
+        help="a local weights file (package:REL inside the package), in the key by its content; null: none")
+    checkpoint_sha256: str = rule(type=str, nullable=True, required=False,
+                                  help="the expected sha256 of checkpoint; null: not checked")
+    random_weights: bool = rule(type=bool, required=False,
+                                help="true: the weights are random (numbers only show that the tool works)")
+    note: str = rule(type=str, nullable=True, required=False, label=True,
+                     help="a note printed under a sweep's summary table (a label: not in the key)")
+    init_seed: int = rule(type=int, required=False,
+                          help="the seed the backbone is created under (default: the run's seed)")
+    kwargs: dict = rule(type=dict, nullable=True, required=False, help="extra keyword arguments of timm.create_model")
+    drop_path_rate: float = rule(type=float, ge=0, lt=1, required=False,
+                                 help="stochastic depth in training (timm: rising linearly to this in the last block)")
+    mean: list = rule(type=list, length=3, nullable=True, required=False,
+                      help="input normalisation mean, 3 numbers on the 0-1 scale; null: the weights' own")
+    std: list = rule(type=list, length=3, gt=0, nullable=True, required=False,
+                     help="input normalisation std, 3 numbers on the 0-1 scale; null: the weights' own")
+    head_init: str = rule(type=str, choices=("pytorch", "noah"), required=False,
+                          help="the head's init: pytorch (nn.Linear's) or noah (trunc-normal std 0.02, bias 0)")
+    pos_embed: str = rule(
+        type=str, choices=("timm", "dinov2_hub"), required=False,
+        help="position embeddings: timm (resampled once) or dinov2_hub (from the native grid each forward)")
+    head_draws: str = rule(type=str, choices=("run", "after_backbone"), required=False,
+                           help="run (head drawn after the adapter) or after_backbone (the PVeRA code's j-th head)")
 
 
 DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
@@ -235,20 +273,32 @@ DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 class RuntimeConfig:
     """``configs/runtime/*.yaml``: how a run executes (run.execute, train.Trainer). Of these, the
     device's type (not its index) and ``compile`` change numbers and are in the resume key
-    (run.resume_key); the rest change none."""
+    (identity.resume_key); the rest change none."""
 
-    device: str = rule(type=str, pattern=DEVICE, means="auto, cpu, cuda, cuda:N or mps")
-    threads: int = rule(type=int, ge=1, nullable=True)
-    progress: bool = rule(type=bool)
-    eval_batch_size: int = rule(type=int, ge=1)
-    compile: bool = rule(type=bool)
-    checkpoint_dir: str = rule(type=str, nullable=True)
-    checkpoint_every: int = rule(type=int, ge=0)
-    save_weights: bool = rule(type=bool, required=False)
+    device: str = rule(type=str, pattern=DEVICE, means="auto, cpu, cuda, cuda:N or mps",
+                       help="auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps")
+    threads: int = rule(
+        type=int, ge=1, nullable=True,
+        help="torch CPU threads; null: SLURM_CPUS_PER_TASK, else OMP_NUM_THREADS, else the affinity mask")
+    progress: bool = rule(type=bool, help="show tqdm progress bars")
+    eval_batch_size: int = rule(type=int, ge=1, help="batch size of evaluation passes")
+    compile: bool = rule(type=bool, help="torch.compile the model (eager when compilation fails)")
+    checkpoint_dir: str = rule(type=str, nullable=True,
+                               help="where a run's state lives until its row is appended; null: in memory only")
+    checkpoint_every: int = rule(type=int, ge=0, help="epochs between a fit's checkpoints; 0: never")
+    save_weights: bool = rule(type=bool, required=False,
+                              help="write the trained adapter and head to adapter.safetensors in the run directory")
 
 
 GROUPS: dict[str, type] = {"trainer": TrainerConfig, "protocol": ProtocolConfig, "data": DataConfig,
                            "backbone": BackboneConfig, "runtime": RuntimeConfig}
+
+# Bounds of adapter options by name, whichever adapter takes them (types come from apply()).
+ADAPTER_OPTION_RULES: dict[str, dict[str, Any]] = {
+    "r": dict(ge=1), "width": dict(ge=1), "mc_samples": dict(ge=1), "beta": dict(gt=0),
+    "alpha": dict(gt=0), "projection_seed": dict(ge=0), "dropout": dict(ge=0, lt=1), "length": dict(ge=1),
+}
+
 
 def _fmt(v: Any) -> str:
     return repr(v) if isinstance(v, str) else ("null" if v is None else str(v).replace("True", "true").replace("False", "false"))
@@ -286,7 +336,7 @@ def check_present(group: str, values: Mapping[str, Any], schema: type) -> None:
 def adapter_rules(name: str) -> dict[str, Rule]:
     """``{option: Rule}`` of adapter ``name``, from its declaration (:mod:`pvera_bench.registry`)."""
     return {k: Rule(type=o.type, ge=o.ge, gt=o.gt, lt=o.lt, le=o.le, choices=o.choices, nullable=o.nullable,
-                    required=o.required) for k, o in registry.options(name).items()}
+                    required=o.required, help=o.help) for k, o in registry.options(name).items()}
 
 
 def check_adapter(values: Mapping[str, Any]) -> None:
@@ -347,21 +397,22 @@ def check_config(c: Mapping[str, Any]) -> None:
     if src not in available_sources():
         raise ConfigError(f"data.source={_fmt(src)} is invalid: allowed {', '.join(available_sources())}")
     if "seed" in c:
-        _check("seed", c["seed"], Rule(type=int, ge=0))
+        _check("seed", c["seed"], Rule(type=int, ge=0, help="the run's seed"))
     if "force" in c:
-        _check("force", c["force"], Rule(type=bool))
+        _check("force", c["force"], Rule(type=bool, help="true: train again even if the CSV has an ok row"))
     if "calibration" in c:  # calibration.CALIBRATIONS (that module imports torch)
-        _check("calibration", c["calibration"], Rule(type=str, choices=("none", "temperature")))
+        _check("calibration", c["calibration"], Rule(type=str, choices=("none", "temperature"),
+                                                     help="post-hoc calibration of the test probabilities"))
     check_combinations(c)
 
 
 def check_combinations(c: Mapping[str, Any]) -> None:
     """Options valid alone that do nothing, or something else than they say, together."""
-    p, t = c["protocol"], c["trainer"]
-    if p.get("patience") is not None and p.get("checkpoint") != "best":
-        raise ConfigError(f"protocol.patience={_fmt(p['patience'])} stops a fit early on its validation score, which "
-                          f"checkpoint={_fmt(p.get('checkpoint'))} does not keep; set protocol.patience=null or "
-                          f"protocol.checkpoint=best")
+    t = c["trainer"]
+    try:
+        config_plan(c).check()
+    except ProtocolError as e:
+        raise ConfigError(str(e)) from None
     w = t.get("warmup_epochs")
     if t.get("schedule_unit", "epoch") == "epoch" and isinstance(w, float) and not w.is_integer():
         raise ConfigError(f"trainer.warmup_epochs={w:g} is not a whole number of epochs, and trainer.schedule_unit=epoch "
@@ -369,54 +420,16 @@ def check_combinations(c: Mapping[str, Any]) -> None:
     if int(t.get("cooldown_epochs") or 0) >= int(t.get("epochs") or 0) > 0:
         raise ConfigError(f"trainer.cooldown_epochs={t['cooldown_epochs']} leaves no epoch of the schedule before the "
                           f"cool-down (trainer.epochs={t['epochs']} counts them); lower it or raise trainer.epochs")
-    if int(p.get("test_eval_every") or 0) and not p.get("final_on"):
-        raise ConfigError(f"protocol.test_eval_every={p['test_eval_every']} scores the test split during the final fit, "
-                          f"and protocol {p.get('name')!r} has none (final_on is null); set protocol.test_eval_every=0")
-    if p.get("grid_mode") == "joint" and _points(c) > 1 and p.get("checkpoint") != "best":
-        raise ConfigError("protocol.grid_mode=joint keeps each candidate's best epoch by its validation score and "
-                          "needs protocol.checkpoint=best; set it, or protocol.grid_mode=separate")
-
-
-def _get(c: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
-    node: Any = c
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
-
-
-def _set(c: dict, dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    node = c
-    for part in parents:
-        node = node[part]
-    node[last] = value
-
-
-def flatten_dotted(grid: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{trainer: {lr_adapter: [...]}}`` -> ``{"trainer.lr_adapter": [...]}``: how a grid's keys are
-    read, here and by protocols.grid_points (this module imports no torch, so it lives here)."""
-    out: dict[str, Any] = {}
-    for k, v in grid.items():
-        if isinstance(v, Mapping):
-            out.update(flatten_dotted(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def check_grid(c: Mapping[str, Any]) -> None:
-    import copy
-
     grid = flatten_dotted(c["protocol"].get("grid") or {})
     if not grid:
         return
     trains = None
     for key, values in grid.items():
         where = f"protocol.grid.{key}"
-        exists, _ = _get(c, key)
-        if not exists or key.startswith("protocol.") or key == "seed":
+        if not has_key(c, key) or key.startswith("protocol.") or key == "seed":
             raise ConfigError(f"{where} names no setting a grid can vary: {key} is not a key of this config "
                               f"(grid keys are dotted keys such as trainer.lr_adapter or adapter.r)")
         if not isinstance(values, (list, tuple)) or not values:
@@ -427,8 +440,7 @@ def check_grid(c: Mapping[str, Any]) -> None:
                 raise ConfigError(f"{where}={_fmt(list(values))} is invalid: adapter {c['adapter']['name']} has no "
                                   f"trainable adapter tensors, so {key} changes nothing; grid over other keys")
         for v in values:
-            point = copy.deepcopy(dict(c))
-            _set(point, key, v)
+            point = with_point(dict(c), {key: v})
             try:
                 check_config(point)
             except ConfigError as e:
@@ -455,58 +467,3 @@ def validate(cfg: Any) -> None:
     c = _container(cfg)
     check_config(c)
     check_grid(c)
-
-
-# -- what changes a number: the view of the config the resume key hashes ---------------------------
-
-def adapter_constants(name: str) -> Mapping[str, Any]:
-    """Transitional: ``{"OPTIONS_USED_ONLY_WHEN": {option: {other: values}}}`` of adapter ``name``,
-    from its declared ``used_when`` (use :func:`pvera_bench.registry.option_used` instead)."""
-    return {"OPTIONS_USED_ONLY_WHEN": {k: dict(o.used_when) for k, o in registry.options(name).items() if o.used_when}}
-
-
-def _point_configs(c: Mapping[str, Any]) -> list[dict]:
-    """``c`` with each grid point's values applied (``[c]`` without a grid)."""
-    import copy
-    import itertools
-
-    grid = {k: v for k, v in flatten_dotted((c.get("protocol") or {}).get("grid") or {}).items()
-            if isinstance(v, (list, tuple)) and v}
-    out = []
-    for values in itertools.product(*grid.values()):
-        point = copy.deepcopy(dict(c))
-        for k, v in zip(grid, values):
-            if _get(point, k)[0]:
-                _set(point, k, v)
-        out.append(point)
-    return out
-
-
-def _adapter_option_used(option: str, adapter: Mapping[str, Any]) -> bool:
-    """Whether adapter ``adapter["name"]`` with these options reads ``option`` (its declared ``used_when``)."""
-    return registry.option_used(adapter["name"], option, adapter)
-
-
-def key_view(c: Mapping[str, Any]) -> dict:
-    """The resolved config ``c`` without what changes no number: the options marked ``label``
-    (``protocol.name``, ``backbone.name``), the options no grid point reads (a Rule's
-    ``used_when``: ``trainer.min_lr`` under ``schedule=constant``, the selection options of a
-    protocol that selects nothing, ...) and the adapter options its declaration marks unread
-    (``used_when``: PVeRA's ``mc_samples`` unless ``inference=mc``). The groups
-    ``trainer``, ``protocol``, ``backbone`` and ``adapter`` are filtered; the rest is copied."""
-    import copy
-
-    out = copy.deepcopy(dict(c))
-    points = _point_configs(c)
-    for group, schema in GROUPS.items():
-        if not isinstance(out.get(group), dict):
-            continue
-        for f in fields(schema):
-            r = f.metadata["rule"]
-            if f.name in out[group] and (r.label or (r.used_when is not None and not any(r.used_when(p) for p in points))):
-                del out[group][f.name]
-    if isinstance(out.get("adapter"), dict):
-        for k in list(out["adapter"]):
-            if k != "name" and not any(_adapter_option_used(k, p["adapter"]) for p in points):
-                del out["adapter"][k]
-    return out

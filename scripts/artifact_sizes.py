@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pvera_bench import adapters, artifacts
+from pvera_bench.assemble import build_model
 from pvera_bench.paths import config_dir
 
 
@@ -26,11 +27,11 @@ def main() -> None:
             cfg = compose("config", overrides=[f"adapter={name}", "task=cifar100", "backbone=vit_b16",
                                                "backbone.pretrained=false"])
         c = OmegaConf.to_container(cfg, resolve=True)
-        model = artifacts.build_model(c)
+        model = build_model(c)
         head = sum(p.numel() for p in model.head.parameters())
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()
-            path = artifacts.save(d, model, c, chosen={}, train_key={}, config_hash="", versions="{}")
+            path = artifacts.save(d, model, c, candidate=0, chosen={}, train_key={}, config_hash="", versions="{}")
             t_save = time.perf_counter() - t0
             size = path.stat().st_size
             t0 = time.perf_counter()

@@ -18,7 +18,8 @@ from pvera_bench.artifacts import ArtifactError
 from pvera_bench.data import DataError
 from pvera_bench.evaluate import main as evaluate_main
 from pvera_bench.paths import config_dir
-from pvera_bench.run import config_hash, resume_key
+from pvera_bench.assemble import build_model
+from pvera_bench.identity import config_hash, run_keys
 
 from conftest import tiny_vit
 from helpers_data import make_folder_tree
@@ -43,14 +44,14 @@ def test_saved_weights_rebuild_the_same_model(tmp_path, name):
     cfg = cfg_of(f"adapter={name}", "backbone=vit_tiny_random", "task=demo", "adapter.r=4" if name in (
         "lora", "dora", "vera", "pvera") else "seed=0")
     c = OmegaConf.to_container(cfg, resolve=True)
-    model = artifacts.build_model(c)
+    model = build_model(c)
     torch.manual_seed(123)
     with torch.no_grad():  # "trained": every trainable tensor moved away from its init
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.1)
     model.eval()
-    path = artifacts.save(tmp_path, model, c, chosen={}, train_key={"k": 1}, config_hash="h", versions="{}")
+    path = artifacts.save(tmp_path, model, c, candidate=0, chosen={}, train_key={"k": 1}, config_hash="h", versions="{}")
     from safetensors.torch import load_file
 
     saved = load_file(str(path))
@@ -74,7 +75,7 @@ def test_a_replaced_backbone_weights_file_is_refused(tmp_path):
                                       f"backbone.checkpoint={ck}"), resolve=True)
     run = tmp_path / "run"
     run.mkdir()
-    artifacts.save(run, artifacts.build_model(c), c, chosen={}, train_key={}, config_hash="h", versions="{}")
+    artifacts.save(run, build_model(c), c, candidate=0, chosen={}, train_key={}, config_hash="h", versions="{}")
     artifacts.load_run(run)  # loads
     torch.manual_seed(1)
     save_file(tiny_vit(embed_dim=64, depth=4).state_dict(), str(ck))  # other weights, same shapes
@@ -86,7 +87,7 @@ def test_a_replaced_backbone_weights_file_is_refused(tmp_path):
 def test_evaluation_options_are_not_in_the_training_key():
     def split(*o):
         cfg = cfg_of("adapter=pvera", "task=demo", "backbone=vit_tiny_random", *o)
-        return artifacts.split_key(resume_key(cfg), cfg)
+        return run_keys(cfg)
 
     base = split("protocol=vtab")
     for o in ("adapter.inference=mc", "calibration=temperature", "ood_task=demo"):

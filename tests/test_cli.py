@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from pvera_bench import adapters, results, tasks
 from pvera_bench.cli import check_choices, expand_task_words, group_options, main
 from pvera_bench.paths import config_dir
-from pvera_bench.run import config_hash
+from pvera_bench.identity import config_hash
 
 from helpers_data import make_folder_tree
 

@@ -167,6 +167,7 @@ def saved_run(tmp_path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from pvera_bench.assemble import build_model
     from pvera_bench.paths import config_dir
 
     def make(adapter: str, *overrides: str):
@@ -174,7 +175,7 @@ def saved_run(tmp_path):
             cfg = compose("config", overrides=["backbone=vit_tiny_random", "task=demo", f"adapter={adapter}",
                                                *overrides])
         config = OmegaConf.to_container(cfg, resolve=True)
-        model = artifacts.build_model(config)
+        model = build_model(config)
         g = torch.Generator().manual_seed(5)
         with torch.no_grad():
             for p in model.parameters():
@@ -182,7 +183,7 @@ def saved_run(tmp_path):
                     p.copy_(p + torch.randn(p.shape, generator=g) * 0.3)
         run_dir = tmp_path / f"run_{adapter}"
         run_dir.mkdir()
-        artifacts.save(run_dir, model, config, chosen={}, train_key={"adapter": adapter}, config_hash="test",
+        artifacts.save(run_dir, model, config, candidate=0, chosen={}, train_key={"adapter": adapter}, config_hash="test",
                        versions="test")
         return run_dir
 

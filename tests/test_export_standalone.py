@@ -68,13 +68,13 @@ def saved_run(tmp_path: Path, *overrides: str) -> Path:
     from omegaconf import OmegaConf
 
     from pvera_bench import artifacts
+    from pvera_bench.assemble import build_model
     from pvera_bench.paths import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         cfg = compose("config", overrides=["task=demo", *overrides])
     config = OmegaConf.to_container(cfg, resolve=True)
-    torch.manual_seed(int(config["backbone"].get("init_seed", config["seed"])))  # as run.execute does
-    model = artifacts.build_model(config)
+    model = build_model(config)  # the one builder: seeded as training seeds it
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for p in model.parameters():
@@ -82,7 +82,7 @@ def saved_run(tmp_path: Path, *overrides: str) -> Path:
                 p.copy_(p + torch.randn(p.shape, generator=g) * 0.3)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    artifacts.save(run_dir, model, config, chosen={}, train_key={"adapter": config["adapter"]["name"]},
+    artifacts.save(run_dir, model, config, candidate=0, chosen={}, train_key={"adapter": config["adapter"]["name"]},
                    config_hash="test", versions="test")
     return run_dir
 

@@ -10,7 +10,8 @@ from pvera_bench import adapters, checkpoint
 from pvera_bench.backbones import Classifier
 from pvera_bench.checkpoint import RunState
 from pvera_bench.data import Split
-from pvera_bench.protocols import Candidate, GridSelection, ProtocolError, grid_points, run_protocol
+from pvera_bench.plan import grid_points
+from pvera_bench.protocols import Candidate, GridSelection, ProtocolError, run_protocol
 from pvera_bench.train import DivergedError, Selection, Trainer
 
 from conftest import tiny_vit

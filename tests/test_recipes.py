@@ -200,7 +200,7 @@ def test_bad_recipe_options_end_with_one_clear_line(cli, args, says):
 
 
 def test_resize_is_part_of_the_resume_key():
-    from pvera_bench.run import config_hash
+    from pvera_bench.identity import config_hash
 
     base = ["task=demo", "data.resize=bilinear_antialias"]
     a = config_hash(compose("config", overrides=base))

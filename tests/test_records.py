@@ -13,7 +13,8 @@ from hydra import compose, initialize_config_dir
 from pvera_bench import results
 from pvera_bench.data.folder import FolderReader
 from pvera_bench.paths import config_dir
-from pvera_bench.run import config_hash, git_identity, resolved_precision, resume_key, setting_hash
+from pvera_bench import identity
+from pvera_bench.identity import config_hash, git_identity, resolved_precision, resume_key, run_keys, setting_of
 
 from helpers_data import make_folder_tree
 
@@ -46,9 +47,7 @@ def test_the_key_covers_data_options_and_the_data_fingerprint(tmp_path):
     assert key["data_fingerprint"]["cifar100/test"].startswith("unavailable")  # no data yet: the run says why
     root = make_folder_tree(tmp_path / "vtab-1k", "cifar", n_per_split=3, num_classes=100, size=8)
     c = cfg("task=cifar100", "data.source=folder", f"data.dir={root}")
-    from pvera_bench import run as run_mod
-
-    run_mod._cached_fingerprint.cache_clear()
+    identity._cached_fingerprint.cache_clear()
     h1 = config_hash(c)
     # vtab without a grid trains on train800val200 directly: only the splits it reads are in the key
     assert set(resume_key(c)["data_fingerprint"]) == {"cifar100/train800val200", "cifar100/test"}
@@ -57,11 +56,11 @@ def test_the_key_covers_data_options_and_the_data_fingerprint(tmp_path):
                                                           "cifar100/train800val200", "cifar100/test"}
     img = next((root / "cifar" / "images" / "test").iterdir())
     os.utime(img, ns=(1, 1))  # the same names, another file: another key
-    run_mod._cached_fingerprint.cache_clear()
+    identity._cached_fingerprint.cache_clear()
     assert config_hash(c) != h1
     assert config_hash(cfg("task=demo", "data.resize=bilinear")) != config_hash(cfg("task=demo"))
     assert config_hash(cfg("task=demo", "data.cache_dir=/elsewhere")) == config_hash(cfg("task=demo"))
-    assert setting_hash(cfg("seed=0")) == setting_hash(cfg("seed=1")) and config_hash(cfg("seed=0")) != config_hash(cfg("seed=1"))
+    assert setting_of(*run_keys(cfg("seed=0"))) == setting_of(*run_keys(cfg("seed=1"))) and config_hash(cfg("seed=0")) != config_hash(cfg("seed=1"))
 
 
 def test_folder_fingerprint_notices_a_replaced_image(tmp_path):
@@ -229,8 +228,6 @@ def test_the_key_and_the_row_keep_the_names_readable():
 def test_the_key_identifies_a_local_checkpoint_by_its_content(tmp_path):
     import shutil
 
-    from pvera_bench import run as run_mod
-
     w = tmp_path / "w.bin"
     w.write_bytes(b"weights one")
     base = ("backbone=vit_tiny_random", f"backbone.checkpoint={w}")
@@ -243,7 +240,7 @@ def test_the_key_identifies_a_local_checkpoint_by_its_content(tmp_path):
     assert config_hash(cfg(*base)) != h1
     assert resume_key(cfg("task=demo"))["backbone"]["weights"] == "hub:timm/vit_base_patch16_224.orig_in21k"
     assert resume_key(cfg("backbone=vit_tiny_random"))["backbone"]["weights"] is None
-    run_mod._file_sha256.cache_clear()
+    identity._file_sha256.cache_clear()
 
 
 @pytest.mark.slow

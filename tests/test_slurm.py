@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from pvera_bench.paths import config_dir
-from pvera_bench.run import cpu_threads
+from pvera_bench.assemble import cpu_threads
 from pvera_bench import slurm
 from pvera_bench.slurm import (Node, Partition, Request, SlurmError, fit_problems, gres_gpus, parse_partitions,
                                parse_time, partition_of, problems, request_of, requested_partitions)

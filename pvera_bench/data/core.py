@@ -1,17 +1,17 @@
-"""Sources register themselves; :func:`load_split` picks one, decodes (or memory-maps a cached copy),
-resizes, and returns uint8 arrays.
+"""Sources register themselves here; splits are opened (:func:`open_split`), decoded in chunks
+(:func:`materialize`) and resized (:func:`resize_uint8`) with what this module defines.
 
 A source is a function ``(task, split, data_dir) -> SplitReader``. Opening a reader is cheap (it
 parses a split file or reads TFDS metadata, never decodes an image); :meth:`SplitReader.read`
-decodes a range of examples. :func:`load_split` then either decodes everything in chunks
-(``cache_dir=None``) or goes through :mod:`.cache`, which decodes once and memory-maps afterwards.
+decodes a range of examples. :func:`.load.load_split`, above this module and :mod:`.cache`, either
+decodes everything in chunks (``cache_dir=None``) or goes through the cache, which decodes once and
+memory-maps afterwards.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -117,33 +117,6 @@ def expected_size(task: Mapping, split: str, source: str) -> int | None:
         return int(override[split])
     sizes = task.get("sizes") or {}
     return int(sizes[split]) if split in sizes else None
-
-
-def load_split(task: Mapping, split: str, *, source: str, data_dir: str | None, img_size: int,
-               cache_dir: str | None = None, resize: str = DEFAULT_RESIZE) -> Split:
-    """Images of ``split`` (train800, val200, train800val200, test) of ``task``, resized to
-    ``img_size`` x ``img_size`` with ``resize`` (see :func:`resize_uint8`), as uint8 RGB. A task
-    that names its own ``source`` (the demo) uses it whatever ``source`` says. With
-    ``cache_dir``, the first call decodes and stores the split there and later calls memory-map
-    it (no decoding); the resize method is part of the cache key."""
-    check_resize(resize)
-    source = resolve_source(task, source)
-    reader = open_split(task, split, source=source, data_dir=data_dir)
-    if len(reader) == 0:
-        raise DataError(f"{reader.description or task_name(task)}: the split {split} is empty")
-    want = expected_size(task, split, source)
-    if want is not None and len(reader) != want:
-        warnings.warn(f"{task_name(task)} {split}: {len(reader)} examples from {reader.description or source}, "
-                      f"the task table says {want}", DataWarning, stacklevel=2)
-    if cache_dir and reader.cacheable:
-        from .cache import cached_split
-
-        return cached_split(reader, task=task_name(task), split=split, source=source, img_size=img_size,
-                            cache_dir=cache_dir, resize=resize)
-    reader.validate()
-    images = np.empty((len(reader), img_size, img_size, 3), np.uint8)
-    labels = materialize(reader, img_size, images, resize=resize)
-    return Split(images, labels)
 
 
 def materialize(reader: SplitReader, img_size: int, out: np.ndarray, progress: str | None = None,
