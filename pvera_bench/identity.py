@@ -100,7 +100,7 @@ def key_view(c: Mapping[str, Any]) -> dict:
     (``protocol.name``, ``backbone.name``), the options no grid point reads (a Rule's
     ``used_when``: ``trainer.min_lr`` under ``schedule=constant``, the selection options of a
     protocol that selects nothing, ...), the adapter options its module declares unread
-    (``OPTIONS_USED_ONLY_WHEN``: PVeRA's ``mc_samples`` unless ``inference=mc``) and the base
+    (declared with the adapter's options, ``used_when``: PVeRA's ``mc_samples`` unless ``inference=mc``) and the base
     value of every key the grid sets. The grid is spelt one way: dotted keys, and a key with one
     value applied to the config instead (the same model as that value set directly)."""
     out = copy.deepcopy(dict(c))

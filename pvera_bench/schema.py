@@ -271,7 +271,7 @@ DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 
 @dataclass
 class RuntimeConfig:
-    """``configs/runtime/*.yaml``: how a run executes (run.execute, train.Trainer). Of these, the
+    """``configs/runtime/*.yaml``: how a run executes (run.execute, assemble, train.Trainer). Of these, the
     device's type (not its index) and ``compile`` change numbers and are in the resume key
     (identity.resume_key); the rest change none."""
 
