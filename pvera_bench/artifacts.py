@@ -28,6 +28,8 @@ Format (``pvera-bench-adapter/1``), one safetensors file:
                         run did, and loading fails if the digest differs (another torch build
                         whose RNG draws differently)
   ``versions``          the code identity of the run (package versions, commit)
+  ``pvera_bench_digests`` a SHA-256 of every tensor and of the rest of the header (``rundir.seal``),
+                        checked before a tensor is used: a changed byte is refused in one line
 
 Rebuilding (:func:`load_run`) is the run's own construction, by the builder training used
 (``assemble.ModelBuilder`` with the saved config and candidate: backbone, position embeddings,
@@ -52,7 +54,7 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load as load_tensors
 from safetensors.torch import save as tensors_bytes
 
 from . import adapters, rundir
@@ -127,7 +129,7 @@ def save(run_dir: str | os.PathLike, model: torch.nn.Module, config: Mapping[str
                 train_key=json.dumps(train_key, sort_keys=True, default=str), train_hash=digest(train_key),
                 config_hash=config_hash, backbone_digest=backbone_digest(model.backbone),
                 frozen_digest=frozen_digest(model), versions=versions)
-    rundir.atomic_write(path, tensors_bytes(trainable_tensors(model), metadata=meta))
+    rundir.atomic_write(path, rundir.seal(tensors_bytes(trainable_tensors(model), metadata=meta)))
     return path
 
 
@@ -202,11 +204,7 @@ def load_run(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     if frozen_digest(model) != meta.get("frozen_digest"):
         raise ArtifactError(f"{path}: the frozen random projections regenerated from the run's seeds differ from "
                             f"those it was trained with (another torch version draws differently); train it again")
-    try:
-        tensors = load_file(str(path))
-    except Exception as e:  # noqa: BLE001
-        raise ArtifactError(f"{path} is corrupt ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
-                            f"train the run again") from None
+    tensors = _read_tensors(path)
     with torch.no_grad():
         for n, p in own.items():
             t = tensors[n]
@@ -217,6 +215,23 @@ def load_run(run_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = N
         adapters.set_inference(model, str(cfg.adapter.inference), int(cfg.adapter.get("mc_samples", 1)))
     model.eval()
     return model.to(device), cfg
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of weight file ``path`` once the digest of every tensor in its header is checked
+    (``rundir.seal``); a file written before weight files were sealed is read with a warning."""
+    try:
+        blob, meta = rundir.read_sealed(path)
+    except rundir.CorruptFileError as e:
+        if "carries no digests" not in str(e):
+            raise ArtifactError(f"{' '.join(str(e).split())[:300]}; train the run again") from None
+        log.warning("%s carries no digests (written before weight files were sealed): its bytes are not checked", path)
+        blob = path.read_bytes()
+    try:
+        return load_tensors(blob)
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types on a bad file
+        raise ArtifactError(f"{path} is corrupt ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                            f"train the run again") from None
 
 
 def check_run_config(run_dir: Path, cfg: DictConfig) -> None:

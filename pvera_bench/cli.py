@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from . import registry
 from .paths import config_dir
@@ -37,17 +38,37 @@ def expand_task_words(args: list[str]) -> list[str]:
     return out
 
 
-def group_options(group: str) -> list[str]:
-    """The choices of a config group: pvera-bench's configs and those installed plugins add."""
-    return sorted({p.stem for d in (config_dir(), *registry.config_dirs()) for p in (d / group).glob("*.yaml")})
+def group_options(group: str, extra: tuple[Path, ...] = ()) -> list[str]:
+    """The choices of a config group: pvera-bench's configs, those installed plugins add, and those
+    in ``extra`` (config folders the command puts on Hydra's search path)."""
+    dirs = (config_dir(), *registry.config_dirs(), *extra)
+    return sorted({p.stem for d in dirs for p in (d / group).glob("*.yaml")})
+
+
+def _search_path(args: list[str]) -> tuple[int | None, list[str]]:
+    """The position of a ``hydra.searchpath=[...]`` argument in ``args`` and its entries."""
+    for i, a in enumerate(args):
+        key, _, value = a.lstrip("+~").partition("=")
+        if key == "hydra.searchpath":
+            return i, [v.strip().strip("'\"") for v in value.strip().strip("[]").split(",") if v.strip()]
+    return None, []
+
+
+def user_config_dirs(args: list[str]) -> tuple[Path, ...]:
+    """The local folders (``file://DIR``) the command puts on Hydra's search path: a task, backbone
+    or recipe of one's own (guides/extend.md)."""
+    return tuple(Path(v.removeprefix("file://")) for v in _search_path(args)[1] if v.startswith("file://"))
 
 
 def plugin_search_path(args: list[str]) -> list[str]:
-    """``args`` with the plugins' config folders on Hydra's search path (``hydra.searchpath``)."""
-    dirs = registry.config_dirs()
-    if not dirs or any(a.lstrip("+~").startswith("hydra.searchpath=") for a in args):
+    """``args`` with the plugins' config folders on Hydra's search path (``hydra.searchpath``), after
+    any the command names itself."""
+    dirs = [f"file://{d}" for d in registry.config_dirs()]
+    i, given = _search_path(args)
+    if not dirs:
         return args
-    return [*args, f"hydra.searchpath=[{','.join(f'file://{d}' for d in dirs)}]"]
+    value = f"hydra.searchpath=[{','.join(given + [d for d in dirs if d not in given])}]"
+    return [*args, value] if i is None else [*args[:i], value, *args[i + 1:]]
 
 
 def adapter_lines() -> list[str]:
@@ -66,7 +87,7 @@ def check_choices(args: list[str]) -> str | None:
         group = key.lstrip("+~").removeprefix("override ").strip("/")
         if not sep or group not in CHOICE_GROUPS or "(" in value or value in ("", "null"):
             continue
-        valid = group_options(group)
+        valid = group_options(group, user_config_dirs(args))
         unknown = [v for v in value.split(",") if v not in valid]
         if unknown:
             return f"unknown {group} {', '.join(map(repr, unknown))}; valid {group} names: {', '.join(valid)}"

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .paths import config_dir
+from .plan import config_plan
 from .schema import ConfigError, check_per_task, validate
 
 
@@ -167,20 +168,11 @@ def needs(c: Mapping[str, Any]) -> list[tuple[str, Callable[[Any], None], Any]]:
         others = _ood_configs(c["ood_task"], task["name"])
     checks.append(("weights", _check_weights, c["backbone"]))
     source, data_dir = c["data"]["source"], c["data"].get("dir")
-    for split in splits_read(c):
+    for split in config_plan(c).splits_read:  # the splits the protocol reads (the key fingerprints them)
         checks.append(("data", _check_split, (task, split, source, data_dir)))
     for other in others:
         checks.append(("data", _check_split, (other, "test", source, data_dir)))
     return checks
-
-
-def splits_read(c: Mapping[str, Any]) -> list[str]:
-    """The splits of the run's task that its protocol reads (as the resume key's view leaves it:
-    no selection splits for a protocol that selects nothing)."""
-    from .schema import key_view
-
-    p = key_view(c)["protocol"]
-    return sorted({s for s in (p.get("select_on"), p.get("val_split"), p.get("final_on"), p.get("test_split")) if s})
 
 
 def warmup_warning(t: Mapping[str, Any]) -> str | None:
