@@ -293,3 +293,22 @@ def test_temperature_scaling_on_an_overconfident_run(cli, tmp_path, capsys, monk
     assert float(after["test_nll"]) < float(before["test_nll"]) and float(after["test_ece"]) < float(before["test_ece"])
     assert after["test_acc"] == before["test_acc"] and after["test_nll_uncal"] == before["test_nll"]
     assert after["calibration"] == "temperature" and after["calibration_split"] == "val200"
+
+
+@pytest.mark.parametrize("where", ["tensor data", "header metadata"])
+def test_a_changed_byte_of_the_weight_file_is_refused_in_one_line(tmp_path, where):
+    """adapter.safetensors is sealed (rundir.seal): a byte changed in a tensor (the last 64 bytes of the
+    file) or in the metadata is refused before any tensor is used, whatever the value it gives."""
+    c = OmegaConf.to_container(cfg_of("adapter=lora", "backbone=vit_tiny_random", "task=demo"), resolve=True)
+    path = artifacts.save(tmp_path, build_model(c), c, candidate=0, chosen={}, train_key={"k": 1}, config_hash="h",
+                          versions="{}")
+    artifacts.load_run(tmp_path)  # intact: loads
+    blob = bytearray(path.read_bytes())
+    i = len(blob) - 7 if where == "tensor data" else blob.index(b'"versions":"{}"') + len('"versions":"')
+    blob[i] ^= 0x01 if where == "tensor data" else 0
+    if where == "header metadata":
+        blob[i:i + 2] = b"[]"  # versions "{}" -> "[]": same length, another header
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="is corrupt: 1 part\\(s\\) do not match their digests") as e:
+        artifacts.load_run(tmp_path)
+    assert "\n" not in str(e.value) and "train the run again" in str(e.value)
