@@ -257,8 +257,8 @@ class BackboneConfig:
                       help="input normalisation mean, 3 numbers on the 0-1 scale; null: the weights' own")
     std: list = rule(type=list, length=3, gt=0, nullable=True, required=False,
                      help="input normalisation std, 3 numbers on the 0-1 scale; null: the weights' own")
-    head_init: str = rule(type=str, choices=("pytorch", "noah"), required=False,
-                          help="the head's init: pytorch (nn.Linear's) or noah (trunc-normal std 0.02, bias 0)")
+    head_init: str = rule(type=str, choices=("pytorch", "noah", "noah_code"), required=False,
+                          help="the head's init: pytorch (nn.Linear's), noah (trunc-normal std 0.02, bias 0), noah_code (NOAH's draws)")
     pos_embed: str = rule(
         type=str, choices=("timm", "dinov2_hub"), required=False,
         help="position embeddings: timm (resampled once) or dinov2_hub (from the native grid each forward)")

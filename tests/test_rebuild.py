@@ -284,5 +284,5 @@ def test_every_option_of_every_config_group_has_one_help_line():
     from pvera_bench import schema
 
     helps = {f"{g}.{f.name}": f.metadata["rule"].help for g, group in schema.GROUPS.items() for f in fields(group)}
-    assert len(helps) == 19 + 14 + 5 + 15 + 8
+    assert len(helps) == 21 + 14 + 5 + 15 + 8  # trainer 21 (schedule_offset, cooldown_epochs), protocol, data, backbone, runtime
     assert all(h and "\n" not in h and len(h) <= 110 for h in helps.values()), [k for k, h in helps.items() if not h]
