@@ -167,10 +167,10 @@ def test_a_grid_run_is_re_evaluated_to_its_numbers_and_exported(cli, tmp_path, o
     out = tmp_path / "exported"
     p = cli("export", str(run_dir), "--format", "peft", "--out", str(out))
     if "adapter=dora" in overrides and "recipe=pvera_paper_exact" in overrides:
-        # the PVeRA code's DoRA (column norm, not detached, frozen magnitude) has no PEFT form: the
-        # export's own check refuses it in one line and writes nothing
+        # the PVeRA code's DoRA (column norm, not detached, frozen magnitude) has no PEFT form: export
+        # refuses it in one line, before building anything, and writes nothing
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and not out.exists(), p.stderr
-        assert "does not reproduce this model's logits" in p.stderr
+        assert "dora with norm_axis=column has no PEFT form" in p.stderr
         return
     assert p.returncode == 0, p.stderr[-2000:]
     model, cfg = artifacts.load_run(run_dir)

@@ -177,7 +177,7 @@ def _full_for(part):
 def test_a_full_disk_after_training_is_one_line_and_no_failed_row(tmp_path, monkeypatch, capsys):
     from hydra import compose, initialize_config_dir
 
-    from pvera_bench import run as runmod
+    from pvera_bench import job as runmod
     from pvera_bench.paths import config_dir
 
     csv = tmp_path / "results.csv"

@@ -192,12 +192,12 @@ def test_check_reports_requests_the_partition_cannot_run(cluster, cli):
             check({"partition": "hidden", "timeout_min": 120})
     # the command line: one line, exit 2, before anything is submitted (slurm_gpu on a node without GPUs)
     p = cli("-m", "hydra/launcher=slurm_gpu", f"hydra.launcher.partition={PARTITION}", "adapter=lora",
-            "task=demo", env=cluster.client_env)
+            "task=demo", "backbone=vit_tiny_random", env=cluster.client_env)  # weights at hand: the SLURM check speaks
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
     assert "1 GPUs per node requested, but the largest node of partition 'batch' has 0" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
     p = cli("-m", "hydra/launcher=slurm_cpu", "hydra.launcher.partition=gpu", "adapter=lora", "task=demo",
-            env=cluster.client_env)
+            "backbone=vit_tiny_random", env=cluster.client_env)
     assert p.returncode == 2 and "SLURM has no partition 'gpu'; set hydra.launcher.partition to one of (or a comma-separated list " \
         "of): batch, hidden" in p.stderr
     assert cluster.run("squeue", "--noheader").stdout.strip() == ""  # nothing was submitted
